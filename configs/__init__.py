@@ -1,0 +1,1 @@
+"""Hydra configs of rssm, installed as the package `rssm.configs`."""

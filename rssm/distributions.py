@@ -1,0 +1,115 @@
+"""Distributions used by the world model: categorical latents, two-hot regression, symlog.
+
+Everything here is a pure function of tensors. Logits of categorical latents have shape (..., G, C):
+G groups of C-way categoricals.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) * log(1 + |x|): compresses large magnitudes, identity-like near 0."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `symlog`."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def kl_divergence(posterior_logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) between two sets of G categoricals given by logits.
+
+    log_softmax subtracts the max before exponentiating, so logits of any finite magnitude are safe.
+
+    Args:
+        posterior_logits: logits of q, shape (..., G, C).
+        prior_logits: logits of p, shape (..., G, C).
+    Returns:
+        KL summed over C and then over G, shape (...).
+    """
+    q_log = F.log_softmax(posterior_logits, dim=-1)  # (..., G, C)
+    p_log = F.log_softmax(prior_logits, dim=-1)  # (..., G, C)
+    kl = (q_log.exp() * (q_log - p_log)).sum(-1)  # (..., G)
+    return kl.sum(-1)  # (...)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of G categoricals, summed over G: (..., G, C) -> (...)."""
+    log_p = F.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum((-2, -1))
+
+
+def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """Log-probabilities of (1 - unimix) * softmax(logits) + unimix / C, shape kept."""
+    if unimix <= 0.0:
+        return F.log_softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
+    return torch.log(probs)
+
+
+def sample_onehot(logits: torch.Tensor) -> torch.Tensor:
+    """One-hot sample with straight-through gradients: forward is one-hot, backward is d probs.
+
+    Args:
+        logits: normalised or unnormalised logits, shape (..., C).
+    Returns:
+        One-hot sample of shape (..., C) whose gradient flows to `logits` through the probabilities.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    # Gumbel-max: argmax(logits + g), g ~ Gumbel(0, 1), is a sample of Categorical(logits).
+    uniform = torch.rand_like(logits).clamp_(min=1e-20)
+    index = (logits - torch.log(-torch.log(uniform))).argmax(-1)
+    onehot = F.one_hot(index, logits.shape[-1]).to(probs.dtype)
+    return onehot + (probs - probs.detach())  # exactly one-hot forward
+
+
+def mode_onehot(logits: torch.Tensor) -> torch.Tensor:
+    """One-hot of the most likely class, with the same straight-through gradient as `sample_onehot`."""
+    probs = torch.softmax(logits, dim=-1)
+    onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype)
+    return onehot + (probs - probs.detach())  # exactly one-hot forward
+
+
+def symlog_bins(num_bins: int, low: float = -20.0, high: float = 20.0, device=None) -> torch.Tensor:
+    """Bin centres in symlog space for two-hot regression, shape (num_bins,)."""
+    return torch.linspace(low, high, num_bins, device=device)
+
+
+def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Two-hot encoding of scalars on a sorted grid of bins.
+
+    The weight is split between the two neighbouring bins so that the expectation over bins equals x
+    (values outside the grid go wholly to the end bin).
+
+    Args:
+        x: values in the same space as `bins`, shape (...).
+        bins: sorted bin centres, shape (K,).
+    Returns:
+        Target probabilities, shape (..., K).
+    """
+    K = bins.shape[0]
+    x = x.clamp(bins[0], bins[-1])
+    above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, K - 1)  # (...)
+    below = above - 1
+    lo, hi = bins[below], bins[above]
+    w_hi = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)  # (...)
+    target = torch.zeros(*x.shape, K, device=x.device, dtype=x.dtype)
+    target.scatter_(-1, below.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
+    target.scatter_add_(-1, above.unsqueeze(-1), w_hi.unsqueeze(-1))
+    return target
+
+
+def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of two-hot(symlog(target)) under softmax(logits): (..., K), (...) -> (...)."""
+    probs = twohot_encode(symlog(target), bins)  # (..., K)
+    return -(probs * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Expected value in the original space: symexp(sum_k softmax(logits)_k * bins_k): (..., K) -> (...)."""
+    return symexp((torch.softmax(logits, dim=-1) * bins).sum(-1))

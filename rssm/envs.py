@@ -1,0 +1,126 @@
+"""Gymnasium environments: creation with clear errors, action conversion, and the collection loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from rssm.config import UserError
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the agent needs to know about an environment's spaces."""
+
+    obs_dim: int
+    action_dim: int  # one-hot size for discrete actions
+    discrete: bool
+    low: np.ndarray | None = None  # bounds of a continuous action space
+    high: np.ndarray | None = None
+
+
+class ActionRepeat(gym.Wrapper):
+    """Repeat each action `repeat` times, summing rewards, stopping early at the episode's end."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0) -> tuple[gym.Env, EnvSpec]:
+    """Create a gymnasium env and check that rssm supports its spaces.
+
+    Raises:
+        UserError: unknown id, missing dependency, or unsupported observation or action space.
+    """
+    kwargs = {"max_episode_steps": time_limit * action_repeat} if time_limit > 0 else {}
+    try:
+        env = gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UserError(f"cannot make environment '{env_id}': {e}") from None
+    try:
+        spec = env_spec(env.observation_space, env.action_space)
+    except UserError as e:
+        env.close()
+        raise UserError(f"environment '{env_id}': {e}") from None
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
+    return env, spec
+
+
+def env_spec(obs_space: gym.Space, action_space: gym.Space) -> EnvSpec:
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+            and np.issubdtype(obs_space.dtype, np.floating)):
+        raise UserError(f"unsupported observation space {obs_space}: rssm needs a 1-D float Box")
+    if isinstance(action_space, gym.spaces.Discrete):
+        return EnvSpec(obs_space.shape[0], int(action_space.n), True)
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise UserError(f"unsupported action space {action_space}: a Box needs finite bounds")
+        return EnvSpec(obs_space.shape[0], action_space.shape[0], False, low, high)
+    raise UserError(f"unsupported action space {action_space}: rssm needs Discrete or a 1-D Box")
+
+
+def to_env_action(action: np.ndarray, spec: EnvSpec):
+    """Agent action (one-hot, or values in [-1, 1]) -> the env's action."""
+    if spec.discrete:
+        return int(np.argmax(action))
+    return spec.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (spec.high - spec.low)
+
+
+def random_action(spec: EnvSpec, rng: np.random.Generator) -> np.ndarray:
+    """Uniform random agent action: a one-hot vector or values in [-1, 1], float32 (A,)."""
+    if spec.discrete:
+        return np.eye(spec.action_dim, dtype=np.float32)[rng.integers(spec.action_dim)]
+    return rng.uniform(-1.0, 1.0, spec.action_dim).astype(np.float32)
+
+
+class Collector:
+    """Steps one environment and turns each step into a replay transition.
+
+    A transition holds obs_t, the action a_{t-1} that led to it (zeros at an episode's start), the reward
+    received on arriving at obs_t, is_first and is_terminal. After an episode ends, the next `step` resets
+    the env and ignores its action.
+    """
+
+    def __init__(self, env: gym.Env, spec: EnvSpec, seed: int):
+        self.env, self.spec, self.seed = env, spec, seed
+        self.done = True
+        self.env_steps = 0
+        self.episodes = 0
+        self._return, self._length = 0.0, 0
+        env.action_space.seed(seed)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
+        """Returns the new transition and, when an episode just ended, its return and length."""
+        if self.done:
+            obs, _ = self.env.reset(seed=self.seed if self.episodes == 0 else None)
+            self.done, self._return, self._length = False, 0.0, 0
+            return self._transition(obs, np.zeros(self.spec.action_dim, np.float32), 0.0, True, False), None
+        obs, reward, terminated, truncated, _ = self.env.step(to_env_action(action, self.spec))
+        self.env_steps += 1
+        self._return += float(reward)
+        self._length += 1
+        self.done = bool(terminated or truncated)
+        episode = None
+        if self.done:
+            self.episodes += 1
+            episode = {"return": self._return, "length": float(self._length)}
+        return self._transition(obs, action, float(reward), False, bool(terminated)), episode
+
+    @staticmethod
+    def _transition(obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:
+        return {"obs": np.asarray(obs, np.float32), "action": np.asarray(action, np.float32),
+                "reward": np.float32(reward), "is_first": np.bool_(is_first), "is_terminal": np.bool_(is_terminal)}

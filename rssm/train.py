@@ -1,0 +1,165 @@
+"""Composition root: turns the config into objects and runs the training loop.
+
+`rssm-train [overrides]` (or `python -m rssm.train`) is the hydra entry point.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rssm.agent import Agent
+from rssm.config import UserError, register_configs, validate
+from rssm.envs import Collector, make_env, random_action
+from rssm.logging import Logger, MeanTracker
+from rssm.replay import Replay
+from rssm.world_model import LossScales, WorldModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_world_model(cfg: DictConfig, obs_dim: int, action_dim: int) -> WorldModel:
+    m = cfg.model
+    return WorldModel(obs_dim, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins)
+
+
+def loss_scales(cfg: DictConfig) -> LossScales:
+    w = cfg.wm
+    return LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Train a world model on data from a random policy. Writes TensorBoard events, `model.pt` and
+    `config.yaml` to `run_dir`. Returns the last logged metrics."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
+    wm = build_world_model(cfg, spec.obs_dim, spec.action_dim).to(device)
+    agent = Agent(wm, loss_scales(cfg), cfg.wm.lr, cfg.wm.eps, cfg.wm.grad_clip)
+    replay = Replay(cfg.replay.capacity, cfg.seed)
+    collector = Collector(env, spec, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    print(f"rssm: {cfg.env.id} on {device}, world model {sum(p.numel() for p in wm.parameters()):,} "
+          f"parameters, run dir {run_dir}", flush=True)
+
+    t = cfg.trainer
+    replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
+    logger = Logger(run_dir, t.steps, t.progress)
+    tracker, last = MeanTracker(), {}
+    updates, updates_due, last_return = 0, 0.0, float("nan")
+    clock, clock_steps, clock_updates = time.perf_counter(), 0, 0
+    try:
+        while collector.env_steps < t.steps:
+            transition, episode = collector.step(random_action(spec, rng))
+            replay.add(transition)
+            if episode is not None:
+                tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
+                last_return = episode["return"]
+            if transition["is_first"]:
+                continue  # a reset is not an env step
+            if collector.env_steps > t.prefill:
+                updates_due += t.train_ratio / replayed_per_update
+            while updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
+                tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
+                updates, updates_due = updates + 1, updates_due - 1.0
+            steps = collector.env_steps
+            if steps % t.log_every == 0 or steps == t.steps:
+                elapsed = time.perf_counter() - clock
+                last = tracker.means()
+                last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
+                             "perf/updates_per_s": (updates - clock_updates) / elapsed,
+                             "perf/updates": float(updates)})
+                logger.scalars(last, steps)
+                clock, clock_steps, clock_updates = time.perf_counter(), steps, updates
+            logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
+                            ret=f"{last_return:.1f}")
+    finally:
+        logger.close()
+        env.close()
+    torch.save({"world_model": wm.state_dict()}, run_dir / "model.pt")
+    return last
+
+
+def fail(message: str) -> None:
+    """Print one line and exit with status 2: the user's input was at fault, not the program."""
+    print(f"rssm-train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as e:
+        fail(str(e))
+
+
+def _overrides(argv: list[str]) -> list[list[str]]:
+    """Config overrides among the CLI arguments, one list per job to check (each sweep value once)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    parsed = OverridesParser.create().parse_overrides(plain)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    jobs = [fixed]
+    for o in parsed:
+        if o.is_sweep_override():
+            jobs += [fixed + [f"{o.get_key_element()}={v}"] for v in o.sweep_string_iterator()]
+    return jobs
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config for the command line before hydra runs, so that a bad override is reported
+    as one line with exit status 2 rather than hydra's multi-line message."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        jobs = _overrides(argv)
+        with initialize_config_module("rssm.configs", version_base=None):
+            for overrides in jobs:
+                validate(compose("config", overrides=overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        head = str(e).strip().splitlines()[0].rstrip(".") if cause is not e else ""
+        fail(f"{head}: {detail}" if head and head != detail else detail)
+    except UserError as e:
+        fail(str(e))
+
+
+def main() -> None:
+    register_configs()
+    check_overrides(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+import importlib.resources
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rssm.config import UserError, validate
+from rssm.train import build_world_model
+
+CONFIGS = importlib.resources.files("rssm.configs")
+ENVS = sorted(p.name[:-5] for p in CONFIGS.joinpath("env").iterdir() if p.name.endswith(".yaml"))
+MODELS = sorted(p.name[:-5] for p in CONFIGS.joinpath("model").iterdir() if p.name.endswith(".yaml"))
+EXPERIMENTS = sorted(p.name[:-5] for p in CONFIGS.joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
+
+
+def test_config_groups_are_found():
+    assert {"cartpole", "pendulum"} <= set(ENVS)
+    assert {"xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
+    assert "debug" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_env_config_composes(compose_config, env):
+    cfg = compose_config(f"env={env}")
+    validate(cfg)
+    assert cfg.env.id
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(compose_config, experiment):
+    validate(compose_config(f"experiment={experiment}"))
+
+
+def test_every_model_preset_builds_and_grows(compose_config):
+    counts = {}
+    for model in ["xs", "s", "m", "l", "xl"]:
+        cfg = compose_config(f"model={model}")
+        validate(cfg)
+        with torch.device("meta"):  # shapes only: the large presets need no memory here
+            wm = build_world_model(cfg, obs_dim=17, action_dim=6)
+        counts[model] = sum(p.numel() for p in wm.parameters())
+    assert list(counts.values()) == sorted(counts.values())
+    assert 7.4e6 < counts["s"] < 7.6e6  # DreamerV3's S world model on a 17-dim vector task
+
+
+def test_debug_model_builds_on_cpu(compose_config):
+    wm = build_world_model(compose_config("experiment=debug"), obs_dim=4, action_dim=2)
+    assert sum(p.numel() for p in wm.parameters()) < 100_000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.deter=0", "model.deter must be > 0"),
+    ("replay.batch_size=-1", "replay.batch_size must be > 0"),
+    ("wm.free_bits=-1.0", "wm.free_bits must be >= 0"),
+    ("device=tpu", "device must be"),
+    ("+trainer.extra=1", "unknown config key 'trainer.extra'"),
+])
+def test_validate_rejects_bad_values(compose_config, override, message):
+    with pytest.raises(UserError, match=message):
+        validate(compose_config(override))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.steps=abc"], "could not be converted to Integer"),
+    (["trainer.stepz=10"], "Key 'stepz' not in 'TrainerConfig'"),
+    (["model=huge"], "Could not find 'model/huge'"),
+    (["env.id=NoSuchEnv-v0"], "cannot make environment 'NoSuchEnv-v0'"),
+    (["env.id=FrozenLake-v1"], "unsupported observation space"),
+    (["model.units=0"], "model.units must be > 0"),
+    (["-m", "seed=0,zero"], "could not be converted to Integer"),
+])
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, message):
+    cmd = [sys.executable, "-m", "rssm.train", "experiment=debug", f"hydra.run.dir={tmp_path}",
+           f"hydra.sweep.dir={tmp_path}/multi", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rssm-train: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr

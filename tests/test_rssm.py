@@ -1,0 +1,120 @@
+import torch
+import torch.nn.functional as F
+
+from rssm.networks import LoopLinear
+from rssm.rssm import RSSM, features
+from rssm.world_model import LossScales, WorldModel, kl_loss
+
+B, T, E, A, D, G, C = 3, 6, 10, 2, 16, 4, 5
+
+
+def make_rssm(seed=0):
+    torch.manual_seed(seed)
+    return RSSM(action_dim=A, embed_dim=E, deter=D, units=12, groups=G, classes=C)
+
+
+def test_observe_and_imagine_shapes():
+    rssm = make_rssm()
+    post, prior_logits = rssm.observe(torch.randn(B, T, E), torch.randn(B, T, A), torch.zeros(B, T))
+    assert post.deter.shape == (B, T, D)
+    assert post.stoch.shape == post.logits.shape == prior_logits.shape == (B, T, G, C)
+    assert features(post).shape == (B, T, D + G * C)
+    assert torch.equal(post.stoch.detach().sum(-1), torch.ones(B, T, G))
+    last = type(post)(*(x[:, -1] for x in post))
+    imagined, actions = rssm.imagine(last, horizon=4, policy=lambda s: torch.zeros(B, A))
+    assert imagined.deter.shape == (B, 4, D) and imagined.stoch.shape == (B, 4, G, C) and actions.shape == (B, 4, A)
+    given = torch.randn(B, 4, A)
+    _, taken = rssm.imagine(last, horizon=4, actions=given)
+    assert torch.equal(taken, given)
+
+
+def test_is_first_resets_state_and_previous_action():
+    rssm = make_rssm()
+    embed, action = torch.randn(B, T, E), torch.randn(B, T, A)
+    is_first = torch.zeros(B, T)
+    is_first[:, 3] = 1.0
+    post, _ = rssm.observe(embed, action, is_first)
+    # A different history before the reset must not matter at the reset step.
+    other_embed, other_action = embed.clone(), action.clone()
+    other_embed[:, :3] = torch.randn(B, 3, E) * 5
+    other_action[:, :4] = torch.randn(B, 4, A) * 5  # includes the action stored at the reset step
+    other, _ = rssm.observe(other_embed, other_action, is_first)
+    torch.testing.assert_close(post.deter[:, 3], other.deter[:, 3])
+    assert not torch.allclose(post.deter[:, 2], other.deter[:, 2])
+    # And the reset step equals the first step of a fresh start.
+    fresh, _ = rssm.observe(embed[:, 3:4], torch.zeros(B, 1, A), torch.ones(B, 1))
+    torch.testing.assert_close(post.deter[:, 3], fresh.deter[:, 0])
+
+
+def test_straight_through_gradient_reaches_posterior_logits():
+    rssm = make_rssm()
+    post, _ = rssm.observe(torch.randn(B, T, E), torch.randn(B, T, A), torch.zeros(B, T))
+    (post.stoch * torch.randn(G, C)).sum().backward()
+    assert rssm.post_out.weight.grad is not None and rssm.post_out.weight.grad.abs().sum() > 0
+    assert rssm.post_e.weight.grad.abs().sum() > 0
+
+
+def test_loop_linear_matches_plain_linear_values_and_gradients():
+    torch.manual_seed(0)
+    layer = LoopLinear(7, 5)
+    xs = torch.randn(4, 3, 7, requires_grad=True)
+    weights = torch.randn(4, 3, 5)
+
+    def run(step):
+        h = torch.zeros(3, 5)
+        for t in range(4):  # a recurrence, so step t's input depends on step t-1
+            h = torch.tanh(step(xs[t] + torch.cat([h, h[:, :2]], -1), t))
+        return (h * weights[-1]).sum()
+
+    run(layer.bind(4, 3)).backward()
+    fast_w, fast_x = layer.weight.grad.clone(), xs.grad.clone()
+    layer.weight.grad, xs.grad = None, None
+    run(lambda x, t: F.linear(x, layer.weight)).backward()
+    torch.testing.assert_close(fast_w, layer.weight.grad)
+    torch.testing.assert_close(fast_x, xs.grad)
+
+
+def test_world_model_gradients_match_plain_autograd(monkeypatch):
+    batch = {"obs": torch.randn(2, 5, 3), "action": torch.randn(2, 5, A), "reward": torch.randn(2, 5),
+             "is_first": torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 0]]).bool(),
+             "is_terminal": torch.zeros(2, 5).bool()}
+
+    def grads():
+        torch.manual_seed(0)
+        wm = WorldModel(3, A, deter=8, units=8, layers=1, groups=2, classes=3)
+        loss, _, _ = wm.loss(batch, LossScales())
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in wm.named_parameters()}
+
+    loss_fast, fast = grads()
+    monkeypatch.setattr(LoopLinear, "bind", lambda self, steps, rows: (lambda x, t: F.linear(x, self.weight)))
+    loss_plain, plain = grads()
+    torch.testing.assert_close(loss_fast, loss_plain)
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_kl_balancing_sends_each_term_to_one_side():
+    post = torch.randn(4, 3, G, C, requires_grad=True)
+    prior = torch.randn(4, 3, G, C, requires_grad=True)
+    dyn, _ = kl_loss(post, prior, dyn_scale=1.0, rep_scale=0.0, free_bits=0.0)
+    post_grad, prior_grad = torch.autograd.grad(dyn.sum(), [post, prior], allow_unused=True)
+    assert (post_grad is None or post_grad.abs().sum() == 0) and prior_grad.abs().sum() > 0
+    rep, _ = kl_loss(post, prior, dyn_scale=0.0, rep_scale=1.0, free_bits=0.0)
+    post_grad, prior_grad = torch.autograd.grad(rep.sum(), [post, prior], allow_unused=True)
+    assert post_grad.abs().sum() > 0 and (prior_grad is None or prior_grad.abs().sum() == 0)
+
+
+def test_kl_loss_scales_and_free_bits_per_sample():
+    post = torch.zeros(1, 2, G, C)
+    prior = torch.zeros(1, 2, G, C)
+    prior[0, 1, :, 0] = 4.0  # second sample: KL well above 1 nat, first: exactly 0
+    loss, metrics = kl_loss(post.requires_grad_(), prior.requires_grad_(), dyn_scale=0.5, rep_scale=0.1, free_bits=1.0)
+    from rssm import kl_divergence
+    kl = kl_divergence(post, prior)
+    assert kl[0, 0] == 0 and kl[0, 1] > 1.0
+    torch.testing.assert_close(loss[0, 0], torch.tensor(0.6))  # both terms clipped to 1 nat
+    torch.testing.assert_close(loss[0, 1], 0.6 * kl[0, 1])
+    torch.testing.assert_close(metrics["wm/dyn_kl"], kl.mean())
+    grad_post, grad_prior = torch.autograd.grad(loss[0, 0], [post, prior])
+    assert grad_post.abs().sum() == 0 and grad_prior.abs().sum() == 0  # below free bits: no gradient

@@ -1,0 +1,67 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rssm.train import train
+
+EXPECTED_TAGS = {
+    "loss/rec", "loss/reward", "loss/cont", "loss/kl_dyn", "loss/kl_rep", "loss/wm",
+    "wm/dyn_kl", "wm/rep_kl", "wm/prior_entropy", "wm/post_entropy", "grad_norm/wm",
+    "episode/return", "episode/length", "perf/env_steps_per_s", "perf/updates_per_s",
+}
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_debug_run_end_to_end_from_the_cli(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(["rssm-train", "experiment=debug", "trainer.progress=false", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "parameters" in proc.stdout
+    scalars = read_scalars(run_dir)
+    assert EXPECTED_TAGS <= set(scalars), EXPECTED_TAGS - set(scalars)
+    assert all(np.isfinite(v).all() for v in scalars.values())
+    assert scalars["perf/updates"][-1] > 0
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert "rssm.gru.weight" in state["world_model"]
+    assert (run_dir / "config.yaml").read_text().count("CartPole-v1") == 1
+
+
+def test_multirun_runs_each_seed(tmp_path):
+    proc = subprocess.run(["rssm-train", "-m", "experiment=debug", "trainer.progress=false", "trainer.steps=120",
+                           "seed=0,1", f"hydra.sweep.dir={tmp_path}/multi"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((tmp_path / "multi" / job / "model.pt").exists() for job in ["0", "1"])
+
+
+def test_same_seed_gives_identical_losses(compose_config, tmp_path):
+    cfg = compose_config("experiment=debug", "trainer.progress=false", "trainer.steps=200")
+    first = train(cfg, tmp_path / "a")
+    second = train(cfg, tmp_path / "b")
+    assert first["perf/updates"] > 0
+    losses = [k for k in first if k.startswith(("loss/", "wm/", "grad_norm/"))]
+    assert losses and all(first[k] == second[k] for k in losses)
+    a, b = read_scalars(tmp_path / "a"), read_scalars(tmp_path / "b")
+    assert a["loss/wm"] == b["loss/wm"]
+    other = train(compose_config("experiment=debug", "trainer.progress=false", "trainer.steps=200", "seed=1"),
+                  tmp_path / "c")
+    assert other["loss/wm"] != first["loss/wm"]
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rssm.train", "experiment=debug", "trainer.progress=false",
+                           "trainer.steps=110", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "model.pt").exists()

@@ -1,37 +1,101 @@
-"""The learner: owns the world model's optimizer and turns a replay batch into one update."""
+"""The agent: owns the optimizers, turns a replay batch into one update, and picks actions."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, behavior_losses, imagine
+from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float
+    eps: float
+    grad_clip: float  # global gradient-norm clip
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
+          clip: float) -> torch.Tensor:
+    """One optimizer step that fills only `params`' gradients, whatever else the loss depends on."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return grad_norm
+
+
 class Agent:
-    """World-model learning. Acting is separate (`rssm.envs.random_action` until a policy is learned).
+    """World-model learning, and actor-critic learning in imagination when an actor and critic are given.
 
     Args:
         world_model: the model to train (already on its device).
-        scales: loss weights.
-        lr, eps, grad_clip: Adam and global gradient-norm clipping.
+        scales: world-model loss weights.
+        wm_optim: world-model optimizer settings.
+        actor, critic, behavior, ac_optim: all None for a world model alone (random policy).
     """
 
-    def __init__(self, world_model: WorldModel, scales: LossScales, lr: float, eps: float, grad_clip: float):
-        self.wm, self.scales, self.grad_clip = world_model, scales, grad_clip
+    def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
+                 actor: Actor | None = None, critic: Critic | None = None,
+                 behavior: BehaviorSettings | None = None, ac_optim: OptimSettings | None = None):
+        self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
+        self.actor, self.critic, self.behavior, self.ac_optim = actor, critic, behavior, ac_optim
         self.device = next(world_model.parameters()).device
-        self.wm_opt = torch.optim.Adam(world_model.parameters(), lr=lr, eps=eps)
+        self.wm_params = list(world_model.parameters())
+        self.wm_opt = torch.optim.Adam(self.wm_params, lr=wm_optim.lr, eps=wm_optim.eps)
+        if actor is not None:
+            self.normalizer = ReturnNormalizer().to(self.device)
+            self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
+            self.actor_opt = torch.optim.Adam(self.actor_params, lr=ac_optim.lr, eps=ac_optim.eps)
+            self.critic_opt = torch.optim.Adam(self.critic_params, lr=ac_optim.lr, eps=ac_optim.eps)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """One gradient step on a (B, T) batch. Returns detached metric tensors (no device sync)."""
         data = to_torch(batch, self.device)
-        loss, metrics, _ = self.wm.loss(data, self.scales)
-        self.wm_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.grad_clip)
-        self.wm_opt.step()
-        return {**metrics, "loss/wm": loss.detach(), "grad_norm/wm": grad_norm}
+        loss, metrics, post = self.wm.loss(data, self.scales)
+        metrics["loss/wm"] = loss.detach()
+        metrics["grad_norm/wm"] = _step(self.wm_opt, loss, self.wm_params, self.wm_optim.grad_clip)
+        if self.actor is not None:
+            metrics.update(self._update_behavior(post, data["is_terminal"]))
+        return metrics
+
+    def _update_behavior(self, post: RSSMState, is_terminal: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.behavior
+        start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
+        start_cont = 1.0 - is_terminal.flatten().to(start.deter.dtype)  # (B * T,)
+        feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop)
+        actor_loss, critic_loss, metrics = behavior_losses(
+            self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
+        clip = self.ac_optim.grad_clip
+        metrics["grad_norm/actor"] = _step(self.actor_opt, actor_loss, self.actor_params, clip)
+        metrics["grad_norm/critic"] = _step(self.critic_opt, critic_loss, self.critic_params, clip)
+        self.critic.update_slow(s.slow_rate)
+        return metrics
+
+    @torch.no_grad()
+    def act(self, transition: dict[str, np.ndarray], state: RSSMState | None,
+            explore: bool) -> tuple[np.ndarray, RSSMState]:
+        """Update the model state with the newest transition and pick the next action.
+
+        Args:
+            transition: obs (O,), action a_{t-1} (A,), is_first, from `rssm.envs.Collector`.
+            state: the model state after the previous transition, or None at the start.
+            explore: sample from the actor (True) or take its mode (False).
+        Returns:
+            The action (A,) as float32 numpy, and the new model state (batch 1).
+        """
+        data = to_torch({k: np.asarray(transition[k])[None, None] for k in ("obs", "action", "is_first")},
+                        self.device)  # (1, 1, ...)
+        post, _ = self.wm.rssm.observe(self.wm.encode(data["obs"]), data["action"], data["is_first"], state)
+        state = RSSMState(*(x[:, -1] for x in post))  # (1, ...)
+        dist = self.actor(features(state))
+        action = dist.sample() if explore else dist.mode()
+        return action[0].float().cpu().numpy(), state

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class UserError(Exception):
@@ -45,6 +45,21 @@ class WorldModelConfig:
 
 
 @dataclass
+class AgentConfig:
+    kind: str = "dreamer"  # dreamer: actor-critic in imagination | world_model: random policy, no actor or critic
+    horizon: int = 15  # imagination steps
+    gamma: float = 1.0 - 1.0 / 333.0
+    lam: float = 0.95  # lambda of the lambda-returns
+    entropy: float = 3e-4  # actor entropy bonus
+    slow_rate: float = 0.02  # EMA rate of the slow critic
+    actor_grad_discrete: str = "reinforce"  # reinforce | backprop
+    actor_grad_continuous: str = "backprop"  # reinforce | backprop
+    lr: float = 3e-5  # actor and critic
+    eps: float = 1e-5
+    grad_clip: float = 100.0
+
+
+@dataclass
 class ReplayConfig:
     capacity: int = 1_000_000  # transitions
     batch_size: int = 16
@@ -57,6 +72,8 @@ class TrainerConfig:
     prefill: int = 1000  # env steps of data collected before the first update
     train_ratio: float = 64.0  # replayed steps per env step: batch_size * batch_length per update
     log_every: int = 1000  # env steps between TensorBoard writes
+    eval_every: int = 5000  # env steps between evaluations (mode policy, separate env); 0: only at the end
+    eval_episodes: int = 10
     progress: bool = True  # progress bar in the terminal
 
 
@@ -68,6 +85,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -77,17 +95,20 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="rssm_schema", node=Config)
 
 
-_POSITIVE = {
-    "env": ("action_repeat",),
-    "model": ("deter", "units", "groups", "classes", "bins"),
-    "replay": ("capacity", "batch_size", "batch_length"),
-    "trainer": ("steps", "log_every"),
-    "wm": ("lr", "eps", "grad_clip"),
-}
-_NON_NEGATIVE = {
-    "env": ("time_limit",), "model": ("layers", "unimix"), "trainer": ("prefill", "train_ratio"),
-    "wm": tuple(f.name for f in fields(WorldModelConfig)),
-}
+_WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
+_RANGES = [  # (keys, test, what the test asks for)
+    (("env.action_repeat", "model.deter", "model.units", "model.groups", "model.classes", "model.bins",
+      "replay.capacity", "replay.batch_size", "replay.batch_length", "trainer.steps", "trainer.log_every",
+      "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.lr", "agent.eps", "agent.grad_clip"),
+     lambda v: v > 0, "> 0"),
+    (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
+      "trainer.eval_episodes", "agent.lam", "agent.entropy", "agent.slow_rate", "threads", *_WM_KEYS),
+     lambda v: v >= 0, ">= 0"),
+    (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+]
+_CHOICES = {"agent.kind": ("dreamer", "world_model"), "agent.actor_grad_discrete": ("reinforce", "backprop"),
+            "agent.actor_grad_continuous": ("reinforce", "backprop")}
 
 
 def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -104,18 +125,14 @@ def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
-    for section, keys in _POSITIVE.items():
+    for keys, ok, wanted in _RANGES:
         for key in keys:
-            if cfg[section][key] <= 0:
-                raise UserError(f"{section}.{key} must be > 0, got {cfg[section][key]}")
-    for section, keys in _NON_NEGATIVE.items():
-        for key in keys:
-            if cfg[section][key] < 0:
-                raise UserError(f"{section}.{key} must be >= 0, got {cfg[section][key]}")
-    if not 0.0 <= cfg.model.unimix < 1.0:
-        raise UserError(f"model.unimix must be in [0, 1), got {cfg.model.unimix}")
-    if cfg.threads < 0:
-        raise UserError(f"threads must be >= 0, got {cfg.threads}")
+            value = OmegaConf.select(cfg, key)
+            if not ok(value):
+                raise UserError(f"{key} must be {wanted}, got {value}")
+    for key, allowed in _CHOICES.items():
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got '{OmegaConf.select(cfg, key)}'")
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")

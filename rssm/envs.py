@@ -15,10 +15,15 @@ class EnvSpec:
     """What the agent needs to know about an environment's spaces."""
 
     obs_dim: int
-    action_dim: int  # one-hot size for discrete actions
+    action_dims: tuple[int, ...]  # one-hot segment sizes (discrete, multi-discrete), or (A,) (continuous)
     discrete: bool
     low: np.ndarray | None = None  # bounds of a continuous action space
     high: np.ndarray | None = None
+
+    @property
+    def action_dim(self) -> int:
+        """Length of the agent's action vector."""
+        return sum(self.action_dims)
 
 
 class ActionRepeat(gym.Wrapper):
@@ -38,13 +43,16 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0) -> tuple[gym.Env, EnvSpec]:
+def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0,
+             render_mode: str | None = None) -> tuple[gym.Env, EnvSpec]:
     """Create a gymnasium env and check that rssm supports its spaces.
 
     Raises:
         UserError: unknown id, missing dependency, or unsupported observation or action space.
     """
     kwargs = {"max_episode_steps": time_limit * action_repeat} if time_limit > 0 else {}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as e:
@@ -64,26 +72,29 @@ def env_spec(obs_space: gym.Space, action_space: gym.Space) -> EnvSpec:
             and np.issubdtype(obs_space.dtype, np.floating)):
         raise UserError(f"unsupported observation space {obs_space}: rssm needs a 1-D float Box")
     if isinstance(action_space, gym.spaces.Discrete):
-        return EnvSpec(obs_space.shape[0], int(action_space.n), True)
+        return EnvSpec(obs_space.shape[0], (int(action_space.n),), True)
+    if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
+        return EnvSpec(obs_space.shape[0], tuple(int(n) for n in action_space.nvec), True)
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise UserError(f"unsupported action space {action_space}: a Box needs finite bounds")
-        return EnvSpec(obs_space.shape[0], action_space.shape[0], False, low, high)
-    raise UserError(f"unsupported action space {action_space}: rssm needs Discrete or a 1-D Box")
+        return EnvSpec(obs_space.shape[0], (action_space.shape[0],), False, low, high)
+    raise UserError(f"unsupported action space {action_space}: rssm needs Discrete, 1-D MultiDiscrete or 1-D Box")
 
 
 def to_env_action(action: np.ndarray, spec: EnvSpec):
-    """Agent action (one-hot, or values in [-1, 1]) -> the env's action."""
+    """Agent action (one-hot segments, or values in [-1, 1]) -> the env's action."""
     if spec.discrete:
-        return int(np.argmax(action))
+        indices = [int(np.argmax(part)) for part in np.split(action, np.cumsum(spec.action_dims)[:-1])]
+        return indices[0] if len(indices) == 1 else np.array(indices, np.int64)
     return spec.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (spec.high - spec.low)
 
 
 def random_action(spec: EnvSpec, rng: np.random.Generator) -> np.ndarray:
-    """Uniform random agent action: a one-hot vector or values in [-1, 1], float32 (A,)."""
+    """Uniform random agent action: one-hot segments or values in [-1, 1], float32 (A,)."""
     if spec.discrete:
-        return np.eye(spec.action_dim, dtype=np.float32)[rng.integers(spec.action_dim)]
+        return np.concatenate([np.eye(n, dtype=np.float32)[rng.integers(n)] for n in spec.action_dims])
     return rng.uniform(-1.0, 1.0, spec.action_dim).astype(np.float32)
 
 

@@ -16,9 +16,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rssm.agent import Agent
+from rssm.agent import Agent, OptimSettings
+from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.config import UserError, register_configs, validate
-from rssm.envs import Collector, make_env, random_action
+from rssm.envs import Collector, EnvSpec, make_env, random_action
+from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
 from rssm.replay import Replay
 from rssm.world_model import LossScales, WorldModel
@@ -43,14 +45,41 @@ def build_world_model(cfg: DictConfig, obs_dim: int, action_dim: int) -> WorldMo
     return WorldModel(obs_dim, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins)
 
 
-def loss_scales(cfg: DictConfig) -> LossScales:
-    w = cfg.wm
-    return LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
+def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
+    """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`."""
+    w, a, m = cfg.wm, cfg.agent, cfg.model
+    wm = build_world_model(cfg, spec.obs_dim, spec.action_dim).to(device)
+    scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
+    wm_optim = OptimSettings(w.lr, w.eps, w.grad_clip)
+    if a.kind == "world_model":
+        return Agent(wm, scales, wm_optim)
+    actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, m.unimix).to(device)
+    critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins).to(device)
+    grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
+    behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop")
+    return Agent(wm, scales, wm_optim, actor, critic, behavior, OptimSettings(a.lr, a.eps, a.grad_clip))
+
+
+def evaluate(agent: Agent, cfg: DictConfig, episodes: int) -> dict[str, float]:
+    env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
+    try:
+        returns, _ = run_episodes(agent, env, spec, episodes, seed=cfg.seed + 10_000)
+    finally:
+        env.close()
+    return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+            "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
+
+
+def save_model(agent: Agent, path: Path) -> None:
+    state = {"world_model": agent.wm.state_dict()}
+    if agent.actor is not None:
+        state.update(actor=agent.actor.state_dict(), critic=agent.critic.state_dict())
+    torch.save(state, path)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train a world model on data from a random policy. Writes TensorBoard events, `model.pt` and
-    `config.yaml` to `run_dir`. Returns the last logged metrics."""
+    """Train the agent the config describes. Writes TensorBoard events, `model.pt` and `config.yaml` to
+    `run_dir`. Returns the last logged metrics."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,25 +88,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
-    wm = build_world_model(cfg, spec.obs_dim, spec.action_dim).to(device)
-    agent = Agent(wm, loss_scales(cfg), cfg.wm.lr, cfg.wm.eps, cfg.wm.grad_clip)
+    agent = build_agent(cfg, spec, device)
     replay = Replay(cfg.replay.capacity, cfg.seed)
     collector = Collector(env, spec, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    print(f"rssm: {cfg.env.id} on {device}, world model {sum(p.numel() for p in wm.parameters()):,} "
-          f"parameters, run dir {run_dir}", flush=True)
+    counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
+    sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
+    print(f"rssm: {cfg.env.id} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
+          flush=True)
 
     t = cfg.trainer
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
     logger = Logger(run_dir, t.steps, t.progress)
     tracker, last = MeanTracker(), {}
-    updates, updates_due, last_return = 0, 0.0, float("nan")
+    updates, updates_due, last_return, state = 0, 0.0, float("nan"), None
     clock, clock_steps, clock_updates = time.perf_counter(), 0, 0
+    action = random_action(spec, rng)
     try:
         while collector.env_steps < t.steps:
-            transition, episode = collector.step(random_action(spec, rng))
+            transition, episode = collector.step(action)
             replay.add(transition)
+            if agent.actor is not None:
+                action, state = agent.act(transition, state, explore=True)
+            if agent.actor is None or collector.env_steps < t.prefill:
+                action = random_action(spec, rng)
             if episode is not None:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 last_return = episode["return"]
@@ -95,6 +130,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
                              "perf/updates_per_s": (updates - clock_updates) / elapsed,
                              "perf/updates": float(updates)})
+                if agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps):
+                    last.update(evaluate(agent, cfg, t.eval_episodes))
                 logger.scalars(last, steps)
                 clock, clock_steps, clock_updates = time.perf_counter(), steps, updates
             logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
@@ -102,7 +139,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     finally:
         logger.close()
         env.close()
-    torch.save({"world_model": wm.state_dict()}, run_dir / "model.pt")
+    save_model(agent, run_dir / "model.pt")
     return last
 
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from rssm import kl_divergence
-from rssm.distributions import (entropy, sample_onehot, symexp, symlog, twohot_encode, twohot_loss, twohot_mean,
-                                unimix_logits)
+from rssm.distributions import (
+    entropy,
+    sample_onehot,
+    symexp,
+    symlog,
+    twohot_encode,
+    twohot_loss,
+    twohot_mean,
+    unimix_logits,
+)
 
 
 def seed_kl(posterior_logits, prior_logits):

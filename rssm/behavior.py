@@ -1,0 +1,228 @@
+"""Behaviour learning in imagination: actor, critic, lambda-returns and return normalisation (DreamerV3)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rssm.distributions import symlog_bins, twohot_loss, twohot_mean, unimix_logits
+from rssm.networks import MLP, zero_output
+
+
+def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor, lam: float) -> torch.Tensor:
+    """TD(lambda) returns of an imagined trajectory, computed backwards from the last value.
+
+        R_t = r_{t+1} + d_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}),    R_H = v_H
+
+    Args:
+        reward: r_1 .. r_H, rewards on arriving at states 1 .. H, (N, H).
+        discount: d_1 .. d_H, gamma times the predicted continue flag of states 1 .. H, (N, H).
+        value: v_0 .. v_H, critic values of states 0 .. H, (N, H + 1).
+        lam: the lambda of TD(lambda).
+    Returns:
+        R_0 .. R_{H-1}, (N, H).
+    """
+    N, H = reward.shape
+    assert discount.shape == (N, H) and value.shape == (N, H + 1)
+    interm = reward + discount * (1.0 - lam) * value[:, 1:]  # (N, H): the part that needs no recursion
+    out = torch.empty_like(reward)
+    last = value[:, -1]  # (N,)
+    for t in reversed(range(H)):
+        last = interm[:, t] + discount[:, t] * lam * last
+        out[:, t] = last
+    return out
+
+
+class ReturnNormalizer(nn.Module):
+    """Scale of returns: an EMA of their 5th-95th percentile range, never below `floor`."""
+
+    def __init__(self, decay: float = 0.99, floor: float = 1.0, low: float = 0.05, high: float = 0.95):
+        super().__init__()
+        self.decay, self.floor, self.low, self.high = decay, floor, low, high
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> torch.Tensor:
+        """Fold a batch of returns into the range and return the new scale."""
+        flat = returns.detach().flatten().float()
+        lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
+        if not self.initialized:
+            self.lo.copy_(lo), self.hi.copy_(hi), self.initialized.fill_(True)
+        else:
+            self.lo.lerp_(lo, 1.0 - self.decay), self.hi.lerp_(hi, 1.0 - self.decay)
+        return self.scale()
+
+    def scale(self) -> torch.Tensor:
+        return torch.clamp(self.hi - self.lo, min=self.floor)
+
+
+class Actor(nn.Module):
+    """Policy over model features. Discrete and multi-discrete actions are one-hot segments of the action
+    vector, each a categorical with `unimix`; continuous actions are a Normal with tanh-squashed mean and
+    std in [min_std, max_std], sampled values clipped to [-1, 1] (rescaled to the env's bounds outside).
+
+    Args:
+        feat_dim, units, layers: network sizes.
+        action_dims: sizes of the one-hot segments (discrete), or [A] (continuous).
+        discrete: which of the two.
+    """
+
+    def __init__(self, feat_dim: int, units: int, layers: int, action_dims: list[int], discrete: bool,
+                 unimix: float = 0.01, min_std: float = 0.1, max_std: float = 1.0):
+        super().__init__()
+        self.action_dims, self.discrete, self.unimix = list(action_dims), discrete, unimix
+        self.min_std, self.max_std = min_std, max_std
+        out = sum(action_dims) if discrete else 2 * action_dims[0]
+        self.net = MLP(feat_dim, units, layers, out)
+
+    def forward(self, feat: torch.Tensor) -> ActionDist:
+        out = self.net(feat)
+        if self.discrete:
+            return ActionDist(self, logits=[unimix_logits(x, self.unimix) for x in out.split(self.action_dims, -1)])
+        mean, std = out.chunk(2, -1)
+        std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
+        return ActionDist(self, mean=torch.tanh(mean), std=std)
+
+
+@dataclass
+class ActionDist:
+    """The actor's distribution at a batch of states; actions are (..., A) vectors."""
+
+    actor: Actor
+    logits: list[torch.Tensor] | None = None  # discrete: one (..., n_i) log-probability tensor per segment
+    mean: torch.Tensor | None = None  # continuous: (..., A)
+    std: torch.Tensor | None = None
+
+    def sample(self) -> torch.Tensor:
+        """A sample with gradients: straight-through for one-hots, reparameterised for Normals."""
+        if self.logits is not None:
+            parts = []
+            for logits in self.logits:
+                index = torch.multinomial(logits.exp().flatten(0, -2), 1).view(logits.shape[:-1])
+                probs = logits.exp()
+                parts.append(F.one_hot(index, logits.shape[-1]).to(probs.dtype) + (probs - probs.detach()))
+            return torch.cat(parts, -1)
+        return (self.mean + self.std * torch.randn_like(self.mean)).clamp(-1.0, 1.0)
+
+    def mode(self) -> torch.Tensor:
+        if self.logits is not None:
+            return torch.cat([F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype) for x in self.logits], -1)
+        return self.mean
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        """Log-probability of (..., A) actions, summed over segments or dimensions: (...)."""
+        if self.logits is not None:
+            parts = action.detach().split(self.actor.action_dims, -1)
+            return sum((a * x).sum(-1) for a, x in zip(parts, self.logits, strict=True))
+        dist = torch.distributions.Normal(self.mean, self.std)
+        return dist.log_prob(action.detach()).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        if self.logits is not None:
+            return sum(-(x.exp() * x).sum(-1) for x in self.logits)
+        return torch.distributions.Normal(self.mean, self.std).entropy().sum(-1)
+
+
+class Critic(nn.Module):
+    """Value as a two-hot distribution over symlog bins, with a slow EMA copy used as a regulariser."""
+
+    def __init__(self, feat_dim: int, units: int, layers: int, bins: int = 255):
+        super().__init__()
+        self.net = MLP(feat_dim, units, layers, bins)
+        zero_output(self.net.out)
+        self.slow = copy.deepcopy(self.net).requires_grad_(False)
+        self.register_buffer("bins", symlog_bins(bins), persistent=False)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Value logits (..., K)."""
+        return self.net(feat)
+
+    def value(self, feat: torch.Tensor) -> torch.Tensor:
+        return twohot_mean(self.net(feat), self.bins)
+
+    def slow_value(self, feat: torch.Tensor) -> torch.Tensor:
+        return twohot_mean(self.slow(feat), self.bins)
+
+    @torch.no_grad()
+    def update_slow(self, rate: float) -> None:
+        for slow, fast in zip(self.slow.parameters(), self.net.parameters(), strict=True):
+            slow.lerp_(fast, rate)
+
+    def loss(self, feat: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor) -> torch.Tensor:
+        """Two-hot cross-entropy toward the return and toward the slow critic's value: (...)."""
+        logits = self.net(feat)
+        return twohot_loss(logits, target.detach(), self.bins) + twohot_loss(logits, slow_target.detach(), self.bins)
+
+
+@dataclass(frozen=True)
+class BehaviorSettings:
+    """Imagination and actor-critic settings (DreamerV3 defaults)."""
+
+    horizon: int = 15
+    gamma: float = 1.0 - 1.0 / 333.0
+    lam: float = 0.95
+    entropy: float = 3e-4
+    slow_rate: float = 0.02
+    backprop: bool = False  # actor gradient through the dynamics (True) or REINFORCE (False)
+
+
+def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, backprop: bool):
+    """Roll the prior forward under the actor from N start states.
+
+    Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), and
+    the continue flags of states 0 .. H (N, H + 1) with the start's own flag first.
+    """
+    from rssm.rssm import features  # the world model's state layout
+
+    with torch.set_grad_enabled(backprop and torch.is_grad_enabled()):
+        def policy(state):
+            feat = features(state)
+            return actor(feat if backprop else feat.detach()).sample()
+
+        traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
+        feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
+        cont = (wm.cont(feat[:, 1:]).squeeze(-1) > 0).to(feat.dtype)  # (N, H): the predicted flag's mode
+        cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
+    return feat, actions, cont
+
+
+def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormalizer, feat: torch.Tensor,
+                    actions: torch.Tensor, cont: torch.Tensor, s: BehaviorSettings):
+    """Actor and critic losses on an imagined trajectory (from `imagine`).
+
+    Returns (actor loss, critic loss, metrics). The actor loss reaches the world model only through
+    `feat` when `s.backprop`; the caller steps only the actor's and critic's parameters.
+    """
+    N, H1, _ = feat.shape
+    H = H1 - 1
+    reward = twohot_mean(wm.reward(feat[:, 1:]), wm.bins)  # (N, H): reward on arriving at states 1 .. H
+    discount = s.gamma * cont  # (N, H + 1)
+    value = critic.value(feat)  # (N, H + 1)
+    returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
+    # Weight of state t: the discounted probability that the episode is still running there.
+    weight = (torch.cumprod(discount, 1) / s.gamma).detach()[:, :H]  # (N, H)
+    scale = normalizer.update(returns)
+    dist = actor(feat[:, :H] if s.backprop else feat[:, :H].detach())
+    entropy = dist.entropy()  # (N, H)
+    if s.backprop:
+        objective = returns / scale
+    else:
+        advantage = ((returns - value[:, :H]) / scale).detach()
+        objective = dist.log_prob(actions) * advantage
+    actor_loss = -(weight * (objective + s.entropy * entropy)).mean()
+    critic_feat = feat[:, :H].detach()
+    critic_loss = (weight * critic.loss(critic_feat, returns, critic.slow_value(critic_feat))).mean()
+    metrics = {
+        "behavior/actor_loss": actor_loss.detach(), "behavior/critic_loss": critic_loss.detach(),
+        "behavior/actor_entropy": entropy.detach().mean(), "behavior/return_scale": scale,
+        "behavior/value_mean": value.detach().mean(), "behavior/value_std": value.detach().std(),
+        "behavior/return_mean": returns.detach().mean(), "behavior/return_std": returns.detach().std(),
+        "behavior/imagined_reward": reward.detach().mean(),
+    }
+    return actor_loss, critic_loss, metrics

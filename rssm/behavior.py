@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import symlog_bins, twohot_loss, twohot_mean, unimix_logits
+from rssm.distributions import symlog_bins, twohot_log_prob, twohot_mean, unimix_logits
 from rssm.networks import MLP, zero_output
 
 
@@ -156,8 +156,9 @@ class Critic(nn.Module):
 
     def loss(self, feat: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor) -> torch.Tensor:
         """Two-hot cross-entropy toward the return and toward the slow critic's value: (...)."""
-        logits = self.net(feat)
-        return twohot_loss(logits, target.detach(), self.bins) + twohot_loss(logits, slow_target.detach(), self.bins)
+        log_probs = F.log_softmax(self.net(feat), dim=-1)  # (..., K)
+        return -(twohot_log_prob(log_probs, target.detach(), self.bins)
+                 + twohot_log_prob(log_probs, slow_target.detach(), self.bins))
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,12 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
     """
     N, H1, _ = feat.shape
     H = H1 - 1
-    reward = twohot_mean(wm.reward(feat[:, 1:]), wm.bins)  # (N, H): reward on arriving at states 1 .. H
-    discount = s.gamma * cont  # (N, H + 1)
-    value = critic.value(feat)  # (N, H + 1)
-    returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
+    # REINFORCE needs no gradient of the returns, so no graph is built for them.
+    with torch.set_grad_enabled(s.backprop and torch.is_grad_enabled()):
+        reward = twohot_mean(wm.reward(feat[:, 1:]), wm.bins)  # (N, H): reward on arriving at states 1 .. H
+        discount = s.gamma * cont  # (N, H + 1)
+        value = critic.value(feat)  # (N, H + 1)
+        returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
     # Weight of state t: the discounted probability that the episode is still running there.
     weight = (torch.cumprod(discount, 1) / s.gamma).detach()[:, :H]  # (N, H)
     scale = normalizer.update(returns)

@@ -61,10 +61,10 @@ def sample_onehot(logits: torch.Tensor) -> torch.Tensor:
         One-hot sample of shape (..., C) whose gradient flows to `logits` through the probabilities.
     """
     probs = torch.softmax(logits, dim=-1)
-    # Gumbel-max: argmax(logits + g), g ~ Gumbel(0, 1), is a sample of Categorical(logits).
-    uniform = torch.rand_like(logits).clamp_(min=1e-20)
-    index = (logits - torch.log(-torch.log(uniform))).argmax(-1)
-    onehot = F.one_hot(index, logits.shape[-1]).to(probs.dtype)
+    # Inverse CDF: one uniform number per categorical, not one per class.
+    uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=probs.dtype)
+    index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
+    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return onehot + (probs - probs.detach())  # exactly one-hot forward
 
 
@@ -80,6 +80,16 @@ def symlog_bins(num_bins: int, low: float = -20.0, high: float = 20.0, device=No
     return torch.linspace(low, high, num_bins, device=device)
 
 
+def _twohot_weights(x: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of the two neighbouring bins of each value, and the weight of the upper one: (...) each."""
+    K = bins.shape[0]
+    x = x.clamp(bins[0], bins[-1])
+    above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, K - 1)  # (...)
+    below = above - 1
+    lo, hi = bins[below], bins[above]
+    return below, above, ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
 def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Two-hot encoding of scalars on a sorted grid of bins.
 
@@ -92,24 +102,29 @@ def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     Returns:
         Target probabilities, shape (..., K).
     """
-    K = bins.shape[0]
-    x = x.clamp(bins[0], bins[-1])
-    above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, K - 1)  # (...)
-    below = above - 1
-    lo, hi = bins[below], bins[above]
-    w_hi = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)  # (...)
-    target = torch.zeros(*x.shape, K, device=x.device, dtype=x.dtype)
+    below, above, w_hi = _twohot_weights(x, bins)
+    target = torch.zeros(*x.shape, bins.shape[0], device=x.device, dtype=x.dtype)
     target.scatter_(-1, below.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
     target.scatter_add_(-1, above.unsqueeze(-1), w_hi.unsqueeze(-1))
     return target
 
 
+def twohot_log_prob(log_probs: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """log-likelihood of two-hot(symlog(target)) under log-probabilities over bins: (..., K), (...) -> (...).
+
+    Only the two bins next to each target carry weight, so they are gathered rather than multiplied densely.
+    """
+    below, above, w_hi = _twohot_weights(symlog(target), bins)
+    lp_lo = log_probs.gather(-1, below.unsqueeze(-1)).squeeze(-1)
+    lp_hi = log_probs.gather(-1, above.unsqueeze(-1)).squeeze(-1)
+    return (1.0 - w_hi) * lp_lo + w_hi * lp_hi
+
+
 def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of two-hot(symlog(target)) under softmax(logits): (..., K), (...) -> (...)."""
-    probs = twohot_encode(symlog(target), bins)  # (..., K)
-    return -(probs * F.log_softmax(logits, dim=-1)).sum(-1)
+    return -twohot_log_prob(F.log_softmax(logits, dim=-1), target, bins)
 
 
 def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Expected value in the original space: symexp(sum_k softmax(logits)_k * bins_k): (..., K) -> (...)."""
-    return symexp((torch.softmax(logits, dim=-1) * bins).sum(-1))
+    return symexp(torch.softmax(logits, dim=-1) @ bins)

@@ -16,7 +16,7 @@ EXPERIMENTS = sorted(p.name[:-5] for p in CONFIGS.joinpath("experiment").iterdir
 
 def test_config_groups_are_found():
     assert {"cartpole", "pendulum"} <= set(ENVS)
-    assert {"xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
+    assert {"xxs", "xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
     assert "debug" in EXPERIMENTS
 
 
@@ -34,7 +34,7 @@ def test_every_experiment_composes(compose_config, experiment):
 
 def test_every_model_preset_builds_and_grows(compose_config):
     counts = {}
-    for model in ["xs", "s", "m", "l", "xl"]:
+    for model in ["xxs", "xs", "s", "m", "l", "xl"]:
         cfg = compose_config(f"model={model}")
         validate(cfg)
         with torch.device("meta"):  # shapes only: the large presets need no memory here

@@ -33,7 +33,15 @@ def kl_divergence(posterior_logits: torch.Tensor, prior_logits: torch.Tensor) ->
     """
     q_log = F.log_softmax(posterior_logits, dim=-1)  # (..., G, C)
     p_log = F.log_softmax(prior_logits, dim=-1)  # (..., G, C)
-    kl = (q_log.exp() * (q_log - p_log)).sum(-1)  # (..., G)
+    return categorical_kl(q_log.exp(), q_log, p_log)
+
+
+def categorical_kl(q_probs: torch.Tensor, q_log: torch.Tensor, p_log: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) from normalised probabilities and log-probabilities, (..., G, C) -> (...).
+
+    For callers that need several terms of the same distributions: they normalise once and share.
+    """
+    kl = (q_probs * (q_log - p_log)).sum(-1)  # (..., G)
     return kl.sum(-1)  # (...)
 
 
@@ -47,9 +55,19 @@ def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Log-probabilities of (1 - unimix) * softmax(logits) + unimix / C, shape kept."""
     if unimix <= 0.0:
         return F.log_softmax(logits, dim=-1)
-    probs = torch.softmax(logits, dim=-1)
-    probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
-    return torch.log(probs)
+    return unimix_categorical(logits, unimix)[1]
+
+
+def unimix_categorical(logits: torch.Tensor, unimix: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and log-probabilities of (1 - unimix) * softmax(logits) + unimix / C, shapes kept.
+
+    The RSSM loop needs both; handing out the mixture itself spares a softmax of its logarithm.
+    """
+    if unimix <= 0.0:
+        log_probs = F.log_softmax(logits, dim=-1)
+        return log_probs.exp(), log_probs
+    probs = (1.0 - unimix) * torch.softmax(logits, dim=-1) + unimix / logits.shape[-1]
+    return probs, torch.log(probs)
 
 
 def sample_onehot(logits: torch.Tensor) -> torch.Tensor:
@@ -61,17 +79,23 @@ def sample_onehot(logits: torch.Tensor) -> torch.Tensor:
         One-hot sample of shape (..., C) whose gradient flows to `logits` through the probabilities.
     """
     probs = torch.softmax(logits, dim=-1)
-    # Inverse CDF: one uniform number per categorical, not one per class.
     uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=probs.dtype)
-    index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
-    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
-    return onehot + (probs - probs.detach())  # exactly one-hot forward
+    return straight_through(inverse_cdf_index(probs, uniform), probs)
 
 
 def mode_onehot(logits: torch.Tensor) -> torch.Tensor:
     """One-hot of the most likely class, with the same straight-through gradient as `sample_onehot`."""
-    probs = torch.softmax(logits, dim=-1)
-    onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype)
+    return straight_through(logits.argmax(-1), torch.softmax(logits, dim=-1))
+
+
+def inverse_cdf_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Class drawn by inverse CDF, one uniform number per categorical: (..., C), (..., 1) -> (...) int64."""
+    return (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def straight_through(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """One-hot of `index` (...) in the forward pass, gradient of `probs` (..., C) in the backward pass."""
+    onehot = torch.zeros_like(probs).scatter_(-1, index.unsqueeze(-1), 1.0)  # (..., C)
     return onehot + (probs - probs.detach())  # exactly one-hot forward
 
 

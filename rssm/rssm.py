@@ -17,13 +17,21 @@ How a sequence lines up in time (index t of every (B, T, ...) tensor):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import mode_onehot, sample_onehot, unimix_logits
+from rssm.distributions import (
+    inverse_cdf_index,
+    mode_onehot,
+    sample_onehot,
+    straight_through,
+    unimix_categorical,
+    unimix_logits,
+)
 from rssm.networks import MLP, NORM_EPS, LoopLinear, gru_update, init_weights
 
 
@@ -86,9 +94,9 @@ class RSSM(nn.Module):
         """Prior logits from h alone: (..., D) -> (..., G, C)."""
         return self._prior_logits(deter)
 
-    def _sequence_input(self, stoch: torch.Tensor, action_proj: torch.Tensor, img_in_z) -> torch.Tensor:
-        x = img_in_z(stoch.flatten(-2)) + action_proj  # (B, units)
-        return F.silu(self.img_in_norm(x))
+    def _sequence_input(self, stoch_proj: torch.Tensor, action_proj: torch.Tensor) -> torch.Tensor:
+        """GRU input from the two halves of Linear(concat(z, a)): (B, units) each -> (B, units)."""
+        return F.silu(self.img_in_norm(stoch_proj + action_proj))
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: RSSMState | None = None) -> tuple[RSSMState, torch.Tensor]:
@@ -105,30 +113,38 @@ class RSSM(nn.Module):
         B, T = is_first.shape
         init = self.initial(B)
         state = init if state is None else state
-        first = is_first.to(embed.dtype).unsqueeze(-1)  # (B, T, 1)
-        action_proj = self.img_in_a(action * (1.0 - first))  # (B, T, units)
-        embed_proj = self.post_e(embed)  # (B, T, units)
+        first = is_first.to(torch.bool)  # (B, T)
+        action = action * (1.0 - first.to(action.dtype)).unsqueeze(-1)  # (B, T, A): no action before a start
+        # Everything that does not depend on h_{t-1} is computed for all steps before the loop; unbind
+        # makes per-step views whose backward is one stack, not T zero-filled (B, T, units) gradients.
+        action_proj = self.img_in_a(action).unbind(1)  # T x (B, units)
+        embed_proj = self.post_e(embed).unbind(1)  # T x (B, units)
+        # One uniform number per categorical for inverse-CDF sampling, drawn for all steps at once (on CPU
+        # the same numbers as T per-step draws of `sample_onehot`).
+        uniform = torch.rand(T, B, self.groups, 1, device=embed.device, dtype=embed.dtype)  # (T, B, G, 1)
+        resets = first.any(0).tolist()  # one host sync, so that steps without a start skip the reset
         img_in_z, gru = self.img_in_z.bind(T, B), self.gru.bind(T, B)
         post_h, post_out = self.post_h.bind(T, B), self.post_out.bind(T, B)
         deter, stoch = state.deter, state.stoch
         deters, stochs, logits_all = [], [], []
         for t in range(T):
-            keep = 1.0 - first[:, t]  # (B, 1)
-            deter = deter * keep + init.deter * (1.0 - keep)
-            stoch = stoch * keep[..., None] + init.stoch * (1.0 - keep[..., None])
-            x = self._sequence_input(stoch, action_proj[:, t], lambda z: img_in_z(z, t))
+            if resets[t]:
+                reset = first[:, t, None]  # (B, 1)
+                deter = torch.where(reset, init.deter, deter)  # (B, D)
+                stoch = torch.where(reset[..., None], init.stoch, stoch)  # (B, G, C)
+            x = self._sequence_input(img_in_z(stoch.flatten(-2), t), action_proj[t])  # (B, units)
             deter = gru_update(self.gru_norm(gru(torch.cat([x, deter], -1), t)), deter)  # (B, D)
-            u = F.silu(self.post_norm(post_h(deter, t) + embed_proj[:, t]))  # (B, units)
+            u = F.silu(self.post_norm(post_h(deter, t) + embed_proj[t]))  # (B, units)
             logits = (post_out(u, t) + self.post_bias).unflatten(-1, (self.groups, self.classes))
-            logits = unimix_logits(logits, self.unimix)  # (B, G, C)
-            stoch = sample_onehot(logits)
+            probs, logits = unimix_categorical(logits, self.unimix)  # (B, G, C) each
+            stoch = straight_through(inverse_cdf_index(probs, uniform[t]), probs)  # (B, G, C)
             deters.append(deter), stochs.append(stoch), logits_all.append(logits)
         post = RSSMState(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits_all, 1))
         return post, self._prior_logits(post.deter)  # prior batched over (B, T)
 
     def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True) -> RSSMState:
         """One prior step: (B, ...) state and (B, A) action -> next (B, ...) state."""
-        x = self._sequence_input(state.stoch, self.img_in_a(action), self.img_in_z)
+        x = self._sequence_input(self.img_in_z(state.stoch.flatten(-2)), self.img_in_a(action))
         deter = gru_update(self.gru_norm(self.gru(torch.cat([x, state.deter], -1))), state.deter)
         logits = self._prior_logits(deter)
         stoch = sample_onehot(logits) if sample else mode_onehot(logits)
@@ -149,5 +165,5 @@ class RSSM(nn.Module):
             action = policy(state) if policy is not None else actions[:, t]
             state = self.img_step(state, action)
             states.append(state), taken.append(action)
-        stacked = RSSMState(*(torch.stack(x, 1) for x in zip(*states)))
+        stacked = RSSMState(*(torch.stack(x, 1) for x in zip(*states, strict=True)))
         return stacked, torch.stack(taken, 1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import entropy, kl_divergence, symlog, symlog_bins, twohot_loss, twohot_mean
+from rssm.distributions import categorical_kl, symlog, symlog_bins, twohot_loss, twohot_mean
 from rssm.networks import MLP, zero_output
 from rssm.rssm import RSSM, RSSMState, features
 
@@ -36,14 +36,21 @@ def kl_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn_scale: fl
     Args:
         post_logits, prior_logits: (B, T, G, C).
     Returns:
-        Loss (B, T) and metrics with the unclipped KL values.
+        Loss (B, T) and metrics with the unclipped KL values and the entropies of both sides.
     """
-    dyn = kl_divergence(post_logits.detach(), prior_logits)  # (B, T)
-    rep = kl_divergence(post_logits, prior_logits.detach())  # (B, T)
+    # Normalise each side once; the two terms differ only in what they detach.
+    post_log = F.log_softmax(post_logits, dim=-1)  # (B, T, G, C)
+    prior_log = F.log_softmax(prior_logits, dim=-1)  # (B, T, G, C)
+    post_probs = post_log.exp()  # (B, T, G, C)
+    dyn = categorical_kl(post_probs.detach(), post_log.detach(), prior_log)  # (B, T)
+    rep = categorical_kl(post_probs, post_log, prior_log.detach())  # (B, T)
     dyn_loss = dyn_scale * dyn.clamp(min=free_bits)  # (B, T)
     rep_loss = rep_scale * rep.clamp(min=free_bits)  # (B, T)
-    metrics = {"loss/kl_dyn": dyn_loss.detach().mean(), "loss/kl_rep": rep_loss.detach().mean(),
-               "wm/dyn_kl": dyn.detach().mean(), "wm/rep_kl": rep.detach().mean()}
+    with torch.no_grad():
+        metrics = {"loss/kl_dyn": dyn_loss.mean(), "loss/kl_rep": rep_loss.mean(),
+                   "wm/dyn_kl": dyn.mean(), "wm/rep_kl": rep.mean(),
+                   "wm/prior_entropy": -(prior_log.exp() * prior_log).sum((-2, -1)).mean(),
+                   "wm/post_entropy": -(post_probs * post_log).sum((-2, -1)).mean()}
     return dyn_loss + rep_loss, metrics
 
 
@@ -99,7 +106,6 @@ class WorldModel(nn.Module):
             metrics = {
                 "loss/rec": rec.mean(), "loss/reward": rew.mean(), "loss/cont": cont.mean(),
                 **kl_metrics,
-                "wm/prior_entropy": entropy(prior_logits).mean(), "wm/post_entropy": entropy(post.logits).mean(),
                 "wm/reward_error": (twohot_mean(reward_logits, self.bins) - reward).abs().mean(),
                 "wm/cont_accuracy": ((cont_logits > 0).to(feat.dtype) == cont_target).to(feat.dtype).mean(),
             }

@@ -1,0 +1,62 @@
+"""Learning benchmark: train an env's default config for several seeds, then report for each seed the first
+env step at which the mean eval return reached the target, the wall-clock, and a plot of all seeds.
+
+    python scripts/learning_benchmark.py --env cartpole --target 475 --seeds 0 1 2 --out runs/bench
+    python scripts/learning_benchmark.py --env pendulum --target -200 --seeds 0 1 2 --out runs/bench
+
+Extra arguments after `--` go to rssm-train as overrides. Runs one seed at a time (each uses the machine's
+cores); the plot needs matplotlib (`pip install -e ".[plot]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def first_reaching(run_dir: Path, tag: str, target: float) -> tuple[int | None, float | None]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    points = events.Scalars(tag) if tag in events.Tags()["scalars"] else []
+    reached = next((p.step for p in points if p.value >= target), None)
+    return reached, (points[-1].value if points else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", required=True, help="an env config name, e.g. cartpole")
+    parser.add_argument("--target", type=float, required=True, help="mean eval return to reach")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: OUT/ENV.png)")
+    args, overrides = parser.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    results = []
+    for seed in args.seeds:
+        run_dir = args.out / f"{args.env}_seed{seed}"
+        start = time.perf_counter()
+        cmd = ["rssm-train", f"env={args.env}", f"seed={seed}", "trainer.progress=false",
+               f"hydra.run.dir={run_dir}", *overrides]
+        proc = subprocess.run(cmd)
+        wall = time.perf_counter() - start
+        reached, final = first_reaching(run_dir, "eval/return_mean", args.target)
+        results.append({"seed": seed, "exit": proc.returncode, "wall_clock_s": round(wall, 1),
+                        "steps_to_target": reached, "final_eval_return": final})
+        print(json.dumps(results[-1]), flush=True)
+    summary = {"env": args.env, "target": args.target, "overrides": overrides, "runs": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.env}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot = args.plot or args.out / f"{args.env}.png"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("plot_curves.py")),
+                    *(str(args.out / f"{args.env}_seed{s}") for s in args.seeds),
+                    "--out", str(plot), "--title", args.env, "--target", str(args.target)], check=False)
+
+
+if __name__ == "__main__":
+    main()

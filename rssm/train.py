@@ -124,13 +124,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
                 updates, updates_due = updates + 1, updates_due - 1.0
             steps = collector.env_steps
-            if steps % t.log_every == 0 or steps == t.steps:
+            eval_due = agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps)
+            if steps % t.log_every == 0 or steps == t.steps or eval_due:
                 elapsed = time.perf_counter() - clock
                 last = tracker.means()
                 last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
                              "perf/updates_per_s": (updates - clock_updates) / elapsed,
                              "perf/updates": float(updates)})
-                if agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps):
+                if eval_due:
                     last.update(evaluate(agent, cfg, t.eval_episodes))
                 logger.scalars(last, steps)
                 clock, clock_steps, clock_updates = time.perf_counter(), steps, updates

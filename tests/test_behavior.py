@@ -126,11 +126,16 @@ def test_multi_discrete_actor_samples_one_hot_segments():
 def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, agent_kind):
     run_dir = tmp_path / "run"
     proc = subprocess.run(["rssm-train", "experiment=debug", f"agent={agent_kind}", "trainer.progress=false",
-                           "trainer.eval_episodes=2", f"hydra.run.dir={run_dir}"],
+                           "trainer.eval_episodes=2", "trainer.eval_every=150", f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     state = torch.load(run_dir / "model.pt", weights_only=True)
     assert ("actor" in state) == (agent_kind == "dreamer")
+    if agent_kind == "dreamer":  # eval_every 150 is not a multiple of log_every 100: still evaluated at 150
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        assert [e.step for e in events.Scalars("eval/return_mean")] == [150, 300]
     ev = subprocess.run(["rssm-eval", str(run_dir), "--episodes", "2", "--video", str(tmp_path / "ep.gif")],
                         capture_output=True, text=True, timeout=300)
     if agent_kind == "world_model":

@@ -154,9 +154,10 @@ class Critic(nn.Module):
         for slow, fast in zip(self.slow.parameters(), self.net.parameters(), strict=True):
             slow.lerp_(fast, rate)
 
-    def loss(self, feat: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor) -> torch.Tensor:
-        """Two-hot cross-entropy toward the return and toward the slow critic's value: (...)."""
-        log_probs = F.log_softmax(self.net(feat), dim=-1)  # (..., K)
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor) -> torch.Tensor:
+        """Two-hot cross-entropy of value logits (..., K) toward the return and toward the slow critic's
+        value: (...)."""
+        log_probs = F.log_softmax(logits, dim=-1)  # (..., K)
         return -(twohot_log_prob(log_probs, target.detach(), self.bins)
                  + twohot_log_prob(log_probs, slow_target.detach(), self.bins))
 
@@ -202,11 +203,13 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
     """
     N, H1, _ = feat.shape
     H = H1 - 1
+    critic_feat = feat.detach()
+    critic_logits = critic(critic_feat)  # (N, H + 1, K): for the critic's loss, and the values under REINFORCE
     # REINFORCE needs no gradient of the returns, so no graph is built for them.
     with torch.set_grad_enabled(s.backprop and torch.is_grad_enabled()):
         reward = twohot_mean(wm.reward(feat[:, 1:]), wm.bins)  # (N, H): reward on arriving at states 1 .. H
         discount = s.gamma * cont  # (N, H + 1)
-        value = critic.value(feat)  # (N, H + 1)
+        value = critic.value(feat) if s.backprop else twohot_mean(critic_logits.detach(), critic.bins)  # (N, H + 1)
         returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
     # Weight of state t: the discounted probability that the episode is still running there.
     weight = (torch.cumprod(discount, 1) / s.gamma).detach()[:, :H]  # (N, H)
@@ -219,8 +222,8 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
         advantage = ((returns - value[:, :H]) / scale).detach()
         objective = dist.log_prob(actions) * advantage
     actor_loss = -(weight * (objective + s.entropy * entropy)).mean()
-    critic_feat = feat[:, :H].detach()
-    critic_loss = (weight * critic.loss(critic_feat, returns, critic.slow_value(critic_feat))).mean()
+    slow_value = critic.slow_value(critic_feat[:, :H])  # (N, H)
+    critic_loss = (weight * critic.loss(critic_logits[:, :H], returns, slow_value)).mean()
     metrics = {
         "behavior/actor_loss": actor_loss.detach(), "behavior/critic_loss": critic_loss.detach(),
         "behavior/actor_entropy": entropy.detach().mean(), "behavior/return_scale": scale,

@@ -64,7 +64,7 @@ def test_critic_targets_are_two_hot_in_symlog_space():
     torch.testing.assert_close(twohot_encode(torch.log1p(target), critic.bins), torch.tensor([[0, 0, 0, 1.0, 0]]))
     feat = torch.zeros(1, 3)
     # The zero-initialised output layer predicts uniform logits: the loss is log(5) per target.
-    loss = critic.loss(feat, target, target)
+    loss = critic.loss(critic(feat), target, target)
     torch.testing.assert_close(loss, torch.tensor([2 * np.log(5.0)], dtype=torch.float32))
 
 

@@ -4,14 +4,16 @@ env step at which the mean eval return reached the target, the wall-clock, and a
     python scripts/learning_benchmark.py --env cartpole --target 475 --seeds 0 1 2 --out runs/bench
     python scripts/learning_benchmark.py --env pendulum --target -200 --seeds 0 1 2 --out runs/bench
 
-Extra arguments after `--` go to rssm-train as overrides. Runs one seed at a time (each uses the machine's
-cores); the plot needs matplotlib (`pip install -e ".[plot]"`).
+Extra arguments after `--` go to rssm-train as overrides. `--jobs N` runs N seeds at a time, each with
+`threads=cores/N` (torch runs that share cores with more threads than cores slow down many times over); the
+plot needs matplotlib (`pip install -e ".[plot]"`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,20 +37,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: OUT/ENV.png)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
-    results = []
-    for seed in args.seeds:
-        run_dir = args.out / f"{args.env}_seed{seed}"
-        start = time.perf_counter()
-        cmd = ["rssm-train", f"env={args.env}", f"seed={seed}", "trainer.progress=false",
-               f"hydra.run.dir={run_dir}", *overrides]
-        proc = subprocess.run(cmd)
-        wall = time.perf_counter() - start
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    results, running = [], []
+
+    def finish(seed, run_dir, proc, start):
+        proc.wait()
         reached, final = first_reaching(run_dir, "eval/return_mean", args.target)
-        results.append({"seed": seed, "exit": proc.returncode, "wall_clock_s": round(wall, 1),
+        results.append({"seed": seed, "exit": proc.returncode, "wall_clock_s": round(time.perf_counter() - start, 1),
                         "steps_to_target": reached, "final_eval_return": final})
         print(json.dumps(results[-1]), flush=True)
+
+    for seed in args.seeds:
+        if len(running) == args.jobs:
+            finish(*running.pop(0))
+        run_dir = args.out / f"{args.env}_seed{seed}"
+        cmd = ["rssm-train", f"env={args.env}", f"seed={seed}", f"threads={threads}", "trainer.progress=false",
+               f"hydra.run.dir={run_dir}", *overrides]
+        running.append((seed, run_dir, subprocess.Popen(cmd), time.perf_counter()))
+    for job in running:
+        finish(*job)
     summary = {"env": args.env, "target": args.target, "overrides": overrides, "runs": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.env}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
-from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, restore_run, save_run
+from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.config import UserError, config_changes, register_configs, validate
 from rssm.envs import Collector, EnvSpec, make_env, random_action
 from rssm.evaluate import run_episodes
@@ -78,7 +78,7 @@ def save_model(agent: Agent, path: Path) -> None:
     state = {"world_model": agent.wm.state_dict()}
     if agent.actor is not None:
         state.update(actor=agent.actor.state_dict(), critic=agent.critic.state_dict())
-    torch.save(state, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 @dataclass
@@ -122,6 +122,9 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
     """Load the checkpoint `cfg.resume` names and check that `cfg` matches the run's config."""
     path = checkpoint_path(cfg.resume)
     state = load_checkpoint(path)
+    missing = {"config", "agent", "replay", "collector", "progress", "rng"} - state.keys()
+    if missing:
+        raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
     changes = config_changes(state["config"], cfg)
     if changes:
         keys = ",".join(c.split(":")[0] for c in changes)

@@ -24,13 +24,19 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
-          clip: float) -> torch.Tensor:
-    """One optimizer step that fills only `params`' gradients, whatever else the loss depends on."""
+          clip: float) -> tuple[torch.Tensor, bool]:
+    """One optimizer step that fills only `params`' gradients, whatever else the loss depends on.
+
+    The step is skipped, leaving parameters and optimizer state untouched, when the loss or the gradient
+    norm is not finite. Returns the gradient norm (before clipping) and whether the step was taken.
+    """
     opt.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    return grad_norm
+    finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))  # one device sync per step
+    if finite:
+        opt.step()
+    return grad_norm, finite
 
 
 class Agent:
@@ -56,18 +62,28 @@ class Agent:
             self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
             self.actor_opt = torch.optim.Adam(self.actor_params, lr=ac_optim.lr, eps=ac_optim.eps)
             self.critic_opt = torch.optim.Adam(self.critic_params, lr=ac_optim.lr, eps=ac_optim.eps)
+        self.skipped = 0  # updates with a non-finite loss or gradient, in all
+        self.skipped_in_a_row = 0
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """One gradient step on a (B, T) batch. Returns detached metric tensors (no device sync)."""
+        """One gradient step on a (B, T) batch. Returns detached metric tensors.
+
+        An update whose world-model loss or gradient is not finite changes nothing (the behaviour step is
+        skipped with it) and returns an empty dict; so does a behaviour step whose actor or critic loss or
+        gradient is not finite, for that step alone. Either counts in `skipped` and `skipped_in_a_row`.
+        """
         data = to_torch(batch, self.device)
         loss, metrics, post = self.wm.loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()
-        metrics["grad_norm/wm"] = _step(self.wm_opt, loss, self.wm_params, self.wm_optim.grad_clip)
-        if self.actor is not None:
-            metrics.update(self._update_behavior(post, data["is_terminal"]))
-        return metrics
+        metrics["grad_norm/wm"], finite = _step(self.wm_opt, loss, self.wm_params, self.wm_optim.grad_clip)
+        if finite and self.actor is not None:
+            behavior, finite = self._update_behavior(post, data["is_terminal"])
+            metrics.update(behavior)
+        self.skipped += not finite
+        self.skipped_in_a_row = 0 if finite else self.skipped_in_a_row + 1
+        return metrics if finite else {}
 
-    def _update_behavior(self, post: RSSMState, is_terminal: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _update_behavior(self, post: RSSMState, is_terminal: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
         s = self.behavior
         start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
         start_cont = 1.0 - is_terminal.flatten().to(start.deter.dtype)  # (B * T,)
@@ -75,10 +91,38 @@ class Agent:
         actor_loss, critic_loss, metrics = behavior_losses(
             self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
         clip = self.ac_optim.grad_clip
-        metrics["grad_norm/actor"] = _step(self.actor_opt, actor_loss, self.actor_params, clip)
-        metrics["grad_norm/critic"] = _step(self.critic_opt, critic_loss, self.critic_params, clip)
-        self.critic.update_slow(s.slow_rate)
-        return metrics
+        metrics["grad_norm/actor"], actor_ok = _step(self.actor_opt, actor_loss, self.actor_params, clip)
+        metrics["grad_norm/critic"], critic_ok = _step(self.critic_opt, critic_loss, self.critic_params, clip)
+        if critic_ok:
+            self.critic.update_slow(s.slow_rate)
+        return metrics, actor_ok and critic_ok
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer states, the return normaliser and the skip counters."""
+        state = {"world_model": self.wm.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                 "skipped": self.skipped, "skipped_in_a_row": self.skipped_in_a_row}
+        if self.actor is not None:
+            state.update(actor=self.actor.state_dict(), critic=self.critic.state_dict(),
+                         normalizer=self.normalizer.state_dict(), actor_opt=self.actor_opt.state_dict(),
+                         critic_opt=self.critic_opt.state_dict())
+        return state
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The agent's networks by their `state_dict` names."""
+        named = {"world_model": self.wm}
+        if self.actor is not None:
+            named.update(actor=self.actor, critic=self.critic, normalizer=self.normalizer)
+        return named
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved. Shapes must match (see `rssm.checkpoint.check_shapes`)."""
+        for name, module in self.modules().items():
+            module.load_state_dict(state[name])
+        self.wm_opt.load_state_dict(state["wm_opt"])
+        if self.actor is not None:
+            self.actor_opt.load_state_dict(state["actor_opt"])
+            self.critic_opt.load_state_dict(state["critic_opt"])
+        self.skipped, self.skipped_in_a_row = int(state["skipped"]), int(state["skipped_in_a_row"])
 
     @torch.no_grad()
     def act(self, transition: dict[str, np.ndarray], state: RSSMState | None,

@@ -49,8 +49,11 @@ class ReturnNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
-        """Fold a batch of returns into the range and return the new scale."""
+        """Fold a batch of returns into the range and return the new scale. Non-finite returns are left out:
+        their update is skipped by the agent, and they must not poison the range."""
         flat = returns.detach().flatten().float()
+        if not torch.isfinite(flat).all():
+            return self.scale()
         lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
         if not self.initialized:
             self.lo.copy_(lo), self.hi.copy_(hi), self.initialized.fill_(True)

@@ -4,6 +4,7 @@ key or a value of the wrong type fails while the config is composed, before anyt
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -64,6 +65,7 @@ class ReplayConfig:
     capacity: int = 1_000_000  # transitions
     batch_size: int = 16
     batch_length: int = 64
+    chunk: int = 1024  # transitions per replay file written to RUN_DIR/replay as the buffer fills
 
 
 @dataclass
@@ -75,6 +77,8 @@ class TrainerConfig:
     eval_every: int = 5000  # env steps between evaluations (mode policy, separate env); 0: only at the end
     eval_episodes: int = 10
     progress: bool = True  # progress bar in the terminal
+    checkpoint_every: int = 10_000  # env steps between checkpoints; 0: only at the end and on SIGINT / SIGTERM
+    max_nonfinite: int = 100  # consecutive updates skipped for a non-finite loss or gradient before the run stops
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resume: str = ""  # run directory (or its checkpoint.pt) to continue
+    allow_changes: list[str] = field(default_factory=list)  # keys that may differ from the resumed run's config
 
 
 def register_configs() -> None:
@@ -98,11 +104,13 @@ def register_configs() -> None:
 _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "model.deter", "model.units", "model.groups", "model.classes", "model.bins",
-      "replay.capacity", "replay.batch_size", "replay.batch_length", "trainer.steps", "trainer.log_every",
+      "replay.capacity", "replay.batch_size", "replay.batch_length", "replay.chunk", "trainer.steps",
+      "trainer.log_every", "trainer.max_nonfinite",
       "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.lr", "agent.eps", "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
-      "trainer.eval_episodes", "agent.lam", "agent.entropy", "agent.slow_rate", "threads", *_WM_KEYS),
+      "trainer.eval_episodes", "trainer.checkpoint_every", "agent.lam", "agent.entropy", "agent.slow_rate",
+      "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -136,3 +144,30 @@ def validate(cfg: DictConfig) -> None:
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    for key in cfg.allow_changes:
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise UserError(f"allow_changes names '{key}', which is not a config key")
+
+
+_ABSENT = object()
+# Keys that may differ between a run and its resumption without being allowed explicitly.
+_FREE_KEYS = ("resume", "allow_changes", "trainer.progress")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, cfg: DictConfig) -> list[str]:
+    """Keys whose value in `cfg` differs from the run's `saved` config and that `cfg.allow_changes` does not
+    allow, each as 'key: saved -> new'."""
+    old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    allowed = set(cfg.allow_changes) | set(_FREE_KEYS)
+    keys = [k for k in sorted(old.keys() | new.keys())
+            if old.get(k, _ABSENT) != new.get(k, _ABSENT) and not any(k == a or k.startswith(a + ".") for a in allowed)]
+    return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -104,20 +105,40 @@ class Collector:
     A transition holds obs_t, the action a_{t-1} that led to it (zeros at an episode's start), the reward
     received on arriving at obs_t, is_first and is_terminal. After an episode ends, the next `step` resets
     the env and ignores its action.
+
+    With `remake`, an env that raises in `reset` or `step` is closed and replaced by `remake()`: the broken
+    episode ends there without being reported (no return, no terminal flag), and the next transition starts
+    a new one with `is_first`. `failures` counts these, `last_error` describes the latest; `max_failures`
+    in a row raise a UserError.
     """
 
-    def __init__(self, env: gym.Env, spec: EnvSpec, seed: int):
+    def __init__(self, env: gym.Env, spec: EnvSpec, seed: int, remake: Callable[[], gym.Env] | None = None,
+                 max_failures: int = 5):
         self.env, self.spec, self.seed = env, spec, seed
+        self.remake, self.max_failures = remake, max_failures
         self.done = True
         self.env_steps = 0
         self.episodes = 0
+        self.failures, self.last_error, self._failures_in_a_row = 0, "", 0
+        self._reset_seed: int | None = seed  # seeds the first reset only, then the env's own RNG goes on
         self._return, self._length = 0.0, 0
         env.action_space.seed(seed)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
         """Returns the new transition and, when an episode just ended, its return and length."""
+        try:
+            out = self._step(action)
+        except Exception as e:  # noqa: BLE001 - whatever the env's own code raises
+            if self.remake is None:
+                raise
+            return self._restart(e, action)
+        self._failures_in_a_row = 0
+        return out
+
+    def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
         if self.done:
-            obs, _ = self.env.reset(seed=self.seed if self.episodes == 0 else None)
+            obs, _ = self.env.reset(seed=self._reset_seed)
+            self._reset_seed = None
             self.done, self._return, self._length = False, 0.0, 0
             return self._transition(obs, np.zeros(self.spec.action_dim, np.float32), 0.0, True, False), None
         obs, reward, terminated, truncated, _ = self.env.step(to_env_action(action, self.spec))
@@ -130,6 +151,36 @@ class Collector:
             self.episodes += 1
             episode = {"return": self._return, "length": float(self._length)}
         return self._transition(obs, action, float(reward), False, bool(terminated)), episode
+
+    def _restart(self, error: Exception, action: np.ndarray):
+        self.failures += 1
+        self._failures_in_a_row += 1
+        where = "reset" if self.done else "step"
+        self.last_error = f"environment raised in {where} after env step {self.env_steps}: {error!r}"
+        if self._failures_in_a_row >= self.max_failures:
+            raise UserError(f"{self.last_error}; {self._failures_in_a_row} failures in a row, giving up") from None
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
+            pass
+        self.env = self.remake()
+        self.env.action_space.seed(self.seed + self.failures)
+        self._reset_seed = self.seed + self.failures  # a fresh, reproducible RNG for the new instance
+        self.done = True
+        return self.step(action)
+
+    def state_dict(self) -> dict:
+        """Counters and the env's RNG states (not the env's own state: a resumed run starts a new episode)."""
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "failures": self.failures,
+                "env_rng": self.env.unwrapped.np_random.bit_generator.state,
+                "action_space_rng": self.env.action_space.np_random.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env_steps, self.episodes, self.failures = state["env_steps"], state["episodes"], state["failures"]
+        self.env.reset()  # creates the env's RNG if it has none yet; the state below replaces it
+        self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
+        self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        self.done, self._reset_seed = True, None
 
     @staticmethod
     def _transition(obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:

@@ -35,9 +35,10 @@ class MeanTracker:
 class Logger:
     """TensorBoard scalars in the run directory, and a progress bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool):
-        self.writer = SummaryWriter(str(run_dir))
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=not progress)
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool, start: int = 0):
+        # A resumed run drops the events an interrupted run wrote after its checkpoint (step >= start).
+        self.writer = SummaryWriter(str(run_dir), purge_step=start or None)
+        self.bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         for k, v in sorted(metrics.items()):

@@ -1,8 +1,16 @@
-"""Replay buffer of transitions with uniform sampling of fixed-length sequences."""
+"""Replay buffer of transitions with uniform sampling of fixed-length sequences, persisted in chunks."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
+
+from rssm.checkpoint import atomic_write
+from rssm.config import UserError
+
+_CHUNK = re.compile(r"chunk_(\d+)\.npz")
 
 
 class Replay:
@@ -11,26 +19,43 @@ class Replay:
     Sequences are windows of consecutive transitions and may cross episode boundaries: `is_first` marks
     where the model state is reset. The first step of every sampled window is marked `is_first` too, since
     the model starts each window from its initial state.
+
+    With a `directory`, every `chunk` transitions are written there as `chunk_NNNNNN.npz` as soon as they
+    are all in (transition i is in chunk i // chunk). Files are written once, atomically; the partial
+    chunk at the end is part of `state_dict()` instead, so a checkpoint and the files describe the buffer.
     """
 
-    def __init__(self, capacity: int, seed: int):
-        self.capacity = capacity
+    def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024):
+        if directory is not None and chunk > capacity:
+            raise UserError(f"replay.chunk ({chunk}) must not exceed replay.capacity ({capacity})")
+        self.capacity, self.directory, self.chunk = capacity, directory, chunk
         self.rng = np.random.default_rng(seed)
         self.data: dict[str, np.ndarray] = {}
-        self.ptr = 0  # next slot to write
+        self.total = 0  # transitions ever added; transition i lives in slot i % capacity
         self.size = 0
+        if directory is not None:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def ptr(self) -> int:
+        """The next slot to write."""
+        return self.total % self.capacity
 
     def __len__(self) -> int:
         return self.size
 
     def add(self, transition: dict[str, np.ndarray]) -> None:
         if not self.data:  # allocate on first use, when shapes and dtypes are known
-            self.data = {k: np.zeros((self.capacity, *np.shape(v)), np.asarray(v).dtype)
-                         for k, v in transition.items()}
+            self._allocate({k: np.asarray(v) for k, v in transition.items()})
         for k, v in transition.items():
             self.data[k][self.ptr] = v
-        self.ptr = (self.ptr + 1) % self.capacity
+        self.total += 1
         self.size = min(self.size + 1, self.capacity)
+        if self.directory is not None and self.total % self.chunk == 0:
+            self._write_chunk(self.total // self.chunk - 1)
+
+    def _allocate(self, example: dict[str, np.ndarray]) -> None:
+        self.data = {k: np.zeros((self.capacity, *v.shape), v.dtype) for k, v in example.items()}
 
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.data.values())
@@ -46,3 +71,59 @@ class Replay:
         batch = {k: v[idx] for k, v in self.data.items()}
         batch["is_first"][:, 0] = True
         return batch
+
+    # Persistence.
+
+    def _chunk_path(self, index: int) -> Path:
+        return Path(self.directory) / f"chunk_{index:06d}.npz"
+
+    def _slots(self, start: int, stop: int) -> np.ndarray:
+        return np.arange(start, stop) % self.capacity
+
+    def _write_chunk(self, index: int) -> None:
+        slots = self._slots(index * self.chunk, (index + 1) * self.chunk)
+        arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, ...)
+        atomic_write(self._chunk_path(index), lambda f: np.savez(f, **arrays))
+
+    def state_dict(self) -> dict:
+        """Counters, the sampling RNG and the transitions after the last full chunk (numpy arrays)."""
+        start = self.total - self.total % self.chunk
+        tail = {k: v[self._slots(start, self.total)] for k, v in self.data.items()}
+        return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
+        slots and dropped, so loading needs the buffer's memory plus one chunk. Chunk files written after
+        the checkpoint (by a run that went on, or was killed, after it) are deleted."""
+        total, tail = int(state["total"]), state["tail"]
+        first = max(0, total - self.capacity)  # oldest transition the buffer holds
+        full = total // self.chunk
+        self.data, self.total, self.size = {}, total, total - first
+        self.rng.bit_generator.state = state["rng"]
+        for index in range(first // self.chunk, full):
+            path = self._chunk_path(index)
+            try:
+                with np.load(path, allow_pickle=False) as chunk:
+                    arrays = {k: chunk[k] for k in chunk.files}
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot load replay chunk {path}: {e}") from None
+            if not self.data:
+                self._allocate({k: v[0] for k, v in arrays.items()})
+            lo = max(first, index * self.chunk)  # the chunk's part still in the buffer
+            for k, v in arrays.items():
+                self.data[k][self._slots(lo, (index + 1) * self.chunk)] = v[lo - index * self.chunk:]
+        if not self.data and total > full * self.chunk:  # everything is in the tail
+            self._allocate({k: np.asarray(v)[0] for k, v in tail.items()})
+        for k, v in tail.items() if self.data else ():
+            self.data[k][self._slots(full * self.chunk, total)] = v
+        for path in Path(self.directory).iterdir():
+            match = _CHUNK.fullmatch(path.name)
+            if (match and int(match[1]) >= full) or path.name.endswith(".tmp"):
+                path.unlink()
+
+    def prune(self, total: int) -> None:
+        """Delete chunk files that a checkpoint taken at `total` transitions no longer needs."""
+        for path in Path(self.directory).iterdir():
+            match = _CHUNK.fullmatch(path.name)
+            if match and (int(match[1]) + 1) * self.chunk <= total - self.capacity:
+                path.unlink()

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -18,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
-from rssm.config import UserError, register_configs, validate
+from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
+from rssm.config import UserError, config_changes, register_configs, validate
 from rssm.envs import Collector, EnvSpec, make_env, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
@@ -74,73 +78,166 @@ def save_model(agent: Agent, path: Path) -> None:
     state = {"world_model": agent.wm.state_dict()}
     if agent.actor is not None:
         state.update(actor=agent.actor.state_dict(), critic=agent.critic.state_dict())
-    torch.save(state, path)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+@dataclass
+class Progress:
+    """The training loop's own counters (the collector and agent keep theirs)."""
+
+    updates: int = 0
+    updates_due: float = 0.0  # fractional updates owed under the train ratio
+    last_return: float = float("nan")
+
+
+class StopRequested:
+    """Turns SIGINT and SIGTERM into a flag the loop checks between env steps (main thread only)."""
+
+    def __init__(self):
+        self.signum, self._previous = 0, {}
+
+    def __enter__(self) -> StopRequested:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class RunStopped(Exception):
+    """The run stopped early (signal, diverging losses); `status` is the process exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
+    """Load the checkpoint `cfg.resume` names and check that `cfg` matches the run's config."""
+    path = checkpoint_path(cfg.resume)
+    state = load_checkpoint(path)
+    missing = {"config", "agent", "replay", "collector", "progress", "rng"} - state.keys()
+    if missing:
+        raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
+    changes = config_changes(state["config"], cfg)
+    if changes:
+        keys = ",".join(c.split(":")[0] for c in changes)
+        raise UserError(f"config differs from the run's ({path}): {'; '.join(changes)}. Give the run's own "
+                        f"overrides, or allow the change with allow_changes=[{keys}]")
+    return path, state
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train the agent the config describes. Writes TensorBoard events, `model.pt` and `config.yaml` to
-    `run_dir`. Returns the last logged metrics."""
+    """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/`,
+    `model.pt` and `config.yaml` to `run_dir` (with `cfg.resume`: to the resumed run's directory).
+    Returns the last logged metrics. Raises RunStopped after a signal (checkpoint saved) or too many
+    non-finite updates in a row (last checkpoint kept)."""
     validate(cfg)
-    run_dir = Path(run_dir)
+    resumed = resume_checkpoint(cfg) if cfg.resume else None
+    run_dir = resumed[0].parent if resumed else Path(run_dir)
+    if not resumed and (run_dir / CHECKPOINT).exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with resume={run_dir} or pick another dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+
+    def remake_env():
+        return make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)[0]
+
     env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
     agent = build_agent(cfg, spec, device)
-    replay = Replay(cfg.replay.capacity, cfg.seed)
-    collector = Collector(env, spec, cfg.seed)
+    replay = Replay(cfg.replay.capacity, cfg.seed, run_dir / "replay", cfg.replay.chunk)
+    collector = Collector(env, spec, cfg.seed, remake=remake_env)
     rng = np.random.default_rng(cfg.seed)
+    progress = Progress(**restore_run(*resumed, agent, replay, collector, rng)) if resumed else Progress()
     OmegaConf.save(cfg, run_dir / "config.yaml")
     counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
     print(f"rssm: {cfg.env.id} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
           flush=True)
+    if resumed:
+        print(f"rssm: resumed from {resumed[0]} at env step {collector.env_steps}, update {progress.updates}",
+              flush=True)
+    try:
+        with StopRequested() as stop:
+            last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop)
+        save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng)
+    finally:
+        collector.env.close()
+    if stop.signum:
+        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
+                         f"checkpoint saved, continue with resume={run_dir}", 128 + stop.signum)
+    save_model(agent, run_dir / "model.pt")
+    return last
 
-    t = cfg.trainer
+
+def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Progress, tracker: MeanTracker,
+             steps: int) -> None:
+    """The updates owed under the train ratio. Raises RunStopped after `trainer.max_nonfinite` skipped
+    updates in a row, before a checkpoint could store a diverged state."""
+    while p.updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
+        tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
+        p.updates, p.updates_due = p.updates + 1, p.updates_due - 1.0
+        if agent.skipped_in_a_row >= cfg.trainer.max_nonfinite:
+            raise RunStopped(f"{agent.skipped_in_a_row} updates in a row had a non-finite loss or gradient at "
+                             f"env step {steps}; stopped, the last checkpoint in {run_dir} is kept", 1)
+
+
+def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,
+          rng: np.random.Generator, stop: StopRequested) -> dict[str, float]:
+    """Collect and update until `trainer.steps` env steps or a stop signal; checkpoint on the way."""
+    t, spec, p = cfg.trainer, collector.spec, progress
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
-    logger = Logger(run_dir, t.steps, t.progress)
-    tracker, last = MeanTracker(), {}
-    updates, updates_due, last_return, state = 0, 0.0, float("nan"), None
-    clock, clock_steps, clock_updates = time.perf_counter(), 0, 0
+    logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
+    tracker, last, state, failures = MeanTracker(), {}, None, collector.failures
+    clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
     action = random_action(spec, rng)
     try:
-        while collector.env_steps < t.steps:
+        while collector.env_steps < t.steps and not stop.signum:
             transition, episode = collector.step(action)
             replay.add(transition)
+            if collector.failures != failures:
+                failures = collector.failures
+                print(f"rssm: warning: {collector.last_error}; env restarted, episode dropped", file=sys.stderr)
             if agent.actor is not None:
                 action, state = agent.act(transition, state, explore=True)
             if agent.actor is None or collector.env_steps < t.prefill:
                 action = random_action(spec, rng)
             if episode is not None:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
-                last_return = episode["return"]
+                p.last_return = episode["return"]
             if transition["is_first"]:
                 continue  # a reset is not an env step
             if collector.env_steps > t.prefill:
-                updates_due += t.train_ratio / replayed_per_update
-            while updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
-                tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
-                updates, updates_due = updates + 1, updates_due - 1.0
+                p.updates_due += t.train_ratio / replayed_per_update
+            _updates(cfg, run_dir, agent, replay, p, tracker, collector.env_steps)
             steps = collector.env_steps
             eval_due = agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps)
             if steps % t.log_every == 0 or steps == t.steps or eval_due:
                 elapsed = time.perf_counter() - clock
                 last = tracker.means()
                 last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
-                             "perf/updates_per_s": (updates - clock_updates) / elapsed,
-                             "perf/updates": float(updates)})
+                             "perf/updates_per_s": (p.updates - clock_updates) / elapsed,
+                             "perf/updates": float(p.updates), "train/skipped_updates": float(agent.skipped),
+                             "train/env_failures": float(collector.failures)})
                 if eval_due:
                     last.update(evaluate(agent, cfg, t.eval_episodes))
                 logger.scalars(last, steps)
-                clock, clock_steps, clock_updates = time.perf_counter(), steps, updates
+                clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
+            if t.checkpoint_every and steps % t.checkpoint_every == 0 and steps < t.steps:
+                save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng)
             logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
-                            ret=f"{last_return:.1f}")
+                            ret=f"{p.last_return:.1f}")
     finally:
         logger.close()
-        env.close()
-    save_model(agent, run_dir / "model.pt")
     return last
 
 
@@ -156,6 +253,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as e:
         fail(str(e))
+    except RunStopped as e:
+        print(f"rssm-train: {e}", file=sys.stderr)
+        sys.exit(e.status)
 
 
 def _overrides(argv: list[str]) -> list[list[str]]:

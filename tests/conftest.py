@@ -22,3 +22,35 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a `python -m rssm.train` subprocess that imports the same `rssm` as the tests
+    (a source checkout first on PYTHONPATH, or the installed package)."""
+    import os
+    from pathlib import Path
+
+    import rssm
+
+    root = str(Path(rssm.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli(*args, cwd, timeout=300, **popen) -> CompletedProcess of `python -m rssm.train *args`."""
+    import subprocess
+    import sys
+
+    def _run(*args: str, cwd, timeout: int = 300):
+        return subprocess.run([sys.executable, "-m", "rssm.train", *args], capture_output=True, text=True, cwd=cwd,
+                              timeout=timeout, env=cli_env())
+
+    return _run
+
+
+@pytest.fixture
+def cli_environ() -> dict[str, str]:
+    """`cli_env()` for tests that start `python -m rssm.train` themselves (to signal or kill it)."""
+    return cli_env()

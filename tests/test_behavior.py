@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,7 +87,8 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
         return {k: v.clone() for k, v in module.state_dict().items()}
 
     before = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
-    metrics = agent._update_behavior(post, data["is_terminal"])
+    metrics, finite = agent._update_behavior(post, data["is_terminal"])
+    assert finite
     after = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0]), "world model changed"
     assert all(p.grad is None for p in wm.parameters()), "world model received gradients"
@@ -123,11 +125,10 @@ def test_multi_discrete_actor_samples_one_hot_segments():
 
 
 @pytest.mark.parametrize("agent_kind", ["dreamer", "world_model"])
-def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, agent_kind):
+def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, run_cli, cli_environ, agent_kind):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(["rssm-train", "experiment=debug", f"agent={agent_kind}", "trainer.progress=false",
-                           "trainer.eval_episodes=2", "trainer.eval_every=150", f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = run_cli("experiment=debug", f"agent={agent_kind}", "trainer.progress=false", "trainer.eval_episodes=2",
+                   "trainer.eval_every=150", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     state = torch.load(run_dir / "model.pt", weights_only=True)
     assert ("actor" in state) == (agent_kind == "dreamer")
@@ -136,8 +137,8 @@ def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, agent_kind):
         events = EventAccumulator(str(run_dir))
         events.Reload()
         assert [e.step for e in events.Scalars("eval/return_mean")] == [150, 300]
-    ev = subprocess.run(["rssm-eval", str(run_dir), "--episodes", "2", "--video", str(tmp_path / "ep.gif")],
-                        capture_output=True, text=True, timeout=300)
+    ev = subprocess.run([sys.executable, "-m", "rssm.evaluate", str(run_dir), "--episodes", "2", "--video",
+                         str(tmp_path / "ep.gif")], capture_output=True, text=True, timeout=300, env=cli_environ)
     if agent_kind == "world_model":
         assert ev.returncode == 2 and "no policy" in ev.stderr and "Traceback" not in ev.stderr
         return
@@ -149,6 +150,7 @@ def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, agent_kind):
         assert gif.n_frames > 5 and gif.size[0] > 0
 
 
-def test_rssm_eval_on_a_missing_run_is_one_line_with_status_2(tmp_path):
-    proc = subprocess.run(["rssm-eval", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+def test_rssm_eval_on_a_missing_run_is_one_line_with_status_2(tmp_path, cli_environ):
+    proc = subprocess.run([sys.executable, "-m", "rssm.evaluate", str(tmp_path / "nothing")], capture_output=True,
+                          text=True, timeout=120, env=cli_environ)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr

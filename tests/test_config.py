@@ -1,6 +1,4 @@
 import importlib.resources
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -55,6 +53,10 @@ def test_debug_model_builds_on_cpu(compose_config):
     ("wm.free_bits=-1.0", "wm.free_bits must be >= 0"),
     ("device=tpu", "device must be"),
     ("+trainer.extra=1", "unknown config key 'trainer.extra'"),
+    ("replay.chunk=0", "replay.chunk must be > 0"),
+    ("trainer.checkpoint_every=-5", "trainer.checkpoint_every must be >= 0"),
+    ("trainer.max_nonfinite=0", "trainer.max_nonfinite must be > 0"),
+    ("allow_changes=[model.size]", "allow_changes names 'model.size', which is not a config key"),
 ])
 def test_validate_rejects_bad_values(compose_config, override, message):
     with pytest.raises(UserError, match=message):
@@ -70,10 +72,9 @@ def test_validate_rejects_bad_values(compose_config, override, message):
     (["model.units=0"], "model.units must be > 0"),
     (["-m", "seed=0,zero"], "could not be converted to Integer"),
 ])
-def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, message):
-    cmd = [sys.executable, "-m", "rssm.train", "experiment=debug", f"hydra.run.dir={tmp_path}",
-           f"hydra.sweep.dir={tmp_path}/multi", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
+    proc = run_cli("experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi", *args,
+                   cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rssm-train: error: "), proc.stderr

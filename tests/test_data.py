@@ -1,3 +1,4 @@
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -65,3 +66,53 @@ def test_continuous_actions_rescale_to_bounds():
 def test_unsupported_envs_raise_user_errors(env_id, words):
     with pytest.raises(UserError, match=words):
         make_env(env_id)
+
+
+class FlakyEnv(gym.Wrapper):
+    """CartPole whose `step` raises on the given calls, counted over all instances."""
+
+    calls = 0
+
+    def __init__(self, fail_at: set[int]):
+        super().__init__(gym.make("CartPole-v1"))
+        self.fail_at = fail_at
+
+    def step(self, action):
+        FlakyEnv.calls += 1
+        if FlakyEnv.calls in self.fail_at:
+            raise RuntimeError("simulator crashed")
+        return self.env.step(action)
+
+
+def test_an_env_that_raises_is_restarted_and_the_broken_episode_is_cut():
+    FlakyEnv.calls = 0
+    _, spec = make_env("CartPole-v1")
+    made = []
+
+    def remake():
+        made.append(FlakyEnv(set()))
+        return made[-1]
+
+    collector, rng = Collector(FlakyEnv({5}), spec, seed=0, remake=remake), np.random.default_rng(0)
+    steps = [collector.step(random_action(spec, rng)) for _ in range(6)]
+    assert [bool(t["is_first"]) for t, _ in steps] == [True, False, False, False, False, True]
+    assert collector.failures == 1 and "raised in step after env step 4" in collector.last_error
+    assert len(made) == 1 and collector.env is made[0]
+    assert collector.env_steps == 4 and collector.episodes == 0 and all(e is None for _, e in steps)
+    assert not collector.step(random_action(spec, rng))[0]["is_first"]
+
+
+class BrokenReset(gym.Wrapper):
+    def reset(self, **kwargs):
+        raise OSError("cannot reach the simulator")
+
+
+def test_an_env_that_keeps_raising_gives_up_with_a_user_error():
+    _, spec = make_env("CartPole-v1")
+
+    def remake():
+        return BrokenReset(gym.make("CartPole-v1"))
+
+    collector, rng = Collector(remake(), spec, seed=0, remake=remake, max_failures=3), np.random.default_rng(0)
+    with pytest.raises(UserError, match="raised in reset .* 3 failures in a row, giving up"):
+        collector.step(random_action(spec, rng))

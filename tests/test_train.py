@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,9 @@ def read_scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_debug_run_end_to_end_from_the_cli(tmp_path):
+def test_debug_run_end_to_end_from_the_cli(tmp_path, run_cli):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(["rssm-train", "experiment=debug", "trainer.progress=false", f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = run_cli("experiment=debug", "trainer.progress=false", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "parameters" in proc.stdout
     scalars = read_scalars(run_dir)
@@ -36,10 +33,9 @@ def test_debug_run_end_to_end_from_the_cli(tmp_path):
     assert (run_dir / "config.yaml").read_text().count("CartPole-v1") == 1
 
 
-def test_multirun_runs_each_seed(tmp_path):
-    proc = subprocess.run(["rssm-train", "-m", "experiment=debug", "trainer.progress=false", "trainer.steps=120",
-                           "seed=0,1", f"hydra.sweep.dir={tmp_path}/multi"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+def test_multirun_runs_each_seed(tmp_path, run_cli):
+    proc = run_cli("-m", "experiment=debug", "trainer.progress=false", "trainer.steps=120", "seed=0,1",
+                   f"hydra.sweep.dir={tmp_path}/multi", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "multi").iterdir() if p.is_dir()) == ["0", "1"]
     assert all((tmp_path / "multi" / job / "model.pt").exists() for job in ["0", "1"])
@@ -59,9 +55,8 @@ def test_same_seed_gives_identical_losses(compose_config, tmp_path):
     assert other["loss/wm"] != first["loss/wm"]
 
 
-def test_python_dash_m_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rssm.train", "experiment=debug", "trainer.progress=false",
-                           "trainer.steps=110", f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+def test_python_dash_m_entry_point(tmp_path, run_cli):
+    proc = run_cli("experiment=debug", "trainer.progress=false", "trainer.steps=110", f"hydra.run.dir={tmp_path}",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "model.pt").exists()

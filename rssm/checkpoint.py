@@ -1,0 +1,148 @@
+"""Checkpoints: atomic files, RNG states, and safe loading.
+
+A checkpoint is one `torch.save` file, read back with `torch.load(weights_only=True)`: it holds only tensors,
+numbers, strings, lists and dicts, so loading one can never run code. It is written through a temporary file
+that is fsynced and renamed over the old one, so a crash or a full disk leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rssm.config import UserError
+
+if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
+    from rssm.agent import Agent
+    from rssm.envs import Collector
+    from rssm.replay import Replay
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1  # bumped when the layout below changes incompatibly
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` through `write(file)`: into a temporary file beside it, fsynced, then renamed over it.
+
+    Readers see the old file or the new one, never a part. Raises UserError (the old file untouched) when
+    the write fails, e.g. on a full disk.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e} (the previous file, if any, is intact)") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_path(resume: str | Path) -> Path:
+    """The checkpoint a `resume=` value names: a run directory or a checkpoint file."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    return path
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely. Raises UserError for a missing, truncated, corrupted or foreign file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}") from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path}: {detail}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"cannot load checkpoint {path}: not an rssm checkpoint of format {FORMAT}")
+    return state
+
+
+def check_shapes(path: Path, name: str, saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> None:
+    """Raise UserError naming the first tensor of `name` whose shape (or presence) differs from `current`."""
+    for key in sorted(saved.keys() | current.keys()):
+        a, b = saved.get(key), current.get(key)
+        if a is None or b is None or a.shape != b.shape:
+            there = "absent" if a is None else f"shape {tuple(a.shape)}"
+            here = "absent" if b is None else f"shape {tuple(b.shape)}"
+            raise UserError(f"checkpoint {path} holds a different model: {name} '{key}' is {there} there, "
+                            f"{here} here")
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNGs of python, numpy and torch (CPU and every CUDA device)."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()  # a plain list: weights_only reads no arrays
+    return {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {**np_state["state"], "key": np.asarray(np_state["state"]["key"], np.uint32)}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def arrays_to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def tensors_to_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collector: Collector, progress: Any,
+             rng: np.random.Generator) -> None:
+    """Checkpoint a run: config, agent (weights, optimizers, normaliser), replay counters and its partial
+    chunk, collector counters and env RNGs, the loop's `progress` dataclass and every RNG. Then delete the
+    replay chunks this checkpoint no longer needs."""
+    replay_state = replay.state_dict()
+    replay_state["tail"] = arrays_to_tensors(replay_state["tail"])
+    save_checkpoint(path, {"config": OmegaConf.to_container(cfg, resolve=True), "agent": agent.state_dict(),
+                           "replay": replay_state, "collector": collector.state_dict(), "progress": asdict(progress),
+                           "rng": {**rng_state(), "actions": rng.bit_generator.state}})
+    replay.prune(replay.total)
+
+
+def restore_run(path: Path, state: dict, agent: Agent, replay: Replay, collector: Collector,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """Load a `save_run` checkpoint into freshly built objects; returns the saved progress fields."""
+    for name, module in agent.modules().items():
+        check_shapes(path, name, state["agent"].get(name, {}), module.state_dict())
+    agent.load_state_dict(state["agent"])
+    replay.load_state_dict({**state["replay"], "tail": tensors_to_arrays(state["replay"]["tail"])})
+    collector.load_state_dict(state["collector"])
+    set_rng_state(state["rng"])
+    rng.bit_generator.state = state["rng"]["actions"]
+    return state["progress"]

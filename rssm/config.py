@@ -76,6 +76,7 @@ class TrainerConfig:
     log_every: int = 1000  # env steps between TensorBoard writes
     eval_every: int = 5000  # env steps between evaluations (mode policy, separate env); 0: only at the end
     eval_episodes: int = 10
+    stop_return: float | None = None  # end the run once the mean eval return reaches this
     progress: bool = True  # progress bar in the terminal
     checkpoint_every: int = 10_000  # env steps between checkpoints; 0: only at the end and on SIGINT / SIGTERM
     max_nonfinite: int = 100  # consecutive updates skipped for a non-finite loss or gradient before the run stops

@@ -232,6 +232,10 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                     last.update(evaluate(agent, cfg, t.eval_episodes))
                 logger.scalars(last, steps)
                 clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
+                if eval_due and t.stop_return is not None and last["eval/return_mean"] >= t.stop_return:
+                    print(f"rssm: mean eval return {last['eval/return_mean']:.1f} >= trainer.stop_return at env "
+                          f"step {steps}; stopping", flush=True)
+                    break
             if t.checkpoint_every and steps % t.checkpoint_every == 0 and steps < t.steps:
                 save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng)
             logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",

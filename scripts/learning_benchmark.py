@@ -38,9 +38,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: OUT/ENV.png)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="end each run at the first eval that reaches the target (trainer.stop_return)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.stop_at_target:
+        overrides = [f"trainer.stop_return={args.target}", *overrides]
     results, running = [], []
 
     def finish(seed, run_dir, proc, start):

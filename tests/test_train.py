@@ -60,3 +60,11 @@ def test_python_dash_m_entry_point(tmp_path, run_cli):
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "model.pt").exists()
+
+
+def test_stop_return_ends_the_run_at_the_first_eval_that_reaches_it(compose_config, tmp_path):
+    cfg = compose_config("experiment=debug", "trainer.progress=false", "trainer.steps=450", "trainer.eval_every=150",
+                         "trainer.eval_episodes=1", "trainer.stop_return=-1.0")  # every return reaches -1
+    last = train(cfg, tmp_path)
+    assert read_scalars(tmp_path)["eval/return_mean"] == [last["eval/return_mean"]]  # one eval, at step 150
+    assert (tmp_path / "model.pt").exists()

@@ -46,22 +46,24 @@ class Agent:
         world_model: the model to train (already on its device).
         scales: world-model loss weights.
         wm_optim: world-model optimizer settings.
-        actor, critic, behavior, ac_optim: all None for a world model alone (random policy).
+        actor, critic, behavior, actor_optim, critic_optim: all None for a world model alone (random policy).
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
                  actor: Actor | None = None, critic: Critic | None = None,
-                 behavior: BehaviorSettings | None = None, ac_optim: OptimSettings | None = None):
+                 behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
+                 critic_optim: OptimSettings | None = None):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
-        self.actor, self.critic, self.behavior, self.ac_optim = actor, critic, behavior, ac_optim
+        self.actor, self.critic, self.behavior = actor, critic, behavior
+        self.actor_optim, self.critic_optim = actor_optim, critic_optim
         self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
         self.wm_opt = torch.optim.Adam(self.wm_params, lr=wm_optim.lr, eps=wm_optim.eps)
         if actor is not None:
             self.normalizer = ReturnNormalizer().to(self.device)
             self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
-            self.actor_opt = torch.optim.Adam(self.actor_params, lr=ac_optim.lr, eps=ac_optim.eps)
-            self.critic_opt = torch.optim.Adam(self.critic_params, lr=ac_optim.lr, eps=ac_optim.eps)
+            self.actor_opt = torch.optim.Adam(self.actor_params, lr=actor_optim.lr, eps=actor_optim.eps)
+            self.critic_opt = torch.optim.Adam(self.critic_params, lr=critic_optim.lr, eps=critic_optim.eps)
         self.skipped = 0  # updates with a non-finite loss or gradient, in all
         self.skipped_in_a_row = 0
 
@@ -90,9 +92,10 @@ class Agent:
         feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop)
         actor_loss, critic_loss, metrics = behavior_losses(
             self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
-        clip = self.ac_optim.grad_clip
-        metrics["grad_norm/actor"], actor_ok = _step(self.actor_opt, actor_loss, self.actor_params, clip)
-        metrics["grad_norm/critic"], critic_ok = _step(self.critic_opt, critic_loss, self.critic_params, clip)
+        metrics["grad_norm/actor"], actor_ok = _step(self.actor_opt, actor_loss, self.actor_params,
+                                                     self.actor_optim.grad_clip)
+        metrics["grad_norm/critic"], critic_ok = _step(self.critic_opt, critic_loss, self.critic_params,
+                                                       self.critic_optim.grad_clip)
         if critic_ok:
             self.critic.update_slow(s.slow_rate)
         return metrics, actor_ok and critic_ok

@@ -55,7 +55,8 @@ class AgentConfig:
     slow_rate: float = 0.02  # EMA rate of the slow critic
     actor_grad_discrete: str = "reinforce"  # reinforce | backprop
     actor_grad_continuous: str = "backprop"  # reinforce | backprop
-    lr: float = 3e-5  # actor and critic
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-5
     eps: float = 1e-5
     grad_clip: float = 100.0
 
@@ -106,8 +107,8 @@ _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "model.deter", "model.units", "model.groups", "model.classes", "model.bins",
       "replay.capacity", "replay.batch_size", "replay.batch_length", "replay.chunk", "trainer.steps",
-      "trainer.log_every", "trainer.max_nonfinite",
-      "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.lr", "agent.eps", "agent.grad_clip"),
+      "trainer.log_every", "trainer.max_nonfinite", "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon",
+      "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
       "trainer.eval_episodes", "trainer.checkpoint_every", "agent.lam", "agent.entropy", "agent.slow_rate",

@@ -77,7 +77,8 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
     actor = Actor(wm.rssm.feat_dim, 16, 1, [A], discrete)
     critic = Critic(wm.rssm.feat_dim, 16, 1)
     agent = Agent(wm, LossScales(), OptimSettings(1e-3, 1e-8, 1000.0), actor, critic,
-                  BehaviorSettings(horizon=5, backprop=backprop), OptimSettings(1e-3, 1e-5, 100.0))
+                  BehaviorSettings(horizon=5, backprop=backprop), OptimSettings(1e-3, 1e-5, 100.0),
+                  OptimSettings(1e-3, 1e-5, 100.0))
     B, T = 2, 6
     data = {"obs": torch.randn(B, T, 4), "action": torch.randn(B, T, A), "reward": torch.randn(B, T),
             "is_first": torch.zeros(B, T, dtype=torch.bool), "is_terminal": torch.zeros(B, T, dtype=torch.bool)}

@@ -4,6 +4,7 @@ key or a value of the wrong type fails while the config is composed, before anyt
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from itertools import pairwise
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -81,6 +82,9 @@ class TrainerConfig:
     progress: bool = True  # progress bar in the terminal
     checkpoint_every: int = 10_000  # env steps between checkpoints; 0: only at the end and on SIGINT / SIGTERM
     max_nonfinite: int = 100  # consecutive updates skipped for a non-finite loss or gradient before the run stops
+    openloop_every: int = 5000  # env steps between open-loop prediction errors (rssm/openloop.py); 0: never
+    openloop_context: int = 5  # steps the posterior sees before the prior predicts alone
+    openloop_horizons: list[int] = field(default_factory=lambda: [1, 5, 10, 15])  # prior steps to report
 
 
 @dataclass
@@ -107,12 +111,12 @@ _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "model.deter", "model.units", "model.groups", "model.classes", "model.bins",
       "replay.capacity", "replay.batch_size", "replay.batch_length", "replay.chunk", "trainer.steps",
-      "trainer.log_every", "trainer.max_nonfinite", "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon",
-      "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
+      "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context", "wm.lr", "wm.eps",
+      "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
-      "trainer.eval_episodes", "trainer.checkpoint_every", "agent.lam", "agent.entropy", "agent.slow_rate",
-      "threads", *_WM_KEYS),
+      "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
+      "agent.slow_rate", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -143,6 +147,9 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in _CHOICES.items():
         if OmegaConf.select(cfg, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got '{OmegaConf.select(cfg, key)}'")
+    horizons = list(cfg.trainer.openloop_horizons)
+    if not horizons or horizons[0] < 1 or any(a >= b for a, b in pairwise(horizons)):
+        raise UserError(f"trainer.openloop_horizons must be increasing and >= 1, got {horizons}")
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
@@ -152,8 +159,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
-# Keys that may differ between a run and its resumption without being allowed explicitly.
-_FREE_KEYS = ("resume", "allow_changes", "trainer.progress")
+# Keys that may differ between a run and its resumption without being allowed explicitly: they change what
+# is shown, not what is learned (open-loop errors are computed on their own random numbers).
+_FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_every", "trainer.openloop_context",
+              "trainer.openloop_horizons")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -60,13 +60,15 @@ class Replay:
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.data.values())
 
-    def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
-        """Uniformly sampled windows: each field becomes (batch_size, length, ...)."""
+    def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Uniformly sampled windows: each field becomes (batch_size, length, ...). The start positions are
+        drawn from `rng`, by default the buffer's own generator."""
         if self.size < length:
             raise ValueError(f"replay holds {self.size} transitions, fewer than a sequence of {length}")
         # Valid windows never run across the write pointer, where old and new data meet.
         oldest = self.ptr if self.size == self.capacity else 0
-        starts = oldest + self.rng.integers(0, self.size - length + 1, batch_size)  # (B,)
+        rng = self.rng if rng is None else rng
+        starts = oldest + rng.integers(0, self.size - length + 1, batch_size)  # (B,)
         idx = (starts[:, None] + np.arange(length)) % self.capacity  # (B, T)
         batch = {k: v[idx] for k, v in self.data.items()}
         batch["is_first"][:, 0] = True

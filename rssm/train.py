@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import sys
@@ -19,14 +20,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rssm.agent import Agent, OptimSettings
+from rssm.agent import Agent, OptimSettings, to_torch
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.config import UserError, config_changes, register_configs, validate
 from rssm.envs import Collector, EnvSpec, make_env, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
+from rssm.openloop import open_loop_errors
 from rssm.replay import Replay
+from rssm.rssm import RSSMState
 from rssm.world_model import LossScales, WorldModel
 
 
@@ -192,6 +195,35 @@ def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Pr
                              f"env step {steps}; stopped, the last checkpoint in {run_dir} is kept", 1)
 
 
+def _next_action(agent: Agent, transition: dict[str, np.ndarray], state: RSSMState | None, spec: EnvSpec,
+                 rng: np.random.Generator, prefill: bool) -> tuple[np.ndarray, RSSMState | None]:
+    """The next action and the actor's model state. Without an actor, or during the prefill, the action is
+    uniformly random; the actor still sees every transition, so that its state is current when it takes over."""
+    action = None
+    if agent.actor is not None:
+        action, state = agent.act(transition, state, explore=True)
+    if agent.actor is None or prefill:
+        action = random_action(spec, rng)
+    return action, state
+
+
+def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int) -> dict[str, float]:
+    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch; empty while the replay is shorter
+    than one sequence. The batch and the sampled latents use their own random numbers, so training is the
+    same whether and how often this runs. A horizon at which every sequence had reached an episode start
+    is left out."""
+    t = cfg.trainer
+    length = t.openloop_context + max(t.openloop_horizons)
+    if len(replay) < length:
+        return {}
+    rng = np.random.default_rng([cfg.seed, steps])
+    batch = to_torch(replay.sample(cfg.replay.batch_size, length, rng), agent.device)
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed + steps)
+        errors = open_loop_errors(agent.wm, batch, t.openloop_context, t.openloop_horizons)
+    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}
+
+
 def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,
           rng: np.random.Generator, stop: StopRequested) -> dict[str, float]:
     """Collect and update until `trainer.steps` env steps or a stop signal; checkpoint on the way."""
@@ -208,10 +240,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
             if collector.failures != failures:
                 failures = collector.failures
                 print(f"rssm: warning: {collector.last_error}; env restarted, episode dropped", file=sys.stderr)
-            if agent.actor is not None:
-                action, state = agent.act(transition, state, explore=True)
-            if agent.actor is None or collector.env_steps < t.prefill:
-                action = random_action(spec, rng)
+            action, state = _next_action(agent, transition, state, spec, rng, collector.env_steps < t.prefill)
             if episode is not None:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 p.last_return = episode["return"]
@@ -221,6 +250,8 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                 p.updates_due += t.train_ratio / replayed_per_update
             _updates(cfg, run_dir, agent, replay, p, tracker, collector.env_steps)
             steps = collector.env_steps
+            if t.openloop_every and steps % t.openloop_every == 0:
+                logger.scalars(open_loop_metrics(cfg, agent, replay, steps), steps)
             eval_due = agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps)
             if steps % t.log_every == 0 or steps == t.steps or eval_due:
                 elapsed = time.perf_counter() - clock

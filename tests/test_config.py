@@ -2,8 +2,9 @@ import importlib.resources
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from rssm.config import UserError, validate
+from rssm.config import UserError, config_changes, validate
 from rssm.train import build_world_model
 
 CONFIGS = importlib.resources.files("rssm.configs")
@@ -47,6 +48,22 @@ def test_debug_model_builds_on_cpu(compose_config):
     assert sum(p.numel() for p in wm.parameters()) < 100_000
 
 
+def test_default_open_loop_keys_are_valid(compose_config):
+    cfg = compose_config()
+    validate(cfg)
+    assert list(cfg.trainer.openloop_horizons) == [1, 5, 10, 15] and cfg.trainer.openloop_context == 5
+
+
+def test_open_loop_keys_may_change_on_resume(compose_config):
+    """They change what is shown, not what is learned; a run saved before they existed resumes too."""
+    saved = OmegaConf.to_container(compose_config(), resolve=True)
+    del saved["trainer"]["openloop_every"], saved["trainer"]["openloop_context"]
+    new = compose_config("trainer.openloop_horizons=[2,3]")
+    assert config_changes(saved, new) == []
+    other = compose_config("trainer.openloop_every=9", "trainer.log_every=7")
+    assert config_changes(saved, other) == [f"trainer.log_every: {saved['trainer']['log_every']} -> 7"]
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.deter=0", "model.deter must be > 0"),
     ("replay.batch_size=-1", "replay.batch_size must be > 0"),
@@ -57,6 +74,12 @@ def test_debug_model_builds_on_cpu(compose_config):
     ("trainer.checkpoint_every=-5", "trainer.checkpoint_every must be >= 0"),
     ("trainer.max_nonfinite=0", "trainer.max_nonfinite must be > 0"),
     ("allow_changes=[model.size]", "allow_changes names 'model.size', which is not a config key"),
+    ("trainer.openloop_every=-1", "trainer.openloop_every must be >= 0"),
+    ("trainer.openloop_context=0", "trainer.openloop_context must be > 0"),
+    ("trainer.openloop_horizons=[]", r"trainer.openloop_horizons must be increasing and >= 1, got \[\]"),
+    ("trainer.openloop_horizons=[0,5]", "trainer.openloop_horizons must be increasing and >= 1"),
+    ("trainer.openloop_horizons=[5,5]", "trainer.openloop_horizons must be increasing and >= 1"),
+    ("trainer.openloop_horizons=[10,5]", "trainer.openloop_horizons must be increasing and >= 1"),
 ])
 def test_validate_rejects_bad_values(compose_config, override, message):
     with pytest.raises(UserError, match=message):
@@ -71,6 +94,9 @@ def test_validate_rejects_bad_values(compose_config, override, message):
     (["env.id=FrozenLake-v1"], "unsupported observation space"),
     (["model.units=0"], "model.units must be > 0"),
     (["-m", "seed=0,zero"], "could not be converted to Integer"),
+    (["trainer.openloop_horizons=[15,5]"], "trainer.openloop_horizons must be increasing and >= 1, got [15, 5]"),
+    (["trainer.openloop_context=-2"], "trainer.openloop_context must be > 0, got -2"),
+    (["trainer.openloop_horizons=[1,x]"], "could not be converted to Integer"),
 ])
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
     proc = run_cli("experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi", *args,

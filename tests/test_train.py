@@ -55,6 +55,22 @@ def test_same_seed_gives_identical_losses(compose_config, tmp_path):
     assert other["loss/wm"] != first["loss/wm"]
 
 
+def test_open_loop_errors_are_logged_and_leave_training_unchanged(compose_config, tmp_path):
+    run = ("experiment=debug", "trainer.progress=false", "trainer.steps=200")
+    plain = train(compose_config(*run, "trainer.openloop_every=0"), tmp_path / "plain")
+    logged = train(compose_config(*run, "trainer.openloop_every=50", "trainer.openloop_context=3",
+                                  "trainer.openloop_horizons=[1,4]"), tmp_path / "logged")
+    assert plain["perf/updates"] > 0 and plain["loss/wm"] == logged["loss/wm"]
+    assert not any(tag.startswith("openloop/") for tag in read_scalars(tmp_path / "plain"))
+    scalars = read_scalars(tmp_path / "logged")
+    tags = {f"openloop/{name}_error_h{k}" for name in ("obs", "reward", "cont") for k in (1, 4)}
+    assert {tag for tag in scalars if tag.startswith("openloop/")} == tags
+    events = EventAccumulator(str(tmp_path / "logged"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("openloop/obs_error_h1")] == [50, 100, 150, 200]
+    assert all(np.isfinite(scalars[tag]).all() and min(scalars[tag]) >= 0 for tag in tags)
+
+
 def test_python_dash_m_entry_point(tmp_path, run_cli):
     proc = run_cli("experiment=debug", "trainer.progress=false", "trainer.steps=110", f"hydra.run.dir={tmp_path}",
                    cwd=tmp_path)

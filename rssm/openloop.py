@@ -1,0 +1,80 @@
+"""Open-loop prediction: how well the world model predicts the future from its prior alone.
+
+The posterior sees the first `context` steps of each sequence; from its last state the prior rolls forward
+under the recorded actions, and the decoded states are compared with what was recorded. Horizon k is the
+prediction of obs[context + k - 1], made k prior steps after the last observation the model saw:
+
+    recorded:   obs[0] ... obs[c-1]               obs[c]               obs[c+1]   ...
+    model:      post   ... post[c-1] -----------> prior_1 -----------> prior_2    ...
+                                      action[c]            action[c+1]             (action[t] led to obs[t])
+    horizon k:                                    1                    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rssm.distributions import symlog, twohot_mean
+from rssm.rssm import RSSMState, features
+from rssm.world_model import WorldModel
+
+
+@torch.no_grad()
+def predict_open_loop(wm: WorldModel, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                      context: int, horizon: int) -> dict[str, torch.Tensor]:
+    """Predictions for obs[context : context + horizon] from the first `context` observations.
+
+    Args:
+        obs: (B, T, ...) raw observations; action: (B, T, A), action[t] led to obs[t]; is_first: (B, T).
+        context: observed steps, >= 1; horizon: imagined steps, with context + horizon <= T.
+    Returns:
+        obs (B, H, ...) in symlog space (the decoder's output), reward (B, H) and the continue
+        probability cont (B, H). The latents of the prior rollout are sampled, as in imagination.
+    """
+    B, T = is_first.shape
+    assert 1 <= context and context + horizon <= T, (context, horizon, T)
+    post, _ = wm.rssm.observe(wm.encode(obs[:, :context]), action[:, :context], is_first[:, :context])
+    start = RSSMState(*(x[:, -1] for x in post))  # (B, ...): the state that has seen obs[context - 1]
+    imagined, _ = wm.rssm.imagine(start, horizon, actions=action[:, context:context + horizon])
+    feat = features(imagined)  # (B, H, F)
+    return {"obs": wm.decoder(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
+            "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
+
+
+@torch.no_grad()
+def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: int = 5,
+                     horizons: Sequence[int] = (1, 5, 10, 15)) -> dict[str, torch.Tensor]:
+    """Open-loop prediction errors at each horizon, averaged over the sequences of the batch.
+
+    - obs: squared error in symlog space summed over the observation's dimensions (the world model's
+      reconstruction loss, but from the prior);
+    - reward: absolute error of the two-hot mean;
+    - cont: |predicted continue probability - (1 - is_terminal)|.
+
+    A sequence counts at horizon k only if no episode starts in obs[context : context + k]: from an
+    `is_first` on, the recorded steps belong to another episode than the one the model was rolled forward
+    in, so the prediction has nothing to be compared with. A horizon at which no sequence counts gives NaN.
+
+    Args:
+        batch: obs (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T), is_terminal (B, T),
+            with T >= context + max(horizons).
+        context: steps the posterior sees; horizons: increasing horizons >= 1 to report.
+    Returns:
+        Scalar tensors `openloop/{obs,reward,cont}_error_h{k}` for each k in `horizons`.
+    """
+    H = max(horizons)
+    pred = predict_open_loop(wm, batch["obs"], batch["action"], batch["is_first"], context, H)
+    target = slice(context, context + H)
+    obs_error = (pred["obs"] - symlog(batch["obs"][:, target])).pow(2).flatten(2).sum(-1)  # (B, H)
+    reward_error = (pred["reward"] - batch["reward"][:, target]).abs()  # (B, H)
+    cont_error = (pred["cont"] - (1.0 - batch["is_terminal"][:, target].float())).abs()  # (B, H)
+    valid = batch["is_first"][:, target].long().cumsum(1) == 0  # (B, H): no episode start up to here
+    weight = valid.float() / valid.sum(0)  # (B, H): mean over the valid sequences; 0 / 0 where none is
+    errors = {}
+    for name, error in (("obs", obs_error), ("reward", reward_error), ("cont", cont_error)):
+        assert error.shape == valid.shape
+        per_step = (error * weight).sum(0)  # (H,)
+        errors.update({f"openloop/{name}_error_h{k}": per_step[k - 1] for k in horizons})
+    return errors

@@ -20,14 +20,18 @@ import time
 from pathlib import Path
 
 
-def first_reaching(run_dir: Path, tag: str, target: float) -> tuple[int | None, float | None]:
+def first_reaching(run_dir: Path, tag: str, target: float) -> dict:
+    """The first logged step at which `tag` reached `target`, the seconds from the run's start (its first
+    TensorBoard event) to that point, and the last value logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     points = events.Scalars(tag) if tag in events.Tags()["scalars"] else []
-    reached = next((p.step for p in points if p.value >= target), None)
-    return reached, (points[-1].value if points else None)
+    reached = next((p for p in points if p.value >= target), None)
+    return {"steps_to_target": reached.step if reached else None,
+            "wall_clock_to_target_s": round(reached.wall_time - events.FirstEventTimestamp(), 1) if reached else None,
+            "final_eval_return": points[-1].value if points else None}
 
 
 def main() -> None:
@@ -49,9 +53,8 @@ def main() -> None:
 
     def finish(seed, run_dir, proc, start):
         proc.wait()
-        reached, final = first_reaching(run_dir, "eval/return_mean", args.target)
         results.append({"seed": seed, "exit": proc.returncode, "wall_clock_s": round(time.perf_counter() - start, 1),
-                        "steps_to_target": reached, "final_eval_return": final})
+                        **first_reaching(run_dir, "eval/return_mean", args.target)})
         print(json.dumps(results[-1]), flush=True)
 
     for seed in args.seeds:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, config_changes
 from rssm.envs import Collector, blank_transition, env_spec, make_env, random_action
 from rssm.evaluate import main as eval_main
@@ -208,3 +209,14 @@ def test_image_keys_absent_from_an_older_run_are_no_change(compose_config):
     assert config_changes(saved, compose_config()) == []
     saved["env"]["pixels"] = False
     assert config_changes(saved, compose_config("env.pixels=true")) == ["env.pixels: False -> True"]
+
+
+def test_a_pixel_run_resumes_with_its_images_uint8_in_chunks_and_checkpoint(compose_config, tmp_path):
+    run = ("experiment=debug", "env=cartpole_pixels", "env.image_size=16", "trainer.progress=false",
+           "trainer.openloop_every=0", "trainer.eval_episodes=1", "replay.chunk=32")
+    train(compose_config(*run, "trainer.steps=120"), tmp_path)
+    with np.load(tmp_path / "replay" / "chunk_000000.npz") as chunk:
+        assert chunk["image"].dtype == np.uint8 and chunk["image"].shape == (32, 16, 16, 3)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["replay"]["tail"]["image"].dtype == torch.uint8
+    train(compose_config(*run, "trainer.steps=160", f"resume={tmp_path}", "allow_changes=[trainer.steps]"), tmp_path)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 160

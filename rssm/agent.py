@@ -133,15 +133,16 @@ class Agent:
         """Update the model state with the newest transition and pick the next action.
 
         Args:
-            transition: obs (O,), action a_{t-1} (A,), is_first, from `rssm.envs.Collector`.
+            transition: the observation keys (each without batch or time), action a_{t-1} (A,), is_first, from
+                `rssm.envs.Collector`.
             state: the model state after the previous transition, or None at the start.
             explore: sample from the actor (True) or take its mode (False).
         Returns:
             The action (A,) as float32 numpy, and the new model state (batch 1).
         """
-        data = to_torch({k: np.asarray(transition[k])[None, None] for k in ("obs", "action", "is_first")},
-                        self.device)  # (1, 1, ...)
-        post, _ = self.wm.rssm.observe(self.wm.encode(data["obs"]), data["action"], data["is_first"], state)
+        keys = (*self.wm.obs_keys, "action", "is_first")
+        data = to_torch({k: np.asarray(transition[k])[None, None] for k in keys}, self.device)  # (1, 1, ...)
+        post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
         state = RSSMState(*(x[:, -1] for x in post))  # (1, ...)
         dist = self.actor(features(state))
         action = dist.sample() if explore else dist.mode()

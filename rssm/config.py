@@ -3,6 +3,7 @@ key or a value of the wrong type fails while the config is composed, before anyt
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from itertools import pairwise
 from typing import Any
@@ -20,6 +21,9 @@ class EnvConfig:
     id: str = "CartPole-v1"  # any registered gymnasium id
     action_repeat: int = 1
     time_limit: int = 0  # max agent steps per episode; 0 keeps the env's own limit
+    pixels: bool = False  # observe the env's rendered frames (key `image`) instead of its own observation
+    pixels_keep_state: bool = False  # with pixels: keep the env's own observation too (key `state`)
+    image_size: int = 64  # with pixels: side of the square image
 
 
 @dataclass
@@ -31,6 +35,9 @@ class ModelConfig:
     classes: int = 32  # ... of C classes each
     unimix: float = 0.01
     bins: int = 255  # two-hot bins of the reward head
+    cnn_depth: int = 32  # channels of the image encoder's first stage, doubling with each stage
+    cnn_keys: str = ".*"  # regex: image keys (H x W x C uint8) whose whole name matches go to the CNN
+    mlp_keys: str = ".*"  # regex: vector keys (1-D float) whose whole name matches go to the MLP
 
 
 @dataclass
@@ -109,10 +116,11 @@ def register_configs() -> None:
 
 _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
-    (("env.action_repeat", "model.deter", "model.units", "model.groups", "model.classes", "model.bins",
-      "replay.capacity", "replay.batch_size", "replay.batch_length", "replay.chunk", "trainer.steps",
-      "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context", "wm.lr", "wm.eps",
-      "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
+    (("env.action_repeat", "env.image_size", "model.deter", "model.units", "model.groups", "model.classes",
+      "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
+      "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
+      "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps",
+      "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
       "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
@@ -147,6 +155,11 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in _CHOICES.items():
         if OmegaConf.select(cfg, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got '{OmegaConf.select(cfg, key)}'")
+    for key in ("model.cnn_keys", "model.mlp_keys"):
+        try:
+            re.compile(OmegaConf.select(cfg, key))
+        except re.error as e:
+            raise UserError(f"{key} is not a regular expression: {e}") from None
     horizons = list(cfg.trainer.openloop_horizons)
     if not horizons or horizons[0] < 1 or any(a >= b for a, b in pairwise(horizons)):
         raise UserError(f"trainer.openloop_horizons must be increasing and >= 1, got {horizons}")
@@ -163,6 +176,11 @@ _ABSENT = object()
 # is shown, not what is learned (open-loop errors are computed on their own random numbers).
 _FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_every", "trainer.openloop_context",
               "trainer.openloop_horizons")
+# Keys added with image observations: a run saved before them had vector observations, which none of them changes,
+# so their absence from its config is no difference. (Pixels on such a run would change the model: the checkpoint's
+# shapes refuse it.)
+_ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "model.cnn_depth", "model.cnn_keys",
+               "model.mlp_keys")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -180,5 +198,6 @@ def config_changes(saved: dict, cfg: DictConfig) -> list[str]:
     old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
     allowed = set(cfg.allow_changes) | set(_FREE_KEYS)
     keys = [k for k in sorted(old.keys() | new.keys())
-            if old.get(k, _ABSENT) != new.get(k, _ABSENT) and not any(k == a or k.startswith(a + ".") for a in allowed)]
+            if old.get(k, _ABSENT) != new.get(k, _ABSENT) and not any(k == a or k.startswith(a + ".") for a in allowed)
+            and not (k in _ADDED_KEYS and k not in old)]
     return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]

@@ -1,12 +1,20 @@
-"""Gymnasium environments: creation with clear errors, action conversion, and the collection loop."""
+"""Gymnasium environments: creation with clear errors, pixel observations, action conversion, and the
+collection loop.
+
+Observations become dicts of keys: a Box observation is the key `obs`, a Dict observation keeps its keys. A key
+holds a vector (D,) float32 or an image (H, W, C) uint8; replay transitions hold the keys beside `action`,
+`reward`, `is_first` and `is_terminal`.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+from PIL import Image
 
 from rssm.config import UserError
 
@@ -15,7 +23,7 @@ from rssm.config import UserError
 class EnvSpec:
     """What the agent needs to know about an environment's spaces."""
 
-    obs_dim: int
+    obs_shapes: dict[str, tuple[int, ...]]  # per observation key: (D,) float32 vector or (H, W, C) uint8 image
     action_dims: tuple[int, ...]  # one-hot segment sizes (discrete, multi-discrete), or (A,) (continuous)
     discrete: bool
     low: np.ndarray | None = None  # bounds of a continuous action space
@@ -44,43 +52,89 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0,
-             render_mode: str | None = None) -> tuple[gym.Env, EnvSpec]:
-    """Create a gymnasium env and check that rssm supports its spaces.
+class Pixels(gym.ObservationWrapper):
+    """Observe the env's `render()` frame, resized to `size` x `size` (area average), as the key `image`
+    (uint8 (size, size, 3)); with `keep_state`, the env's own observation too, as the key `state`.
+    The env must have been made with render_mode="rgb_array"."""
+
+    def __init__(self, env: gym.Env, size: int, keep_state: bool = False):
+        super().__init__(env)
+        self.size, self.keep_state = size, keep_state
+        spaces = {"image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8)}
+        if keep_state:
+            spaces["state"] = env.observation_space
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    def observation(self, observation):
+        frame = self.env.render()  # (H, W, 3) uint8
+        image = np.array(Image.fromarray(frame).resize((self.size, self.size), Image.Resampling.BOX))  # writable
+        return {"image": image, "state": observation} if self.keep_state else {"image": image}
+
+
+def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mode: str | None = None,
+             pixels: bool = False, image_size: int = 64, keep_state: bool = False) -> tuple[gym.Env, EnvSpec]:
+    """Create a gymnasium env and check that rssm supports its spaces. With `pixels`, the env is observed
+    through its rendered frames (`Pixels`, `image_size` square; `keep_state` keeps its own observation).
 
     Raises:
-        UserError: unknown id, missing dependency, or unsupported observation or action space.
+        UserError: unknown id, missing dependency, an env that cannot render pixels, or unsupported
+            observation or action space.
     """
     kwargs = {"max_episode_steps": time_limit * action_repeat} if time_limit > 0 else {}
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
+    if pixels or render_mode is not None:
+        kwargs["render_mode"] = "rgb_array" if pixels else render_mode
+    if kwargs.get("render_mode") == "rgb_array":
+        # Frames are drawn off-screen: without this, pygame's display init looks for a desktop session and
+        # prints an error line on a headless machine. A value the user set wins.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as e:
         raise UserError(f"cannot make environment '{env_id}': {e}") from None
     try:
+        if pixels and "rgb_array" not in env.metadata.get("render_modes", []):
+            raise UserError("env.pixels needs an env that renders rgb_array frames")
+        if action_repeat > 1:
+            env = ActionRepeat(env, action_repeat)
+        if pixels:
+            env = Pixels(env, image_size, keep_state)
         spec = env_spec(env.observation_space, env.action_space)
     except UserError as e:
         env.close()
         raise UserError(f"environment '{env_id}': {e}") from None
-    if action_repeat > 1:
-        env = ActionRepeat(env, action_repeat)
     return env, spec
 
 
+RESERVED_KEYS = ("action", "reward", "is_first", "is_terminal")  # the other fields of a transition
+_SUPPORTED = "a 1-D float Box, an H x W x C uint8 Box, or a Dict of these"
+
+
+def obs_shapes(obs_space: gym.Space) -> dict[str, tuple[int, ...]]:
+    """Observation keys and their shapes. Raises UserError for a space rssm cannot model."""
+    spaces = dict(obs_space.spaces) if isinstance(obs_space, gym.spaces.Dict) else {"obs": obs_space}
+    for key, space in spaces.items():
+        vector = isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.issubdtype(space.dtype, np.floating)
+        image = isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
+        if not (vector or image) or key in RESERVED_KEYS:
+            where = f" (key '{key}')" if isinstance(obs_space, gym.spaces.Dict) else ""
+            reason = f"the key '{key}' is a transition field" if key in RESERVED_KEYS else f"rssm needs {_SUPPORTED}"
+            raise UserError(f"unsupported observation space {obs_space}{where}: {reason}")
+    if not spaces:
+        raise UserError(f"unsupported observation space {obs_space}: an empty Dict")
+    return {key: tuple(int(n) for n in space.shape) for key, space in spaces.items()}
+
+
 def env_spec(obs_space: gym.Space, action_space: gym.Space) -> EnvSpec:
-    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
-            and np.issubdtype(obs_space.dtype, np.floating)):
-        raise UserError(f"unsupported observation space {obs_space}: rssm needs a 1-D float Box")
+    shapes = obs_shapes(obs_space)
     if isinstance(action_space, gym.spaces.Discrete):
-        return EnvSpec(obs_space.shape[0], (int(action_space.n),), True)
+        return EnvSpec(shapes, (int(action_space.n),), True)
     if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
-        return EnvSpec(obs_space.shape[0], tuple(int(n) for n in action_space.nvec), True)
+        return EnvSpec(shapes, tuple(int(n) for n in action_space.nvec), True)
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise UserError(f"unsupported action space {action_space}: a Box needs finite bounds")
-        return EnvSpec(obs_space.shape[0], (action_space.shape[0],), False, low, high)
+        return EnvSpec(shapes, (action_space.shape[0],), False, low, high)
     raise UserError(f"unsupported action space {action_space}: rssm needs Discrete, 1-D MultiDiscrete or 1-D Box")
 
 
@@ -140,7 +194,7 @@ class Collector:
             obs, _ = self.env.reset(seed=self._reset_seed)
             self._reset_seed = None
             self.done, self._return, self._length = False, 0.0, 0
-            return self._transition(obs, np.zeros(self.spec.action_dim, np.float32), 0.0, True, False), None
+            return transition(self.spec, obs, np.zeros(self.spec.action_dim, np.float32), 0.0, True, False), None
         obs, reward, terminated, truncated, _ = self.env.step(to_env_action(action, self.spec))
         self.env_steps += 1
         self._return += float(reward)
@@ -150,7 +204,7 @@ class Collector:
         if self.done:
             self.episodes += 1
             episode = {"return": self._return, "length": float(self._length)}
-        return self._transition(obs, action, float(reward), False, bool(terminated)), episode
+        return transition(self.spec, obs, action, float(reward), False, bool(terminated)), episode
 
     def _restart(self, error: Exception, action: np.ndarray):
         self.failures += 1
@@ -182,7 +236,17 @@ class Collector:
         self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
         self.done, self._reset_seed = True, None
 
-    @staticmethod
-    def _transition(obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:
-        return {"obs": np.asarray(obs, np.float32), "action": np.asarray(action, np.float32),
-                "reward": np.float32(reward), "is_first": np.bool_(is_first), "is_terminal": np.bool_(is_terminal)}
+
+def transition(spec: EnvSpec, obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:
+    """A replay transition: each observation key (vectors float32, images uint8) and the step's fields."""
+    obs = obs if isinstance(obs, dict) else {"obs": obs}  # a Box observation is the key `obs`
+    out = {k: np.asarray(obs[k], np.uint8 if len(s) == 3 else np.float32) for k, s in spec.obs_shapes.items()}
+    out.update(action=np.asarray(action, np.float32), reward=np.float32(reward), is_first=np.bool_(is_first),
+               is_terminal=np.bool_(is_terminal))
+    return out
+
+
+def blank_transition(spec: EnvSpec) -> dict[str, np.ndarray]:
+    """A transition of zeros: the layout and size of every transition from `spec`'s env."""
+    obs = {k: np.zeros(s) for k, s in spec.obs_shapes.items()}
+    return transition(spec, obs, np.zeros(spec.action_dim), 0.0, False, False)

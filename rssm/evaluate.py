@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rssm.config import UserError, validate
-from rssm.envs import Collector, EnvSpec, make_env
+from rssm.config import Config, UserError, validate
+from rssm.envs import Collector, EnvSpec
 
 
 def run_episodes(agent, env, spec: EnvSpec, episodes: int, seed: int, explore: bool = False,
@@ -40,17 +40,19 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: int = 30) -> None:
 
 def load_run(run_dir: Path, device: str):
     """Rebuild a finished run's agent from its `config.yaml` and `model.pt`. Raises UserError if unusable."""
-    from rssm.train import build_agent, resolve_device
+    from rssm.train import build_agent, build_env, resolve_device
 
     config_path, model_path = run_dir / "config.yaml", run_dir / "model.pt"
     for path in (config_path, model_path):
         if not path.is_file():
             raise UserError(f"{path} not found: is {run_dir} an rssm run directory?")
-    cfg = OmegaConf.load(config_path)
+    # Over the schema's defaults: a run saved before a key existed has the key's default behaviour.
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
     validate(cfg)
     if cfg.agent.kind != "dreamer":
         raise UserError(f"{run_dir} trained a world model alone (agent={cfg.agent.kind}): it has no policy to play")
-    _, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
+    env, spec = build_env(cfg)
+    env.close()
     agent = build_agent(cfg, spec, resolve_device(device))
     try:
         state = torch.load(model_path, map_location=agent.device, weights_only=True)
@@ -74,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.episodes < 1:
             raise UserError("--episodes must be >= 1")
         cfg, agent = load_run(args.run_dir, args.device)
-        env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit,
-                             render_mode="rgb_array" if args.video else None)
+        from rssm.train import build_env
+
+        env, spec = build_env(cfg, render_mode="rgb_array" if args.video else None)
         returns, frames = run_episodes(agent, env, spec, args.episodes, args.seed, record=args.video is not None)
         env.close()
     except UserError as e:

@@ -1,4 +1,4 @@
-"""Building blocks: MLP, GRU cell with LayerNorm, and a linear layer for sequential loops.
+"""Building blocks: MLP, image encoder and decoder, GRU cell with LayerNorm, and a linear layer for loops.
 
 Nothing here reads a config: every size is an explicit argument.
 """
@@ -51,6 +51,80 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hidden(x)
         return self.out(x) if self.out is not None else x
+
+
+def image_stages(size: int) -> int:
+    """Stride-2 stages that halve a square image's side `size` to a side of 4 to 7 pixels (64 -> 4: four).
+
+    Raises ValueError for a side that is not 4 to 7 times a power of two (at least 8).
+    """
+    stages = 0
+    while size >= 8 and size % 2 == 0:
+        size, stages = size // 2, stages + 1
+    if stages == 0 or size >= 8:
+        raise ValueError("the side must be 4 to 7 times a power of two, at least 8 (e.g. 16, 64, 96)")
+    return stages
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel: (N, C, H, W) -> (N, C, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV3's image encoder: stages of Conv(4x4, stride 2) -> channel LayerNorm -> SiLU, each halving the
+    side (64 -> 32 -> 16 -> 8 -> 4) while the channels double from `depth`; the last stage is flattened.
+
+    Args:
+        size: side of the square input; channels: its channels C; depth: channels of the first stage.
+    Shapes:
+        (N, H, W, C) float, centred on 0 -> (N, out_dim), out_dim = channels of the last stage x its pixels.
+    """
+
+    def __init__(self, size: int, channels: int, depth: int):
+        super().__init__()
+        stages = image_stages(size)
+        blocks: list[nn.Module] = []
+        width = channels
+        for i in range(stages):
+            blocks += [nn.Conv2d(width, depth * 2**i, 4, 2, 1, bias=False), ChannelNorm(depth * 2**i, eps=NORM_EPS),
+                       nn.SiLU()]
+            width = depth * 2**i
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = width * (size >> stages) ** 2
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2)).flatten(1)  # (N, C, H, W) -> (N, C' * h * w)
+
+
+class ConvDecoder(nn.Module):
+    """The encoder mirrored: a linear layer to the last stage's (C', h, w), then stages of
+    ConvTranspose(4x4, stride 2) -> channel LayerNorm -> SiLU doubling the side, the last one a plain
+    transposed convolution to `channels`.
+
+    Shapes:
+        (N, in_dim) -> (N, H, W, C), unbounded (the world model adds the offset of its targets).
+    """
+
+    def __init__(self, in_dim: int, size: int, channels: int, depth: int):
+        super().__init__()
+        stages = image_stages(size)
+        self.top = (depth * 2 ** (stages - 1), size >> stages, size >> stages)  # (C', h, w)
+        self.linear = nn.Linear(in_dim, math.prod(self.top))
+        blocks: list[nn.Module] = []
+        for i in reversed(range(1, stages)):
+            blocks += [nn.ConvTranspose2d(depth * 2**i, depth * 2 ** (i - 1), 4, 2, 1, bias=False),
+                       ChannelNorm(depth * 2 ** (i - 1), eps=NORM_EPS), nn.SiLU()]
+        blocks.append(nn.ConvTranspose2d(depth, channels, 4, 2, 1))
+        self.net = nn.Sequential(*blocks)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x).unflatten(-1, self.top)  # (N, C', h, w)
+        return self.net(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
 
 
 def gru_update(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

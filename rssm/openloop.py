@@ -12,34 +12,37 @@ prediction of obs[context + k - 1], made k prior steps after the last observatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from rssm.distributions import symlog, twohot_mean
+from rssm.distributions import twohot_mean
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
 
 @torch.no_grad()
-def predict_open_loop(wm: WorldModel, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
-                      context: int, horizon: int) -> dict[str, torch.Tensor]:
-    """Predictions for obs[context : context + horizon] from the first `context` observations.
+def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int,
+                      horizon: int) -> dict[str, torch.Tensor]:
+    """Predictions for steps context : context + horizon from the first `context` observations.
 
     Args:
-        obs: (B, T, ...) raw observations; action: (B, T, A), action[t] led to obs[t]; is_first: (B, T).
+        batch: each observation key (B, T, ...) raw; action (B, T, A), action[t] led to obs[t]; is_first (B, T).
         context: observed steps, >= 1; horizon: imagined steps, with context + horizon <= T.
     Returns:
-        obs (B, H, ...) in symlog space (the decoder's output), reward (B, H) and the continue
-        probability cont (B, H). The latents of the prior rollout are sampled, as in imagination.
+        obs: a dict of the observation keys (B, H, ...) as the decoder predicts them (vectors in symlog space,
+        images in [0, 1]); reward (B, H) and the continue probability cont (B, H). The latents of the prior
+        rollout are sampled, as in imagination.
     """
+    action, is_first = batch["action"], batch["is_first"]
     B, T = is_first.shape
     assert 1 <= context and context + horizon <= T, (context, horizon, T)
-    post, _ = wm.rssm.observe(wm.encode(obs[:, :context]), action[:, :context], is_first[:, :context])
+    seen = {k: batch[k][:, :context] for k in wm.obs_keys}  # (B, context, ...)
+    post, _ = wm.rssm.observe(wm.encode(seen), action[:, :context], is_first[:, :context])
     start = RSSMState(*(x[:, -1] for x in post))  # (B, ...): the state that has seen obs[context - 1]
     imagined, _ = wm.rssm.imagine(start, horizon, actions=action[:, context:context + horizon])
     feat = features(imagined)  # (B, H, F)
-    return {"obs": wm.decoder(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
+    return {"obs": wm.decode(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
             "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
 
 
@@ -48,8 +51,8 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: in
                      horizons: Sequence[int] = (1, 5, 10, 15)) -> dict[str, torch.Tensor]:
     """Open-loop prediction errors at each horizon, averaged over the sequences of the batch.
 
-    - obs: squared error in symlog space summed over the observation's dimensions (the world model's
-      reconstruction loss, but from the prior);
+    - obs: squared error summed over the dimensions of each observation key and over the keys, in the space of
+      the world model's reconstruction loss (symlog for vectors, [0, 1] for images), but from the prior;
     - reward: absolute error of the two-hot mean;
     - cont: |predicted continue probability - (1 - is_terminal)|.
 
@@ -58,22 +61,27 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: in
     in, so the prediction has nothing to be compared with. A horizon at which no sequence counts gives NaN.
 
     Args:
-        batch: obs (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T), is_terminal (B, T),
-            with T >= context + max(horizons).
+        batch: the observation keys (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T),
+            is_terminal (B, T), with T >= context + max(horizons).
         context: steps the posterior sees; horizons: increasing horizons >= 1 to report.
     Returns:
-        Scalar tensors `openloop/{obs,reward,cont}_error_h{k}` for each k in `horizons`.
+        Scalar tensors `openloop/{obs,reward,cont}_error_h{k}` for each k in `horizons`; with several
+        observation keys also `openloop/obs_{key}_error_h{k}` for each key.
     """
     H = max(horizons)
-    pred = predict_open_loop(wm, batch["obs"], batch["action"], batch["is_first"], context, H)
+    pred = predict_open_loop(wm, batch, context, H)
     target = slice(context, context + H)
-    obs_error = (pred["obs"] - symlog(batch["obs"][:, target])).pow(2).flatten(2).sum(-1)  # (B, H)
+    truth = wm.targets({k: batch[k][:, target] for k in wm.obs_keys})  # (B, H, ...) per key
+    key_errors = {k: (p - truth[k]).pow(2).flatten(2).sum(-1) for k, p in pred["obs"].items()}  # (B, H) per key
     reward_error = (pred["reward"] - batch["reward"][:, target]).abs()  # (B, H)
     cont_error = (pred["cont"] - (1.0 - batch["is_terminal"][:, target].float())).abs()  # (B, H)
     valid = batch["is_first"][:, target].long().cumsum(1) == 0  # (B, H): no episode start up to here
     weight = valid.float() / valid.sum(0)  # (B, H): mean over the valid sequences; 0 / 0 where none is
+    named = [("obs", sum(key_errors.values())), ("reward", reward_error), ("cont", cont_error)]
+    if len(key_errors) > 1:
+        named += [(f"obs_{k}", error) for k, error in key_errors.items()]
     errors = {}
-    for name, error in (("obs", obs_error), ("reward", reward_error), ("cont", cont_error)):
+    for name, error in named:
         assert error.shape == valid.shape
         per_step = (error * weight).sum(0)  # (H,)
         errors.update({f"openloop/{name}_error_h{k}": per_step[k - 1] for k in horizons})

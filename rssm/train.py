@@ -24,13 +24,13 @@ from rssm.agent import Agent, OptimSettings, to_torch
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.config import UserError, config_changes, register_configs, validate
-from rssm.envs import Collector, EnvSpec, make_env, random_action
+from rssm.envs import Collector, EnvSpec, blank_transition, make_env, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
-from rssm.world_model import LossScales, WorldModel
+from rssm.world_model import LossScales, WorldModel, select_obs_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,15 +47,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_world_model(cfg: DictConfig, obs_dim: int, action_dim: int) -> WorldModel:
+def build_env(cfg: DictConfig, render_mode: str | None = None):
+    """The env the config describes and its EnvSpec. Raises UserError if rssm cannot use it."""
+    e = cfg.env
+    return make_env(e.id, e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size, e.pixels_keep_state)
+
+
+def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> WorldModel:
+    """The world model for the observation keys `model.cnn_keys` and `model.mlp_keys` select."""
     m = cfg.model
-    return WorldModel(obs_dim, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins)
+    shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
+    return WorldModel(shapes, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins,
+                      m.cnn_depth)
 
 
 def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`."""
     w, a, m = cfg.wm, cfg.agent, cfg.model
-    wm = build_world_model(cfg, spec.obs_dim, spec.action_dim).to(device)
+    wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
     wm_optim = OptimSettings(w.lr, w.eps, w.grad_clip)
     if a.kind == "world_model":
@@ -68,8 +77,21 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
                  OptimSettings(a.critic_lr, a.eps, a.grad_clip))
 
 
+def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
+    """Each observation key with where it goes, and the replay's memory when full (capacity x bytes per
+    transition)."""
+    example = blank_transition(spec)
+    per = sum(v.nbytes for v in example.values())
+    where = {**dict.fromkeys(wm.image_keys, "CNN"), **dict.fromkeys(wm.vector_keys, "MLP")}
+    keys = ", ".join(f"{k} {'x'.join(map(str, s))} {example[k].dtype} -> {where.get(k, 'not modelled')}"
+                     for k, s in spec.obs_shapes.items())
+    total = capacity * per
+    size = f"{total / 1e9:.2f} GB" if total >= 1e9 else f"{total / 1e6:.1f} MB"
+    return f"observations: {keys}; replay: {capacity:,} transitions x {per:,} bytes = {size} when full"
+
+
 def evaluate(agent: Agent, cfg: DictConfig, episodes: int) -> dict[str, float]:
-    env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
+    env, spec = build_env(cfg)
     try:
         returns, _ = run_episodes(agent, env, spec, episodes, seed=cfg.seed + 10_000)
     finally:
@@ -154,9 +176,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     device = resolve_device(cfg.device)
 
     def remake_env():
-        return make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)[0]
+        return build_env(cfg)[0]
 
-    env, spec = make_env(cfg.env.id, cfg.env.action_repeat, cfg.env.time_limit)
+    env, spec = build_env(cfg)
     agent = build_agent(cfg, spec, device)
     replay = Replay(cfg.replay.capacity, cfg.seed, run_dir / "replay", cfg.replay.chunk)
     collector = Collector(env, spec, cfg.seed, remake=remake_env)
@@ -167,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
     print(f"rssm: {cfg.env.id} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
           flush=True)
+    print(f"rssm: {replay_line(spec, agent.wm, replay.capacity)}", flush=True)
     if resumed:
         print(f"rssm: resumed from {resumed[0]} at env step {collector.env_steps}, update {progress.updates}",
               flush=True)

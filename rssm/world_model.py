@@ -1,15 +1,23 @@
-"""World model: encoder, RSSM, decoder, reward and continue heads, and its loss."""
+"""World model: encoders, RSSM, decoders, reward and continue heads, and its loss.
+
+Observations are a dict of keys: vectors (D,) float go through one MLP (symlog inputs, symlog-MSE loss), images
+(H, W, C) uint8 through one CNN (inputs obs / 255 - 0.5, MSE on obs / 255 summed over pixels), as in DreamerV3.
+Several keys of a kind are concatenated: vectors along their dimension, images along their channels.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rssm.config import UserError
 from rssm.distributions import categorical_kl, symlog, symlog_bins, twohot_loss, twohot_mean
-from rssm.networks import MLP, zero_output
+from rssm.networks import MLP, ConvDecoder, ConvEncoder, image_stages, zero_output
 from rssm.rssm import RSSM, RSSMState, features
 
 
@@ -54,46 +62,136 @@ def kl_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn_scale: fl
     return dyn_loss + rep_loss, metrics
 
 
+def select_obs_keys(obs_shapes: Mapping[str, tuple[int, ...]], cnn_keys: str,
+                    mlp_keys: str) -> dict[str, tuple[int, ...]]:
+    """The observation keys the world model sees: images (H, W, C) whose name matches the regex `cnn_keys`
+    and vectors (D,) whose name matches `mlp_keys` (whole-name matches). Other keys are left out.
+
+    Raises:
+        UserError: no key is selected, or the images cannot go through one CNN.
+    """
+    selected = {k: tuple(s) for k, s in obs_shapes.items()
+                if re.fullmatch(cnn_keys if len(s) == 3 else mlp_keys, k)}
+    if not selected:
+        keys = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in obs_shapes.items())
+        raise UserError(f"no observation key matches model.cnn_keys='{cnn_keys}' (images) or "
+                        f"model.mlp_keys='{mlp_keys}' (vectors); the env has {keys}")
+    images = {k: s for k, s in selected.items() if len(s) == 3}
+    for k, (h, w, _) in images.items():
+        try:
+            if h != w:
+                raise ValueError("it is not square")
+            image_stages(h)
+        except ValueError as e:
+            raise UserError(f"image '{k}' is {h} x {w}: {e}; pick another env.image_size") from None
+    if len({s[:2] for s in images.values()}) > 1:
+        raise UserError(f"images {', '.join(images)} differ in size: the CNN stacks them along their channels")
+    return selected
+
+
 class WorldModel(nn.Module):
     """Args:
-        obs_dim, action_dim: sizes of the observation and action vectors.
+        obs_shapes: the observation keys to model, each (D,) for a vector or (H, W, C) for an image.
+        action_dim: size of the action vector.
         deter, units, layers: GRU size, hidden width and MLP depth.
         groups, classes: shape of the stochastic state.
         unimix: uniform mix of the latent distributions.
         bins: number of two-hot bins of the reward head.
+        cnn_depth: channels of the CNN's first stage (doubling with each stage); unused without images.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, deter: int, units: int, layers: int, groups: int,
-                 classes: int, unimix: float = 0.01, bins: int = 255):
+    def __init__(self, obs_shapes: Mapping[str, tuple[int, ...]], action_dim: int, deter: int, units: int,
+                 layers: int, groups: int, classes: int, unimix: float = 0.01, bins: int = 255,
+                 cnn_depth: int = 32):
         super().__init__()
-        self.encoder = MLP(obs_dim, units, layers)
-        self.rssm = RSSM(action_dim, self.encoder.out_dim, deter, units, groups, classes, unimix)
+        assert obs_shapes and all(len(s) in (1, 3) for s in obs_shapes.values()), obs_shapes
+        self.vector_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 1)
+        self.image_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 3)
+        self.obs_keys = (*self.image_keys, *self.vector_keys)
+        self.vector_dims = [obs_shapes[k][0] for k in self.vector_keys]
+        self.image_channels = [obs_shapes[k][2] for k in self.image_keys]
+        # Built in the order of the vector-only model (encoder, RSSM, decoder) and under its names, so that a
+        # vector model draws the same initial weights and loads its older checkpoints.
+        self.encoder = self.decoder = self.image_encoder = self.image_decoder = None
+        embed = 0
+        if self.vector_keys:
+            self.encoder = MLP(sum(self.vector_dims), units, layers)
+            embed += self.encoder.out_dim
+        if self.image_keys:
+            size = obs_shapes[self.image_keys[0]][0]
+            self.image_encoder = ConvEncoder(size, sum(self.image_channels), cnn_depth)
+            embed += self.image_encoder.out_dim
+        self.rssm = RSSM(action_dim, embed, deter, units, groups, classes, unimix)
         feat = self.rssm.feat_dim
-        self.decoder = MLP(feat, units, layers, obs_dim)
+        if self.vector_keys:
+            self.decoder = MLP(feat, units, layers, sum(self.vector_dims))
+        if self.image_keys:
+            self.image_decoder = ConvDecoder(feat, size, sum(self.image_channels), cnn_depth)
         self.reward = MLP(feat, units, layers, bins)
         zero_output(self.reward.out)
         self.cont = MLP(feat, units, layers, 1)
         self.register_buffer("bins", symlog_bins(bins), persistent=False)
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(symlog(obs))
+    def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Embed the observation keys of `obs` (other keys are ignored): (B, T, ...) each -> (B, T, E)."""
+        parts = []
+        if self.image_keys:
+            x = self._images(obs)  # (B, T, H, W, C) in [0, 1]
+            lead = x.shape[:-3]
+            parts.append(self.image_encoder(x.flatten(0, -4) - 0.5).unflatten(0, lead))  # (B, T, E_cnn)
+        if self.vector_keys:
+            keys = self.vector_keys
+            x = obs[keys[0]] if len(keys) == 1 else torch.cat([obs[k] for k in keys], -1)  # (B, T, D)
+            parts.append(self.encoder(symlog(x)))  # (B, T, E_mlp)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)  # (B, T, E)
+
+    def _images(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The image keys stacked along their channels, scaled from uint8 to [0, 1]: (..., H, W, sum C)."""
+        images = [obs[k] for k in self.image_keys]
+        return (images[0] if len(images) == 1 else torch.cat(images, -1)).float() / 255.0
+
+    def targets(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the decoder predicts for each key: image / 255, symlog(vector)."""
+        out = {k: obs[k].float() / 255.0 for k in self.image_keys}
+        out.update({k: symlog(obs[k]) for k in self.vector_keys})
+        return out
+
+    def decode(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted observation keys from features (..., F): images in [0, 1] (roughly; not clipped), vectors in
+        symlog space, each (..., *shape)."""
+        out = {}
+        if self.image_keys:
+            x = self.image_decoder(feat.flatten(0, -2)).unflatten(0, feat.shape[:-1]) + 0.5  # (..., H, W, C)
+            out.update(zip(self.image_keys, x.split(self.image_channels, -1), strict=True))
+        if self.vector_keys:
+            x = self.decoder(feat)  # (..., D)
+            out.update(zip(self.vector_keys, x.split(self.vector_dims, -1), strict=True))
+        return out
+
+    def rec_errors(self, feat: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Squared error of the decoded `feat` (B, T, F) against `obs`, summed over each key's dimensions
+        (pixels and channels for images): one (B, T) tensor per key."""
+        targets = self.targets(obs)
+        return {k: (pred - targets[k]).pow(2).flatten(feat.dim() - 1).sum(-1) for k, pred in self.decode(feat).items()}
 
     def loss(self, batch: dict[str, torch.Tensor], scales: LossScales,
              state: RSSMState | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], RSSMState]:
         """World-model loss on a batch of sequences.
 
         Args:
-            batch: obs (B, T, O), action (B, T, A), reward (B, T), is_first (B, T), is_terminal (B, T).
+            batch: each observation key (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T),
+                is_terminal (B, T).
             scales: loss weights.
             state: RSSM state before the first step, or None.
         Returns:
             Scalar loss, metrics, and the posterior states (B, T, ...).
         """
-        obs, reward = batch["obs"], batch["reward"]
+        reward = batch["reward"]
         B, T = reward.shape
-        post, prior_logits = self.rssm.observe(self.encode(obs), batch["action"], batch["is_first"], state)
+        post, prior_logits = self.rssm.observe(self.encode(batch), batch["action"], batch["is_first"], state)
         feat = features(post)  # (B, T, F)
-        rec = ((self.decoder(feat) - symlog(obs)) ** 2).sum(-1)  # (B, T), squared error in symlog space
+        rec_keys = self.rec_errors(feat, batch)  # (B, T) per key
+        rec = sum(rec_keys.values())  # (B, T)
         reward_logits = self.reward(feat)  # (B, T, K)
         rew = twohot_loss(reward_logits, reward, self.bins)  # (B, T)
         cont_target = 1.0 - batch["is_terminal"].to(feat.dtype)
@@ -109,4 +207,6 @@ class WorldModel(nn.Module):
                 "wm/reward_error": (twohot_mean(reward_logits, self.bins) - reward).abs().mean(),
                 "wm/cont_accuracy": ((cont_logits > 0).to(feat.dtype) == cont_target).to(feat.dtype).mean(),
             }
+            if len(rec_keys) > 1:
+                metrics.update({f"loss/rec_{k}": v.mean() for k, v in rec_keys.items()})
         return total.mean(), metrics, post

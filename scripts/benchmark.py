@@ -77,7 +77,7 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dic
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     deter, units, layers, groups, classes = SIZES[name]
-    model = WorldModel(args.obs_dim, args.act_dim, deter, units, layers, groups, classes).to(device)
+    model = WorldModel({"obs": (args.obs_dim,)}, args.act_dim, deter, units, layers, groups, classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
     scales = LossScales()
     batch = random_batch(args.batch, args.length, args.obs_dim, args.act_dim, device, gen)

@@ -73,7 +73,7 @@ def test_critic_targets_are_two_hot_in_symlog_space():
 def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
     torch.manual_seed(0)
     A = 3
-    wm = WorldModel(obs_dim=4, action_dim=A, deter=16, units=16, layers=1, groups=4, classes=4)
+    wm = WorldModel({"obs": (4,)}, action_dim=A, deter=16, units=16, layers=1, groups=4, classes=4)
     actor = Actor(wm.rssm.feat_dim, 16, 1, [A], discrete)
     critic = Critic(wm.rssm.feat_dim, 16, 1)
     agent = Agent(wm, LossScales(), OptimSettings(1e-3, 1e-8, 1000.0), actor, critic,

@@ -14,7 +14,7 @@ EXPERIMENTS = sorted(p.name[:-5] for p in CONFIGS.joinpath("experiment").iterdir
 
 
 def test_config_groups_are_found():
-    assert {"cartpole", "pendulum"} <= set(ENVS)
+    assert {"cartpole", "pendulum", "cartpole_pixels"} <= set(ENVS)
     assert {"xxs", "xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
     assert "debug" in EXPERIMENTS
 
@@ -37,14 +37,14 @@ def test_every_model_preset_builds_and_grows(compose_config):
         cfg = compose_config(f"model={model}")
         validate(cfg)
         with torch.device("meta"):  # shapes only: the large presets need no memory here
-            wm = build_world_model(cfg, obs_dim=17, action_dim=6)
+            wm = build_world_model(cfg, {"obs": (17,)}, action_dim=6)
         counts[model] = sum(p.numel() for p in wm.parameters())
     assert list(counts.values()) == sorted(counts.values())
     assert 7.4e6 < counts["s"] < 7.6e6  # DreamerV3's S world model on a 17-dim vector task
 
 
 def test_debug_model_builds_on_cpu(compose_config):
-    wm = build_world_model(compose_config("experiment=debug"), obs_dim=4, action_dim=2)
+    wm = build_world_model(compose_config("experiment=debug"), {"obs": (4,)}, action_dim=2)
     assert sum(p.numel() for p in wm.parameters()) < 100_000
 
 
@@ -80,6 +80,9 @@ def test_open_loop_keys_may_change_on_resume(compose_config):
     ("trainer.openloop_horizons=[0,5]", "trainer.openloop_horizons must be increasing and >= 1"),
     ("trainer.openloop_horizons=[5,5]", "trainer.openloop_horizons must be increasing and >= 1"),
     ("trainer.openloop_horizons=[10,5]", "trainer.openloop_horizons must be increasing and >= 1"),
+    ("model.cnn_keys='im(age'", "model.cnn_keys is not a regular expression"),
+    ("env.image_size=0", "env.image_size must be > 0"),
+    ("model.cnn_depth=0", "model.cnn_depth must be > 0"),
 ])
 def test_validate_rejects_bad_values(compose_config, override, message):
     with pytest.raises(UserError, match=message):
@@ -97,6 +100,7 @@ def test_validate_rejects_bad_values(compose_config, override, message):
     (["trainer.openloop_horizons=[15,5]"], "trainer.openloop_horizons must be increasing and >= 1, got [15, 5]"),
     (["trainer.openloop_context=-2"], "trainer.openloop_context must be > 0, got -2"),
     (["trainer.openloop_horizons=[1,x]"], "could not be converted to Integer"),
+    (["env=cartpole_pixels", "env.image_size=84"], "image 'image' is 84 x 84: the side must be 4 to 7 times"),
 ])
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
     proc = run_cli("experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi", *args,

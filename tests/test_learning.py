@@ -20,7 +20,7 @@ def test_world_model_learns_recorded_cartpole():
     torch.manual_seed(0)
     train_data, held_out = record_cartpole(3000, seed=0), record_cartpole(500, seed=1)
     eval_batch = to_torch(held_out.sample(32, 32), torch.device("cpu"))
-    wm = WorldModel(obs_dim=4, action_dim=2, deter=64, units=64, layers=1, groups=8, classes=8)
+    wm = WorldModel({"obs": (4,)}, action_dim=2, deter=64, units=64, layers=1, groups=8, classes=8)
     agent = Agent(wm, LossScales(), OptimSettings(lr=1e-4, eps=1e-8, grad_clip=1000.0))
 
     def evaluate():

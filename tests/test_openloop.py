@@ -14,7 +14,7 @@ T = CONTEXT + max(HORIZONS)
 
 def make_world_model(seed=0):
     torch.manual_seed(seed)
-    wm = WorldModel(obs_dim=OBS, action_dim=A, deter=16, units=12, layers=1, groups=3, classes=4, bins=31)
+    wm = WorldModel({"obs": (OBS,)}, action_dim=A, deter=16, units=12, layers=1, groups=3, classes=4, bins=31)
     # The reward head starts at zero output; give it weights so that reward predictions depend on the state.
     torch.nn.init.normal_(wm.reward.out.weight, std=0.5)
     return wm
@@ -33,7 +33,7 @@ def reference_errors(wm, batch, seed):
     """Per-sequence errors (B, H) from a plain loop: the posterior over the context, then one prior step at a
     time with the action that led to each target observation."""
     torch.manual_seed(seed)
-    post, _ = wm.rssm.observe(wm.encode(batch["obs"][:, :CONTEXT]), batch["action"][:, :CONTEXT],
+    post, _ = wm.rssm.observe(wm.encode({"obs": batch["obs"][:, :CONTEXT]}), batch["action"][:, :CONTEXT],
                               batch["is_first"][:, :CONTEXT])
     state = RSSMState(*(x[:, CONTEXT - 1] for x in post))
     obs_err, reward_err, cont_err = [], [], []

@@ -81,7 +81,7 @@ def test_world_model_gradients_match_plain_autograd(monkeypatch):
 
     def grads():
         torch.manual_seed(0)
-        wm = WorldModel(3, A, deter=8, units=8, layers=1, groups=2, classes=3)
+        wm = WorldModel({"obs": (3,)}, A, deter=8, units=8, layers=1, groups=2, classes=3)
         loss, _, _ = wm.loss(batch, LossScales())
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in wm.named_parameters()}

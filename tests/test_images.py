@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_train import EXPECTED_TAGS, read_scalars
 
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, config_changes
@@ -19,7 +20,6 @@ from rssm.openloop import open_loop_errors
 from rssm.replay import Replay
 from rssm.train import build_world_model, train
 from rssm.world_model import LossScales, WorldModel, select_obs_keys
-from tests.test_train import EXPECTED_TAGS, read_scalars
 
 
 @pytest.mark.parametrize("size, depth, stages", [(64, 4, 4), (16, 8, 2), (96, 2, 4)])

@@ -1,11 +1,13 @@
 import importlib.resources
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from rssm.config import UserError, config_changes, validate
-from rssm.train import build_world_model
+from rssm.envs import Collector, random_action
+from rssm.train import build_env, build_world_model
 
 CONFIGS = importlib.resources.files("rssm.configs")
 ENVS = sorted(p.name[:-5] for p in CONFIGS.joinpath("env").iterdir() if p.name.endswith(".yaml"))
@@ -14,16 +16,25 @@ EXPERIMENTS = sorted(p.name[:-5] for p in CONFIGS.joinpath("experiment").iterdir
 
 
 def test_config_groups_are_found():
-    assert {"cartpole", "pendulum", "cartpole_pixels"} <= set(ENVS)
+    assert {"cartpole", "pendulum", "acrobot", "lunarlander", "halfcheetah", "hopper", "walker2d",
+            "cartpole_pixels"} <= set(ENVS)
     assert {"xxs", "xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
     assert "debug" in EXPERIMENTS
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_every_env_config_composes(compose_config, env):
-    cfg = compose_config(f"env={env}")
+def test_every_env_config_composes_and_builds_its_env(compose_config, env):
+    cfg = compose_config(f"env={env}", "env.image_size=16")
     validate(cfg)
-    assert cfg.env.id
+    gym_env, spec = build_env(cfg)
+    try:
+        collector = Collector(gym_env, spec, seed=0)
+        first, _ = collector.step(random_action(spec, np.random.default_rng(0)))
+        second, _ = collector.step(random_action(spec, np.random.default_rng(1)))
+    finally:
+        gym_env.close()
+    assert first["is_first"] and not second["is_first"]
+    assert set(spec.obs_shapes) <= set(second) and second["action"].shape == (spec.action_dim,)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

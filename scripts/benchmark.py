@@ -1,10 +1,13 @@
 """Speed of one world-model update per size preset, on random data.
 
-One update is zero_grad + WorldModel.loss + backward + clip_grad_norm_(1000) + Adam step. Reports the
+One update is zero_grad + WorldModel.loss + backward + clip_grad_norm_(1000) + Adam step; with `--agent`,
+a whole `Agent.update` (that, then imagination from every replayed state and the actor and critic steps;
+`params` still counts the world model only). Reports the
 median time after warm-up, parameters, FLOPs of one forward+backward (FlopCounterMode), achieved FLOP/s
 and its share of this machine's float32 matmul rate, and peak memory.
 
     python scripts/benchmark.py --sizes xs s --threads 2 --json bench.json
+    python scripts/benchmark.py --sizes xxs xs --threads 2 --agent --obs-dim 4 --act-dim 2   # CartPole's shapes
 
 Peak memory on CPU is the process's peak RSS, which only grows: sizes run in the order given, so list
 them smallest first (or run one size per process) to read each row on its own.
@@ -19,12 +22,16 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from rssm.agent import Agent, OptimSettings
+from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.world_model import LossScales, WorldModel
 
 # DreamerV3 paper sizes: (deter, units, MLP layers, groups, classes). configs/model/*.yaml hold the same.
 SIZES = {
+    "xxs": (128, 128, 1, 16, 16),
     "xs": (256, 256, 1, 32, 32),
     "s": (512, 512, 2, 32, 32),
     "m": (1024, 640, 3, 32, 32),
@@ -78,20 +85,29 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dic
     gen = torch.Generator().manual_seed(args.seed)
     deter, units, layers, groups, classes = SIZES[name]
     model = WorldModel({"obs": (args.obs_dim,)}, args.act_dim, deter, units, layers, groups, classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
     scales = LossScales()
     batch = random_batch(args.batch, args.length, args.obs_dim, args.act_dim, device, gen)
+    if args.agent:  # world model + actor-critic in imagination, discrete (one-hot) actions
+        batch["action"] = F.one_hot(batch["action"].argmax(-1), args.act_dim).float()
+        actor = Actor(model.rssm.feat_dim, units, layers, [args.act_dim], discrete=True).to(device)
+        critic = Critic(model.rssm.feat_dim, units, layers).to(device)
+        agent = Agent(model, scales, OptimSettings(1e-4, 1e-8, 1000.0), actor, critic, BehaviorSettings(),
+                      OptimSettings(3e-5, 1e-5, 100.0), OptimSettings(3e-5, 1e-5, 100.0))
 
-    def update() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss, _, _ = model.loss(batch, scales)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1000.0)
-        opt.step()
+        def update() -> None:
+            agent.update(batch)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
+
+        def update() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss, _, _ = model.loss(batch, scales)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1000.0)
+            opt.step()
 
     with FlopCounterMode(display=False) as counter:
-        loss, _, _ = model.loss(batch, scales)
-        loss.backward()
+        update()
     flops = counter.get_total_flops()
 
     if device.type == "cuda":
@@ -125,6 +141,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agent", action="store_true",
+                        help="time a whole agent update (world model, imagination from every state, actor, critic)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 

@@ -49,16 +49,15 @@ class ReturnNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
-        """Fold a batch of returns into the range and return the new scale. Non-finite returns are left out:
-        their update is skipped by the agent, and they must not poison the range."""
+        """Fold a batch of returns into the range and return the new scale. A batch with a non-finite return
+        is left out (its update is skipped by the agent, and it must not poison the range). No host sync."""
         flat = returns.detach().flatten().float()
-        if not torch.isfinite(flat).all():
-            return self.scale()
+        finite = torch.isfinite(flat).all()
         lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
-        if not self.initialized:
-            self.lo.copy_(lo), self.hi.copy_(hi), self.initialized.fill_(True)
-        else:
-            self.lo.lerp_(lo, 1.0 - self.decay), self.hi.lerp_(hi, 1.0 - self.decay)
+        rate = torch.where(self.initialized, 1.0 - self.decay, 1.0)  # the first batch sets the range
+        self.lo.copy_(torch.where(finite, self.lo.lerp(lo, rate), self.lo))
+        self.hi.copy_(torch.where(finite, self.hi.lerp(hi, rate), self.hi))
+        self.initialized.logical_or_(finite)
         return self.scale()
 
     def scale(self) -> torch.Tensor:

@@ -128,22 +128,22 @@ class Agent:
         self.skipped, self.skipped_in_a_row = int(state["skipped"]), int(state["skipped_in_a_row"])
 
     @torch.no_grad()
-    def act(self, transition: dict[str, np.ndarray], state: RSSMState | None,
+    def act(self, transitions: dict[str, np.ndarray], state: RSSMState | None,
             explore: bool) -> tuple[np.ndarray, RSSMState]:
-        """Update the model state with the newest transition and pick the next action.
+        """Update the model state with the newest transitions of N envs and pick their next actions.
 
         Args:
-            transition: the observation keys (each without batch or time), action a_{t-1} (A,), is_first, from
+            transitions: the observation keys (N, ...), action a_{t-1} (N, A), is_first (N,), from
                 `rssm.envs.Collector`.
-            state: the model state after the previous transition, or None at the start.
+            state: the model state after the previous transitions, or None at the start.
             explore: sample from the actor (True) or take its mode (False).
         Returns:
-            The action (A,) as float32 numpy, and the new model state (batch 1).
+            The actions (N, A) as float32 numpy, and the new model state (batch N).
         """
         keys = (*self.wm.obs_keys, "action", "is_first")
-        data = to_torch({k: np.asarray(transition[k])[None, None] for k in keys}, self.device)  # (1, 1, ...)
+        data = to_torch({k: np.asarray(transitions[k])[:, None] for k in keys}, self.device)  # (N, 1, ...)
         post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
-        state = RSSMState(*(x[:, -1] for x in post))  # (1, ...)
+        state = RSSMState(*(x[:, -1] for x in post))  # (N, ...)
         dist = self.actor(features(state))
         action = dist.sample() if explore else dist.mode()
-        return action[0].float().cpu().numpy(), state
+        return action.float().cpu().numpy(), state

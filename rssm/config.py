@@ -24,6 +24,8 @@ class EnvConfig:
     pixels: bool = False  # observe the env's rendered frames (key `image`) instead of its own observation
     pixels_keep_state: bool = False  # with pixels: keep the env's own observation too (key `state`)
     image_size: int = 64  # with pixels: side of the square image
+    num_envs: int = 1  # envs collecting together (gymnasium.vector); each env step counts toward trainer.steps
+    vector: str = "sync"  # sync: envs step in this process, one after another | async: one subprocess per env
 
 
 @dataclass
@@ -74,7 +76,7 @@ class ReplayConfig:
     capacity: int = 1_000_000  # transitions
     batch_size: int = 16
     batch_length: int = 64
-    chunk: int = 1024  # transitions per replay file written to RUN_DIR/replay as the buffer fills
+    chunk: int = 1024  # steps of all envs (rows of env.num_envs transitions) per file written to RUN_DIR/replay
 
 
 @dataclass
@@ -116,8 +118,8 @@ def register_configs() -> None:
 
 _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
-    (("env.action_repeat", "env.image_size", "model.deter", "model.units", "model.groups", "model.classes",
-      "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
+    (("env.action_repeat", "env.image_size", "env.num_envs", "model.deter", "model.units", "model.groups",
+      "model.classes", "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
       "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
       "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps",
       "agent.grad_clip"),
@@ -129,7 +131,8 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
 ]
-_CHOICES = {"agent.kind": ("dreamer", "world_model"), "agent.actor_grad_discrete": ("reinforce", "backprop"),
+_CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_model"),
+            "agent.actor_grad_discrete": ("reinforce", "backprop"),
             "agent.actor_grad_continuous": ("reinforce", "backprop")}
 
 
@@ -181,6 +184,8 @@ _FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_e
 # shapes refuse it.)
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "model.cnn_depth", "model.cnn_keys",
                "model.mlp_keys")
+# Keys added later whose absence from a run's config means the value given here (the behaviour before them).
+_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync"}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -195,7 +200,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict, cfg: DictConfig) -> list[str]:
     """Keys whose value in `cfg` differs from the run's `saved` config and that `cfg.allow_changes` does not
     allow, each as 'key: saved -> new'."""
-    old, new = _flatten(saved), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    old, new = {**_ABSENT_MEANS, **_flatten(saved)}, _flatten(OmegaConf.to_container(cfg, resolve=True))
     allowed = set(cfg.allow_changes) | set(_FREE_KEYS)
     keys = [k for k in sorted(old.keys() | new.keys())
             if old.get(k, _ABSENT) != new.get(k, _ABSENT) and not any(k == a or k.startswith(a + ".") for a in allowed)

@@ -139,106 +139,122 @@ def env_spec(obs_space: gym.Space, action_space: gym.Space) -> EnvSpec:
 
 
 def to_env_action(action: np.ndarray, spec: EnvSpec):
-    """Agent action (one-hot segments, or values in [-1, 1]) -> the env's action."""
+    """Agent action (..., A) (one-hot segments, or values in [-1, 1]) -> the env's action: an index (...),
+    indices (..., segments), or values in the env's bounds (..., A)."""
     if spec.discrete:
-        indices = [int(np.argmax(part)) for part in np.split(action, np.cumsum(spec.action_dims)[:-1])]
-        return indices[0] if len(indices) == 1 else np.array(indices, np.int64)
+        parts = np.split(action, np.cumsum(spec.action_dims)[:-1], axis=-1)
+        indices = np.stack([part.argmax(-1) for part in parts], -1)  # (..., segments)
+        return indices[..., 0] if len(parts) == 1 else indices
     return spec.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (spec.high - spec.low)
 
 
-def random_action(spec: EnvSpec, rng: np.random.Generator) -> np.ndarray:
-    """Uniform random agent action: one-hot segments or values in [-1, 1], float32 (A,)."""
+def random_action(spec: EnvSpec, rng: np.random.Generator, num: int = 1) -> np.ndarray:
+    """Uniform random agent actions for `num` envs: one-hot segments or values in [-1, 1], float32 (num, A)."""
     if spec.discrete:
-        return np.concatenate([np.eye(n, dtype=np.float32)[rng.integers(n)] for n in spec.action_dims])
-    return rng.uniform(-1.0, 1.0, spec.action_dim).astype(np.float32)
+        return np.concatenate([np.eye(n, dtype=np.float32)[rng.integers(n, size=num)] for n in spec.action_dims], -1)
+    return rng.uniform(-1.0, 1.0, (num, spec.action_dim)).astype(np.float32)
+
+
+def make_envs(make: Callable[[], gym.Env], num: int, kind: str = "sync") -> gym.vector.VectorEnv:
+    """`num` envs from `make`, stepped together: `sync` in this process, `async` one subprocess each. An env
+    whose episode ended is reset on the next step, which ignores its action (gymnasium's next-step autoreset)."""
+    fns = [make] * num
+    mode = gym.vector.AutoresetMode.NEXT_STEP
+    if kind == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
 class Collector:
-    """Steps one environment and turns each step into a replay transition.
+    """Steps N environments together (a gymnasium vector env) and turns each step into N replay transitions.
 
     A transition holds obs_t, the action a_{t-1} that led to it (zeros at an episode's start), the reward
-    received on arriving at obs_t, is_first and is_terminal. After an episode ends, the next `step` resets
-    the env and ignores its action.
+    received on arriving at obs_t, is_first and is_terminal; every field has a leading axis of the N envs.
+    After an env's episode ends, its next step is a reset that ignores its action.
 
-    With `remake`, an env that raises in `reset` or `step` is closed and replaced by `remake()`: the broken
-    episode ends there without being reported (no return, no terminal flag), and the next transition starts
-    a new one with `is_first`. `failures` counts these, `last_error` describes the latest; `max_failures`
-    in a row raise a UserError.
+    Env i is first reset with the seed `seed + i`, later episodes go on with the env's own RNG. With `remake`,
+    a vector env that raises in `reset` or `step` is closed and replaced by `remake()`: the episodes under way
+    end there without being reported (no return, no terminal flag), and the next transitions start new ones
+    with `is_first`. `failures` counts these, `last_error` describes the latest; `max_failures` in a row raise
+    a UserError.
     """
 
-    def __init__(self, env: gym.Env, spec: EnvSpec, seed: int, remake: Callable[[], gym.Env] | None = None,
-                 max_failures: int = 5):
-        self.env, self.spec, self.seed = env, spec, seed
+    def __init__(self, envs: gym.vector.VectorEnv, spec: EnvSpec, seed: int,
+                 remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5):
+        self.envs, self.spec, self.seed, self.num = envs, spec, seed, envs.num_envs
         self.remake, self.max_failures = remake, max_failures
-        self.done = True
-        self.env_steps = 0
+        self.done = np.ones(self.num, bool)  # per env: the next step resets it
+        self.started = False  # the vector env has been reset
+        self.env_steps = 0  # env steps of all envs together (resets are not steps)
         self.episodes = 0
         self.failures, self.last_error, self._failures_in_a_row = 0, "", 0
-        self._reset_seed: int | None = seed  # seeds the first reset only, then the env's own RNG goes on
-        self._return, self._length = 0.0, 0
-        env.action_space.seed(seed)
+        self._reset_seeds: list[int] | None = [seed + i for i in range(self.num)]
+        self._return, self._length = np.zeros(self.num), np.zeros(self.num, np.int64)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
-        """Returns the new transition and, when an episode just ended, its return and length."""
+    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+        """Step every env with its action (N, A). Returns the N new transitions and the return and length of
+        each episode that just ended."""
         try:
-            out = self._step(action)
+            out = self._step(actions)
         except Exception as e:  # noqa: BLE001 - whatever the env's own code raises
             if self.remake is None:
                 raise
-            return self._restart(e, action)
+            return self._restart(e, actions)
         self._failures_in_a_row = 0
         return out
 
-    def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
-        if self.done:
-            obs, _ = self.env.reset(seed=self._reset_seed)
-            self._reset_seed = None
-            self.done, self._return, self._length = False, 0.0, 0
-            return transition(self.spec, obs, np.zeros(self.spec.action_dim, np.float32), 0.0, True, False), None
-        obs, reward, terminated, truncated, _ = self.env.step(to_env_action(action, self.spec))
-        self.env_steps += 1
-        self._return += float(reward)
-        self._length += 1
-        self.done = bool(terminated or truncated)
-        episode = None
-        if self.done:
-            self.episodes += 1
-            episode = {"return": self._return, "length": float(self._length)}
-        return transition(self.spec, obs, action, float(reward), False, bool(terminated)), episode
+    def _step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+        if not self.started:
+            obs, _ = self.envs.reset(seed=self._reset_seeds)
+            self.started, self._reset_seeds = True, None
+            self.done[:], self._return[:], self._length[:] = False, 0.0, 0
+            zeros = np.zeros((self.num, self.spec.action_dim), np.float32)
+            return transition(self.spec, obs, zeros, np.zeros(self.num), np.ones(self.num, bool),
+                              np.zeros(self.num, bool)), []
+        first = self.done.copy()  # (N,): these envs reset in this step
+        obs, reward, terminated, truncated, _ = self.envs.step(to_env_action(actions, self.spec))
+        stepped = ~first
+        self.env_steps += int(stepped.sum())
+        self._return = np.where(first, 0.0, self._return + reward)
+        self._length = np.where(first, 0, self._length + 1)
+        self.done = stepped & (terminated | truncated)
+        episodes = [{"return": float(self._return[i]), "length": float(self._length[i])}
+                    for i in np.flatnonzero(self.done)]
+        self.episodes += len(episodes)
+        actions = np.where(first[:, None], 0.0, actions)
+        return transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated), episodes
 
-    def _restart(self, error: Exception, action: np.ndarray):
+    def _restart(self, error: Exception, actions: np.ndarray):
         self.failures += 1
         self._failures_in_a_row += 1
-        where = "reset" if self.done else "step"
+        where = "reset" if not self.started else "step"
         self.last_error = f"environment raised in {where} after env step {self.env_steps}: {error!r}"
         if self._failures_in_a_row >= self.max_failures:
             raise UserError(f"{self.last_error}; {self._failures_in_a_row} failures in a row, giving up") from None
         try:
-            self.env.close()
+            self.envs.close()
         except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
             pass
-        self.env = self.remake()
-        self.env.action_space.seed(self.seed + self.failures)
-        self._reset_seed = self.seed + self.failures  # a fresh, reproducible RNG for the new instance
-        self.done = True
-        return self.step(action)
+        self.envs = self.remake()
+        # Fresh, reproducible RNGs for the new instances.
+        self._reset_seeds = [self.seed + self.num * self.failures + i for i in range(self.num)]
+        self.started = False
+        return self.step(actions)
 
     def state_dict(self) -> dict:
-        """Counters and the env's RNG states (not the env's own state: a resumed run starts a new episode)."""
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "failures": self.failures,
-                "env_rng": self.env.unwrapped.np_random.bit_generator.state,
-                "action_space_rng": self.env.action_space.np_random.bit_generator.state}
+        """Counters (not the envs' state: a resumed run starts new episodes)."""
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "failures": self.failures}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take the counters; the envs start new episodes, seeded from the seed and the env step."""
         self.env_steps, self.episodes, self.failures = state["env_steps"], state["episodes"], state["failures"]
-        self.env.reset()  # creates the env's RNG if it has none yet; the state below replaces it
-        self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
-        self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
-        self.done, self._reset_seed = True, None
+        seeds = np.random.SeedSequence([self.seed, self.env_steps]).generate_state(self.num)
+        self._reset_seeds, self.started = [int(s) for s in seeds], False
 
 
 def transition(spec: EnvSpec, obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:
-    """A replay transition: each observation key (vectors float32, images uint8) and the step's fields."""
+    """Replay transitions: each observation key (vectors float32, images uint8) and the step's fields, all with
+    the same leading axes (none for one transition, (N,) for a vector env's step)."""
     obs = obs if isinstance(obs, dict) else {"obs": obs}  # a Box observation is the key `obs`
     out = {k: np.asarray(obs[k], np.uint8 if len(s) == 3 else np.float32) for k, s in spec.obs_shapes.items()}
     out.update(action=np.asarray(action, np.float32), reward=np.float32(reward), is_first=np.bool_(is_first),

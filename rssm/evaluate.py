@@ -15,19 +15,24 @@ from rssm.config import Config, UserError, validate
 from rssm.envs import Collector, EnvSpec
 
 
-def run_episodes(agent, env, spec: EnvSpec, episodes: int, seed: int, explore: bool = False,
+def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False,
                  record: bool = False) -> tuple[list[float], list[np.ndarray]]:
-    """Play `episodes` episodes. Returns their returns and, if `record`, the rgb frames of the first one."""
-    collector = Collector(env, spec, seed)
-    returns, frames, state = [], [], None
-    action = np.zeros(spec.action_dim, np.float32)
-    while len(returns) < episodes:
-        transition, episode = collector.step(action)
-        if record and not returns:
-            frames.append(np.asarray(env.render()))
-        if episode is not None:
-            returns.append(episode["return"])
-        action, state = agent.act(transition, state, explore)
+    """Play `episodes` episodes on a vector env of N envs, each playing ceil(episodes / N) of them (taking the
+    first episodes to finish would favour short ones). Returns their returns and, if `record`, the rgb frames
+    of env 0's first episode."""
+    collector = Collector(envs, spec, seed)
+    quota = -(-episodes // collector.num)
+    played: list[list[float]] = [[] for _ in range(collector.num)]  # returns per env, in order
+    frames, state = [], None
+    actions = np.zeros((collector.num, spec.action_dim), np.float32)
+    while min(len(r) for r in played) < quota:
+        transitions, finished = collector.step(actions)
+        if record and not played[0]:
+            frames.append(np.asarray(envs.call("render")[0]))
+        for i, episode in zip(np.flatnonzero(collector.done), finished, strict=True):
+            played[i].append(episode["return"])
+        actions, state = agent.act(transitions, state, explore)
+    returns = [r[k] for k in range(quota) for r in played][:episodes]
     return returns, frames
 
 
@@ -76,11 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.episodes < 1:
             raise UserError("--episodes must be >= 1")
         cfg, agent = load_run(args.run_dir, args.device)
-        from rssm.train import build_env
+        from rssm.train import build_envs
 
-        env, spec = build_env(cfg, render_mode="rgb_array" if args.video else None)
-        returns, frames = run_episodes(agent, env, spec, args.episodes, args.seed, record=args.video is not None)
-        env.close()
+        envs, spec = build_envs(cfg, num=1, render_mode="rgb_array" if args.video else None)
+        returns, frames = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None)
+        envs.close()
     except UserError as e:
         print(f"rssm-eval: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -14,24 +14,28 @@ _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 
 
 class Replay:
-    """A ring buffer of `capacity` transitions.
+    """A ring buffer of `capacity` transitions from `envs` environments stepped together.
 
-    Sequences are windows of consecutive transitions and may cross episode boundaries: `is_first` marks
-    where the model state is reset. The first step of every sampled window is marked `is_first` too, since
-    the model starts each window from its initial state.
+    The buffer holds rows of `envs` transitions, one row per step of all envs: row r, column i is env i's
+    r-th transition. Sequences are windows of consecutive rows in one column, so a sequence never mixes envs.
+    They may cross episode boundaries: `is_first` marks where the model state is reset. The first step of
+    every sampled window is marked `is_first` too, since the model starts each window from its initial state.
 
-    With a `directory`, every `chunk` transitions are written there as `chunk_NNNNNN.npz` as soon as they
-    are all in (transition i is in chunk i // chunk). Files are written once, atomically; the partial
-    chunk at the end is part of `state_dict()` instead, so a checkpoint and the files describe the buffer.
+    With a `directory`, every `chunk` rows are written there as `chunk_NNNNNN.npz` as soon as they are all in
+    (row r is in chunk r // chunk). Files are written once, atomically; the partial chunk at the end is part
+    of `state_dict()` instead, so a checkpoint and the files describe the buffer.
     """
 
-    def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024):
-        if directory is not None and chunk > capacity:
-            raise UserError(f"replay.chunk ({chunk}) must not exceed replay.capacity ({capacity})")
-        self.capacity, self.directory, self.chunk = capacity, directory, chunk
+    def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024, envs: int = 1):
+        if capacity < envs:
+            raise UserError(f"replay.capacity ({capacity}) must hold at least one step of the {envs} envs")
+        self.capacity, self.envs, self.directory, self.chunk = capacity // envs, envs, directory, chunk  # rows
+        if directory is not None and chunk > self.capacity:
+            raise UserError(f"replay.chunk ({chunk}) must not exceed the rows of the replay "
+                            f"(replay.capacity / env.num_envs = {self.capacity})")
         self.rng = np.random.default_rng(seed)
         self.data: dict[str, np.ndarray] = {}
-        self.total = 0  # transitions ever added; transition i lives in slot i % capacity
+        self.total = 0  # rows ever added; row r lives in slot r % capacity
         self.size = 0
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
@@ -42,27 +46,30 @@ class Replay:
         return self.total % self.capacity
 
     def __len__(self) -> int:
+        """Rows held: the length of each env's stretch of data."""
         return self.size
 
-    def add(self, transition: dict[str, np.ndarray]) -> None:
+    def add(self, transitions: dict[str, np.ndarray]) -> None:
+        """Append one row: each field (envs, ...)."""
         if not self.data:  # allocate on first use, when shapes and dtypes are known
-            self._allocate({k: np.asarray(v) for k, v in transition.items()})
-        for k, v in transition.items():
+            self._allocate({k: np.asarray(v) for k, v in transitions.items()})
+        for k, v in transitions.items():
+            assert len(v) == self.envs, (k, np.shape(v), self.envs)
             self.data[k][self.ptr] = v
         self.total += 1
         self.size = min(self.size + 1, self.capacity)
         if self.directory is not None and self.total % self.chunk == 0:
             self._write_chunk(self.total // self.chunk - 1)
 
-    def _allocate(self, example: dict[str, np.ndarray]) -> None:
-        self.data = {k: np.zeros((self.capacity, *v.shape), v.dtype) for k, v in example.items()}
+    def _allocate(self, row: dict[str, np.ndarray]) -> None:
+        self.data = {k: np.zeros((self.capacity, *v.shape), v.dtype) for k, v in row.items()}  # (rows, envs, ...)
 
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.data.values())
 
     def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        """Uniformly sampled windows: each field becomes (batch_size, length, ...). The start positions are
-        drawn from `rng`, by default the buffer's own generator."""
+        """Uniformly sampled windows: each field becomes (batch_size, length, ...). The start positions (and
+        with several envs, the env of each window) are drawn from `rng`, by default the buffer's own generator."""
         if self.size < length:
             raise ValueError(f"replay holds {self.size} transitions, fewer than a sequence of {length}")
         # Valid windows never run across the write pointer, where old and new data meet.
@@ -70,7 +77,8 @@ class Replay:
         rng = self.rng if rng is None else rng
         starts = oldest + rng.integers(0, self.size - length + 1, batch_size)  # (B,)
         idx = (starts[:, None] + np.arange(length)) % self.capacity  # (B, T)
-        batch = {k: v[idx] for k, v in self.data.items()}
+        env = rng.integers(0, self.envs, (batch_size, 1)) if self.envs > 1 else np.zeros((batch_size, 1), int)
+        batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...): one env per window
         batch["is_first"][:, 0] = True
         return batch
 
@@ -84,11 +92,11 @@ class Replay:
 
     def _write_chunk(self, index: int) -> None:
         slots = self._slots(index * self.chunk, (index + 1) * self.chunk)
-        arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, ...)
+        arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, envs, ...)
         atomic_write(self._chunk_path(index), lambda f: np.savez(f, **arrays))
 
     def state_dict(self) -> dict:
-        """Counters, the sampling RNG and the transitions after the last full chunk (numpy arrays)."""
+        """Counters, the sampling RNG and the rows after the last full chunk (numpy arrays)."""
         start = self.total - self.total % self.chunk
         tail = {k: v[self._slots(start, self.total)] for k, v in self.data.items()}
         return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail}
@@ -97,8 +105,8 @@ class Replay:
         """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
         slots and dropped, so loading needs the buffer's memory plus one chunk. Chunk files written after
         the checkpoint (by a run that went on, or was killed, after it) are deleted."""
-        total, tail = int(state["total"]), state["tail"]
-        first = max(0, total - self.capacity)  # oldest transition the buffer holds
+        total, tail = int(state["total"]), _rows(state["tail"])
+        first = max(0, total - self.capacity)  # oldest row the buffer holds
         full = total // self.chunk
         self.data, self.total, self.size = {}, total, total - first
         self.rng.bit_generator.state = state["rng"]
@@ -106,7 +114,7 @@ class Replay:
             path = self._chunk_path(index)
             try:
                 with np.load(path, allow_pickle=False) as chunk:
-                    arrays = {k: chunk[k] for k in chunk.files}
+                    arrays = _rows({k: chunk[k] for k in chunk.files})
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot load replay chunk {path}: {e}") from None
             if not self.data:
@@ -124,8 +132,15 @@ class Replay:
                 path.unlink()
 
     def prune(self, total: int) -> None:
-        """Delete chunk files that a checkpoint taken at `total` transitions no longer needs."""
+        """Delete chunk files that a checkpoint taken at `total` rows no longer needs."""
         for path in Path(self.directory).iterdir():
             match = _CHUNK.fullmatch(path.name)
             if match and (int(match[1]) + 1) * self.chunk <= total - self.capacity:
                 path.unlink()
+
+
+def _rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stored transitions as rows (n, envs, ...): files written before replays had an env axis hold (n, ...)."""
+    if arrays and arrays["reward"].ndim == 1:  # (n,): one env
+        return {k: v[:, None] for k, v in arrays.items()}
+    return arrays

@@ -24,7 +24,7 @@ from rssm.agent import Agent, OptimSettings, to_torch
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.config import UserError, config_changes, register_configs, validate
-from rssm.envs import Collector, EnvSpec, blank_transition, make_env, random_action
+from rssm.envs import Collector, EnvSpec, blank_transition, make_env, make_envs, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors
@@ -51,6 +51,14 @@ def build_env(cfg: DictConfig, render_mode: str | None = None):
     """The env the config describes and its EnvSpec. Raises UserError if rssm cannot use it."""
     e = cfg.env
     return make_env(e.id, e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size, e.pixels_keep_state)
+
+
+def build_envs(cfg: DictConfig, num: int | None = None, render_mode: str | None = None):
+    """`num` (default `env.num_envs`) copies of the config's env stepped together (`env.vector`: sync | async),
+    and their EnvSpec. One env is made here first, so that a problem with it is a UserError in this process."""
+    env, spec = build_env(cfg, render_mode)
+    env.close()
+    return make_envs(lambda: build_env(cfg, render_mode)[0], num or cfg.env.num_envs, cfg.env.vector), spec
 
 
 def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> WorldModel:
@@ -91,11 +99,12 @@ def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
 
 
 def evaluate(agent: Agent, cfg: DictConfig, episodes: int) -> dict[str, float]:
-    env, spec = build_env(cfg)
+    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another."""
+    envs, spec = build_envs(cfg, num=1)
     try:
-        returns, _ = run_episodes(agent, env, spec, episodes, seed=cfg.seed + 10_000)
+        returns, _ = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000)
     finally:
-        env.close()
+        envs.close()
     return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
             "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
 
@@ -175,13 +184,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
 
-    def remake_env():
-        return build_env(cfg)[0]
+    def remake_envs():
+        return build_envs(cfg)[0]
 
-    env, spec = build_env(cfg)
+    envs, spec = build_envs(cfg)
     agent = build_agent(cfg, spec, device)
-    replay = Replay(cfg.replay.capacity, cfg.seed, run_dir / "replay", cfg.replay.chunk)
-    collector = Collector(env, spec, cfg.seed, remake=remake_env)
+    replay = Replay(cfg.replay.capacity, cfg.seed, run_dir / "replay", cfg.replay.chunk, envs.num_envs)
+    collector = Collector(envs, spec, cfg.seed, remake=remake_envs)
     rng = np.random.default_rng(cfg.seed)
     progress = Progress(**restore_run(*resumed, agent, replay, collector, rng)) if resumed else Progress()
     OmegaConf.save(cfg, run_dir / "config.yaml")
@@ -189,7 +198,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
     print(f"rssm: {cfg.env.id} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
           flush=True)
-    print(f"rssm: {replay_line(spec, agent.wm, replay.capacity)}", flush=True)
+    print(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}", flush=True)
     if resumed:
         print(f"rssm: resumed from {resumed[0]} at env step {collector.env_steps}, update {progress.updates}",
               flush=True)
@@ -198,7 +207,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop)
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng)
     finally:
-        collector.env.close()
+        collector.envs.close()
     if stop.signum:
         raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
                          f"checkpoint saved, continue with resume={run_dir}", 128 + stop.signum)
@@ -218,16 +227,21 @@ def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Pr
                              f"env step {steps}; stopped, the last checkpoint in {run_dir} is kept", 1)
 
 
-def _next_action(agent: Agent, transition: dict[str, np.ndarray], state: RSSMState | None, spec: EnvSpec,
-                 rng: np.random.Generator, prefill: bool) -> tuple[np.ndarray, RSSMState | None]:
-    """The next action and the actor's model state. Without an actor, or during the prefill, the action is
-    uniformly random; the actor still sees every transition, so that its state is current when it takes over."""
-    action = None
+def _next_actions(agent: Agent, transitions: dict[str, np.ndarray], state: RSSMState | None, spec: EnvSpec,
+                  rng: np.random.Generator, prefill: bool) -> tuple[np.ndarray, RSSMState | None]:
+    """The next actions (N, A) and the actor's model state. Without an actor, or during the prefill, the actions
+    are uniformly random; the actor still sees every transition, so that its state is current when it takes over."""
+    actions = None
     if agent.actor is not None:
-        action, state = agent.act(transition, state, explore=True)
+        actions, state = agent.act(transitions, state, explore=True)
     if agent.actor is None or prefill:
-        action = random_action(spec, rng)
-    return action, state
+        actions = random_action(spec, rng, len(transitions["is_first"]))
+    return actions, state
+
+
+def crossed(before: int, now: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, now]: the env step counter moves by up to N per step."""
+    return every > 0 and now // every > before // every
 
 
 def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int) -> dict[str, float]:
@@ -255,28 +269,28 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
     tracker, last, state, failures = MeanTracker(), {}, None, collector.failures
     clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
-    action = random_action(spec, rng)
+    actions = random_action(spec, rng, collector.num)
     try:
         while collector.env_steps < t.steps and not stop.signum:
-            transition, episode = collector.step(action)
-            replay.add(transition)
+            before = collector.env_steps
+            transitions, episodes = collector.step(actions)
+            replay.add(transitions)
             if collector.failures != failures:
                 failures = collector.failures
-                print(f"rssm: warning: {collector.last_error}; env restarted, episode dropped", file=sys.stderr)
-            action, state = _next_action(agent, transition, state, spec, rng, collector.env_steps < t.prefill)
-            if episode is not None:
+                print(f"rssm: warning: {collector.last_error}; env restarted, episodes dropped", file=sys.stderr)
+            actions, state = _next_actions(agent, transitions, state, spec, rng, collector.env_steps < t.prefill)
+            for episode in episodes:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 p.last_return = episode["return"]
-            if transition["is_first"]:
-                continue  # a reset is not an env step
-            if collector.env_steps > t.prefill:
-                p.updates_due += t.train_ratio / replayed_per_update
-            _updates(cfg, run_dir, agent, replay, p, tracker, collector.env_steps)
             steps = collector.env_steps
-            if t.openloop_every and steps % t.openloop_every == 0:
+            if steps == before:
+                continue  # only resets, which are not env steps
+            p.updates_due += max(0, steps - max(before, t.prefill)) * t.train_ratio / replayed_per_update
+            _updates(cfg, run_dir, agent, replay, p, tracker, steps)
+            if crossed(before, steps, t.openloop_every):
                 logger.scalars(open_loop_metrics(cfg, agent, replay, steps), steps)
-            eval_due = agent.actor is not None and ((t.eval_every and steps % t.eval_every == 0) or steps == t.steps)
-            if steps % t.log_every == 0 or steps == t.steps or eval_due:
+            eval_due = agent.actor is not None and (crossed(before, steps, t.eval_every) or steps >= t.steps)
+            if crossed(before, steps, t.log_every) or steps >= t.steps or eval_due:
                 elapsed = time.perf_counter() - clock
                 last = tracker.means()
                 last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
@@ -291,7 +305,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                     print(f"rssm: mean eval return {last['eval/return_mean']:.1f} >= trainer.stop_return at env "
                           f"step {steps}; stopping", flush=True)
                     break
-            if t.checkpoint_every and steps % t.checkpoint_every == 0 and steps < t.steps:
+            if crossed(before, steps, t.checkpoint_every) and steps < t.steps:
                 save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng)
             logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
                             ret=f"{p.last_return:.1f}")

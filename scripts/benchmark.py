@@ -8,6 +8,7 @@ and its share of this machine's float32 matmul rate, and peak memory.
 
     python scripts/benchmark.py --sizes xs s --threads 2 --json bench.json
     python scripts/benchmark.py --sizes xxs xs --threads 2 --agent --obs-dim 4 --act-dim 2   # CartPole's shapes
+    python scripts/benchmark.py --sizes s --threads 2 --image 64 --iters 5   # 64 x 64 x 3 images, CNN depth 32
 
 Peak memory on CPU is the process's peak RSS, which only grows: sizes run in the order given, so list
 them smallest first (or run one size per process) to read each row on its own.
@@ -29,24 +30,26 @@ from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.world_model import LossScales, WorldModel
 
-# DreamerV3 paper sizes: (deter, units, MLP layers, groups, classes). configs/model/*.yaml hold the same.
+# DreamerV3 paper sizes: (deter, units, MLP layers, groups, classes, CNN depth). configs/model/*.yaml hold the same.
 SIZES = {
-    "xxs": (128, 128, 1, 16, 16),
-    "xs": (256, 256, 1, 32, 32),
-    "s": (512, 512, 2, 32, 32),
-    "m": (1024, 640, 3, 32, 32),
-    "l": (2048, 768, 4, 32, 32),
-    "xl": (4096, 1024, 5, 32, 32),
+    "xxs": (128, 128, 1, 16, 16, 16),
+    "xs": (256, 256, 1, 32, 32, 32),
+    "s": (512, 512, 2, 32, 32, 32),
+    "m": (1024, 640, 3, 32, 32, 48),
+    "l": (2048, 768, 4, 32, 32, 64),
+    "xl": (4096, 1024, 5, 32, 32, 96),
 }
 
 
-def random_batch(B: int, T: int, obs_dim: int, act_dim: int, device: torch.device,
-                 gen: torch.Generator) -> dict[str, torch.Tensor]:
+def random_batch(B: int, T: int, obs_dim: int, act_dim: int, device: torch.device, gen: torch.Generator,
+                 image: int = 0) -> dict[str, torch.Tensor]:
     def rand(*shape):
         return torch.rand(*shape, generator=gen)
 
+    obs = (torch.randint(0, 256, (B, T, image, image, 3), generator=gen, dtype=torch.uint8) if image  # (B, T, H, W, 3)
+           else torch.randn(B, T, obs_dim, generator=gen))  # (B, T, O)
     batch = {
-        "obs": torch.randn(B, T, obs_dim, generator=gen),  # (B, T, O)
+        "obs": obs,
         "action": rand(B, T, act_dim) * 2 - 1,  # (B, T, A) in [-1, 1]
         "reward": torch.randn(B, T, generator=gen),  # (B, T)
         "is_first": rand(B, T) < 0.05,  # (B, T)
@@ -83,10 +86,12 @@ def peak_memory_mb(device: torch.device) -> float:
 def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    deter, units, layers, groups, classes = SIZES[name]
-    model = WorldModel({"obs": (args.obs_dim,)}, args.act_dim, deter, units, layers, groups, classes).to(device)
+    deter, units, layers, groups, classes, depth = SIZES[name]
+    shape = (args.image, args.image, 3) if args.image else (args.obs_dim,)
+    model = WorldModel({"obs": shape}, args.act_dim, deter, units, layers, groups, classes,
+                       cnn_depth=depth).to(device)
     scales = LossScales()
-    batch = random_batch(args.batch, args.length, args.obs_dim, args.act_dim, device, gen)
+    batch = random_batch(args.batch, args.length, args.obs_dim, args.act_dim, device, gen, args.image)
     if args.agent:  # world model + actor-critic in imagination, discrete (one-hot) actions
         batch["action"] = F.one_hot(batch["action"].argmax(-1), args.act_dim).float()
         actor = Actor(model.rssm.feat_dim, units, layers, [args.act_dim], discrete=True).to(device)
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"], choices=list(SIZES))
     parser.add_argument("--obs-dim", type=int, default=17)
     parser.add_argument("--act-dim", type=int, default=6)
+    parser.add_argument("--image", type=int, default=0, help="observe SIZE x SIZE x 3 uint8 images (CNN), not vectors")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -154,6 +160,7 @@ def main() -> None:
 
     results = []
     print(f"device {device}, threads {args.threads}, batch {args.batch}x{args.length}, "
+          f"obs {f'{args.image}x{args.image}x3 images' if args.image else f'{args.obs_dim}-dim vectors'}, "
           f"matmul peak {peak_rate / 1e9:.1f} GFLOP/s")
     print(f"{'size':>4} {'params':>9} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>7} "
           f"{'peak MB':>8}")

@@ -11,7 +11,7 @@ import torch
 import rssm.checkpoint
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, restore_run, save_run
 from rssm.config import UserError
-from rssm.envs import Collector, make_env, random_action
+from rssm.envs import Collector, make_env, make_envs, random_action
 from rssm.replay import Replay
 from rssm.train import Progress, RunStopped, build_agent, train
 
@@ -20,7 +20,7 @@ DEBUG = ("experiment=debug", "trainer.progress=false")
 
 def fill(replay: Replay, steps: int, seed: int = 0) -> None:
     env, spec = make_env("CartPole-v1")
-    collector, rng = Collector(env, spec, seed), np.random.default_rng(seed)
+    collector, rng = Collector(make_envs(lambda: env, 1), spec, seed), np.random.default_rng(seed)
     for _ in range(steps):
         replay.add(collector.step(random_action(spec, rng))[0])
 
@@ -46,6 +46,21 @@ def test_replay_reloads_from_chunks_and_tail(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_000003.npz", "chunk_000004.npz"]
 
 
+def test_replay_files_without_an_env_axis_still_load(tmp_path):
+    replay = Replay(capacity=40, seed=0, directory=tmp_path, chunk=16)
+    fill(replay, 40)
+    for path in tmp_path.iterdir():  # rewrite the chunks as (n, ...), the layout before the env axis
+        with np.load(path) as chunk:
+            arrays = {k: chunk[k][:, 0] for k in chunk.files}
+        np.savez(path, **arrays)
+    state = replay.state_dict()
+    state["tail"] = {k: v[:, 0] for k, v in state["tail"].items()}
+    loaded = Replay(capacity=40, seed=0, directory=tmp_path, chunk=16)
+    loaded.load_state_dict(state)
+    for k, v in replay.data.items():
+        np.testing.assert_array_equal(loaded.data[k], v)
+
+
 @pytest.mark.parametrize("kind", ["world_model", "dreamer"])
 def test_resume_is_bit_exact(compose_config, tmp_path, kind):
     """N + M updates straight equal N updates, checkpoint, load into fresh objects, M updates."""
@@ -56,7 +71,8 @@ def test_resume_is_bit_exact(compose_config, tmp_path, kind):
     def fresh(directory, seed=cfg.seed):
         torch.manual_seed(seed)
         replay = Replay(cfg.replay.capacity, seed, directory, cfg.replay.chunk)
-        return build_agent(cfg, spec, device), replay, Collector(env, spec, seed), np.random.default_rng(seed)
+        collector = Collector(make_envs(lambda: env, 1), spec, seed)
+        return build_agent(cfg, spec, device), replay, collector, np.random.default_rng(seed)
 
     def updates(agent, replay, count):
         return [agent.update(replay.sample(4, 8))["loss/wm"].item() for _ in range(count)]

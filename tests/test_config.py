@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rssm.config import UserError, config_changes, validate
-from rssm.envs import Collector, random_action
+from rssm.envs import Collector, make_envs, random_action
 from rssm.train import build_env, build_world_model
 
 CONFIGS = importlib.resources.files("rssm.configs")
@@ -28,13 +28,13 @@ def test_every_env_config_composes_and_builds_its_env(compose_config, env):
     validate(cfg)
     gym_env, spec = build_env(cfg)
     try:
-        collector = Collector(gym_env, spec, seed=0)
+        collector = Collector(make_envs(lambda: gym_env, 1), spec, seed=0)
         first, _ = collector.step(random_action(spec, np.random.default_rng(0)))
         second, _ = collector.step(random_action(spec, np.random.default_rng(1)))
     finally:
         gym_env.close()
-    assert first["is_first"] and not second["is_first"]
-    assert set(spec.obs_shapes) <= set(second) and second["action"].shape == (spec.action_dim,)
+    assert first["is_first"][0] and not second["is_first"][0]
+    assert set(spec.obs_shapes) <= set(second) and second["action"].shape == (1, spec.action_dim)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

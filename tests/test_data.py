@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 
 from rssm.config import UserError
-from rssm.envs import Collector, make_env, random_action, to_env_action
+from rssm.envs import Collector, make_env, make_envs, random_action, to_env_action
 from rssm.replay import Replay
 
 
-def transition(i, first=False):
-    return {"obs": np.full(2, i, np.float32), "action": np.zeros(1, np.float32), "reward": np.float32(i),
-            "is_first": np.bool_(first), "is_terminal": np.bool_(False)}
+def transition(i, first=False, envs=1):
+    """One replay row: env e's transition holds the values 100 * e + i."""
+    value = 100 * np.arange(envs, dtype=np.float32) + i  # (envs,)
+    return {"obs": np.repeat(value[:, None], 2, 1), "action": np.zeros((envs, 1), np.float32), "reward": value,
+            "is_first": np.full(envs, first), "is_terminal": np.zeros(envs, bool)}
 
 
 def test_replay_windows_are_consecutive_and_never_cross_the_write_pointer():
@@ -33,24 +35,66 @@ def test_replay_refuses_windows_longer_than_its_content():
         replay.sample(2, 3)
 
 
+def test_sampled_sequences_never_mix_envs():
+    replay = Replay(capacity=30, seed=0, envs=3)  # 10 rows of 3 envs
+    for i in range(14):
+        replay.add(transition(i, envs=3))
+    assert len(replay) == 10 and replay.data["obs"].shape == (10, 3, 2)
+    r = replay.sample(600, 5)["reward"]  # (B, T): 100 * env + step
+    env, step = r // 100, r % 100
+    assert (env == env[:, :1]).all()  # one env per sequence
+    assert (np.diff(step, axis=1) == 1).all()  # consecutive steps of it
+    assert set(env[:, 0].astype(int)) == {0, 1, 2} and step.min() >= 4
+
+
+def one_env(env_id="CartPole-v1", **kwargs):
+    env, spec = make_env(env_id, **kwargs)
+    return make_envs(lambda: env, 1), spec
+
+
 def test_collector_transitions_line_up_with_actions_and_episodes():
-    env, spec = make_env("CartPole-v1")
-    collector = Collector(env, spec, seed=0)
+    envs, spec = one_env()
+    collector = Collector(envs, spec, seed=0)
     rng = np.random.default_rng(0)
-    first, episode = collector.step(random_action(spec, rng))
-    assert first["is_first"] and not first["action"].any() and first["reward"] == 0 and episode is None
-    episodes, rewards = [], 0.0
-    while not episodes:
+    first, episodes = collector.step(random_action(spec, rng))
+    assert first["is_first"][0] and not first["action"].any() and first["reward"][0] == 0 and not episodes
+    ended, rewards = [], 0.0
+    while not ended:
         action = random_action(spec, rng)
-        step, episode = collector.step(action)
+        step, ended = collector.step(action)
         np.testing.assert_array_equal(step["action"], action)
-        rewards += step["reward"]
-        if episode:
-            episodes.append(episode)
-            assert step["is_terminal"]
-    assert episodes[0]["return"] == rewards == collector.env_steps
+        rewards += step["reward"][0]
+        if ended:
+            assert step["is_terminal"][0]
+    assert ended[0]["return"] == rewards == collector.env_steps
     after, _ = collector.step(random_action(spec, rng))
-    assert after["is_first"]
+    assert after["is_first"][0]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_vector_envs_reset_each_env_on_its_own(kind):
+    _, spec = make_env("CartPole-v1")
+    envs = make_envs(lambda: make_env("CartPole-v1")[0], 3, kind)
+    collector, rng = Collector(envs, spec, seed=0), np.random.default_rng(0)
+    rows, ended = [], []
+    try:
+        for _ in range(120):
+            row, episodes = collector.step(random_action(spec, rng, 3))
+            rows.append(row)
+            ended += episodes
+    finally:
+        envs.close()
+    first = np.stack([r["is_first"] for r in rows])  # (T, 3)
+    terminal = np.stack([r["is_terminal"] for r in rows])  # (T, 3)
+    assert first[0].all() and first[1:].any()
+    # An env starts a new episode exactly on the step after its episode ended, whatever the others do.
+    np.testing.assert_array_equal(first[1:], terminal[:-1])
+    assert not first.all(axis=1)[1:].any()  # the envs end their episodes at different times
+    assert collector.env_steps == (~first).sum() and collector.episodes == len(ended) == terminal.sum()
+    rewards = np.stack([r["reward"] for r in rows])
+    assert (rewards[first] == 0).all() and (rewards[~first] == 1).all()
+    # Different seeds per env: the first observations differ.
+    assert len({tuple(o) for o in rows[0]["obs"]}) == 3
 
 
 def test_continuous_actions_rescale_to_bounds():
@@ -93,13 +137,15 @@ def test_an_env_that_raises_is_restarted_and_the_broken_episode_is_cut():
         made.append(FlakyEnv(set()))
         return made[-1]
 
-    collector, rng = Collector(FlakyEnv({5}), spec, seed=0, remake=remake), np.random.default_rng(0)
+    flaky = FlakyEnv({5})
+    collector = Collector(make_envs(lambda: flaky, 1), spec, seed=0, remake=lambda: make_envs(remake, 1))
+    rng = np.random.default_rng(0)
     steps = [collector.step(random_action(spec, rng)) for _ in range(6)]
-    assert [bool(t["is_first"]) for t, _ in steps] == [True, False, False, False, False, True]
+    assert [bool(t["is_first"][0]) for t, _ in steps] == [True, False, False, False, False, True]
     assert collector.failures == 1 and "raised in step after env step 4" in collector.last_error
-    assert len(made) == 1 and collector.env is made[0]
-    assert collector.env_steps == 4 and collector.episodes == 0 and all(e is None for _, e in steps)
-    assert not collector.step(random_action(spec, rng))[0]["is_first"]
+    assert len(made) == 1 and collector.envs.envs[0] is made[0]
+    assert collector.env_steps == 4 and collector.episodes == 0 and not any(e for _, e in steps)
+    assert not collector.step(random_action(spec, rng))[0]["is_first"][0]
 
 
 class BrokenReset(gym.Wrapper):
@@ -113,6 +159,7 @@ def test_an_env_that_keeps_raising_gives_up_with_a_user_error():
     def remake():
         return BrokenReset(gym.make("CartPole-v1"))
 
-    collector, rng = Collector(remake(), spec, seed=0, remake=remake, max_failures=3), np.random.default_rng(0)
+    collector = Collector(make_envs(remake, 1), spec, seed=0, remake=lambda: make_envs(remake, 1), max_failures=3)
+    rng = np.random.default_rng(0)
     with pytest.raises(UserError, match="raised in reset .* 3 failures in a row, giving up"):
         collector.step(random_action(spec, rng))

@@ -13,7 +13,7 @@ from test_train import EXPECTED_TAGS, read_scalars
 
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, config_changes
-from rssm.envs import Collector, blank_transition, env_spec, make_env, random_action
+from rssm.envs import Collector, blank_transition, env_spec, make_env, make_envs, random_action
 from rssm.evaluate import main as eval_main
 from rssm.networks import ConvDecoder, ConvEncoder, image_stages
 from rssm.openloop import open_loop_errors
@@ -133,9 +133,10 @@ def test_every_model_preset_builds_with_images_and_grows(compose_config):
 
 
 def dict_transition(i, first=False):
-    return {"image": np.full((8, 8, 3), i, np.uint8), "state": np.full(2, i, np.float32),
-            "action": np.zeros(1, np.float32), "reward": np.float32(i), "is_first": np.bool_(first),
-            "is_terminal": np.bool_(False)}
+    """One replay row of one env."""
+    return {"image": np.full((1, 8, 8, 3), i, np.uint8), "state": np.full((1, 2), i, np.float32),
+            "action": np.zeros((1, 1), np.float32), "reward": np.full(1, i, np.float32), "is_first": np.full(1, first),
+            "is_terminal": np.zeros(1, bool)}
 
 
 def test_replay_keeps_images_uint8_in_memory_in_batches_and_on_disk(tmp_path):
@@ -157,8 +158,8 @@ def test_replay_keeps_images_uint8_in_memory_in_batches_and_on_disk(tmp_path):
 def test_pixel_cartpole_observes_resized_frames():
     env, spec = make_env("CartPole-v1", pixels=True, image_size=16)
     assert spec.obs_shapes == {"image": (16, 16, 3)}
-    collector, rng = Collector(env, spec, seed=0), np.random.default_rng(0)
-    frames = [collector.step(random_action(spec, rng))[0]["image"] for _ in range(20)]
+    collector, rng = Collector(make_envs(lambda: env, 1), spec, seed=0), np.random.default_rng(0)
+    frames = [collector.step(random_action(spec, rng))[0]["image"][0] for _ in range(20)]
     assert all(f.dtype == np.uint8 and f.shape == (16, 16, 3) and f.flags.writeable for f in frames)
     assert frames[0].min() < 200 < frames[0].max()  # the cart and pole on a white background
     assert any((f != frames[0]).any() for f in frames[1:])  # the scene moves
@@ -166,7 +167,7 @@ def test_pixel_cartpole_observes_resized_frames():
     env.close()
     env, spec = make_env("CartPole-v1", pixels=True, image_size=16, keep_state=True, action_repeat=2)
     assert spec.obs_shapes == {"image": (16, 16, 3), "state": (4,)}
-    transition, _ = Collector(env, spec, seed=0).step(random_action(spec, rng))
+    transition, _ = Collector(make_envs(lambda: env, 1), spec, seed=0).step(random_action(spec, rng))
     assert transition["state"].dtype == np.float32 and transition["image"].dtype == np.uint8
     env.close()
 
@@ -216,7 +217,7 @@ def test_a_pixel_run_resumes_with_its_images_uint8_in_chunks_and_checkpoint(comp
            "trainer.openloop_every=0", "trainer.eval_episodes=1", "replay.chunk=32")
     train(compose_config(*run, "trainer.steps=120"), tmp_path)
     with np.load(tmp_path / "replay" / "chunk_000000.npz") as chunk:
-        assert chunk["image"].dtype == np.uint8 and chunk["image"].shape == (32, 16, 16, 3)
+        assert chunk["image"].dtype == np.uint8 and chunk["image"].shape == (32, 1, 16, 16, 3)  # (rows, envs, ...)
     assert load_checkpoint(tmp_path / CHECKPOINT)["replay"]["tail"]["image"].dtype == torch.uint8
     train(compose_config(*run, "trainer.steps=160", f"resume={tmp_path}", "allow_changes=[trainer.steps]"), tmp_path)
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 160

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from rssm.agent import Agent, OptimSettings, to_torch
-from rssm.envs import Collector, make_env, random_action
+from rssm.envs import Collector, make_env, make_envs, random_action
 from rssm.replay import Replay
 from rssm.world_model import LossScales, WorldModel
 
@@ -10,7 +10,8 @@ from rssm.world_model import LossScales, WorldModel
 def record_cartpole(steps: int, seed: int) -> Replay:
     """CartPole transitions from a seeded random policy: the same data on every run."""
     env, spec = make_env("CartPole-v1")
-    collector, rng, replay = Collector(env, spec, seed), np.random.default_rng(seed), Replay(steps + 1000, seed)
+    collector, rng = Collector(make_envs(lambda: env, 1), spec, seed), np.random.default_rng(seed)
+    replay = Replay(steps + 1000, seed)
     while collector.env_steps < steps:
         replay.add(collector.step(random_action(spec, rng))[0])
     return replay

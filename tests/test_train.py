@@ -84,3 +84,21 @@ def test_stop_return_ends_the_run_at_the_first_eval_that_reaches_it(compose_conf
     last = train(cfg, tmp_path)
     assert read_scalars(tmp_path)["eval/return_mean"] == [last["eval/return_mean"]]  # one eval, at step 150
     assert (tmp_path / "model.pt").exists()
+
+
+def test_vector_envs_train_checkpoint_and_resume(compose_config, tmp_path):
+    from rssm.checkpoint import CHECKPOINT, load_checkpoint
+
+    run = ("experiment=debug", "trainer.progress=false", "env.num_envs=3", "replay.chunk=20", "trainer.log_every=50",
+           "trainer.eval_every=150", "trainer.eval_episodes=2", "trainer.openloop_every=0")
+    last = train(compose_config(*run, "trainer.steps=200"), tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    steps = state["collector"]["env_steps"]
+    assert 200 <= steps < 203 and last["perf/updates"] > 0  # the 3 envs step together: up to 2 steps past
+    with np.load(tmp_path / "replay" / "chunk_000000.npz") as chunk:
+        assert chunk["obs"].shape == (20, 3, 4) and chunk["is_first"][0].all()  # (rows, envs, obs)
+        assert (chunk["obs"][0, 0] != chunk["obs"][0, 1]).any()  # envs seeded apart
+    scalars = read_scalars(tmp_path)
+    assert len(scalars["eval/return_mean"]) == 2  # step 150 and the end
+    train(compose_config(*run, "trainer.steps=260", f"resume={tmp_path}", "allow_changes=[trainer.steps]"), tmp_path)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] >= 260

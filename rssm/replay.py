@@ -13,6 +13,14 @@ from rssm.config import UserError
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 
 
+def chunk_files(directory: Path) -> dict[int, Path]:
+    """The replay chunk files in `directory` by their index, in order; empty if there is no such directory."""
+    if not Path(directory).is_dir():
+        return {}
+    found = {int(m[1]): path for path in Path(directory).iterdir() if (m := _CHUNK.fullmatch(path.name))}
+    return dict(sorted(found.items()))
+
+
 class Replay:
     """A ring buffer of `capacity` transitions.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 
 from rssm.config import Config, UserError, validate
 from rssm.envs import Collector, EnvSpec
+from rssm.logging import encode_gif
 
 
 def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False,
@@ -36,15 +38,15 @@ def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: 
     return returns, frames
 
 
-def save_gif(frames: list[np.ndarray], path: Path, fps: int = 30) -> None:
-    from PIL import Image
-
-    images = [Image.fromarray(f.astype(np.uint8)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+def save_gif(frames: list[np.ndarray] | np.ndarray, path: Path, fps: float = 30) -> None:
+    """Frames (H, W, C) uint8, C = 1 or 3, as an animated GIF that loops forever."""
+    Path(path).write_bytes(encode_gif(frames, fps))
 
 
-def load_run(run_dir: Path, device: str):
-    """Rebuild a finished run's agent from its `config.yaml` and `model.pt`. Raises UserError if unusable."""
+def load_run(run_dir: Path, device: str, policy: bool = True):
+    """Rebuild a finished run's agent from its `config.yaml` and `model.pt`: the world model, and the actor if
+    the run trained one. With `policy`, a run without an actor (agent=world_model) is refused.
+    Raises UserError if the run is unusable."""
     from rssm.train import build_agent, build_env, resolve_device
 
     config_path, model_path = run_dir / "config.yaml", run_dir / "model.pt"
@@ -54,18 +56,30 @@ def load_run(run_dir: Path, device: str):
     # Over the schema's defaults: a run saved before a key existed has the key's default behaviour.
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
     validate(cfg)
-    if cfg.agent.kind != "dreamer":
+    if policy and cfg.agent.kind != "dreamer":
         raise UserError(f"{run_dir} trained a world model alone (agent={cfg.agent.kind}): it has no policy to play")
     env, spec = build_env(cfg)
     env.close()
     agent = build_agent(cfg, spec, resolve_device(device))
     try:
         state = torch.load(model_path, map_location=agent.device, weights_only=True)
+    except (RuntimeError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"cannot read {model_path} as a torch file ({_first_line(e)})") from None
+    parts = ["world_model"] + (["actor"] if agent.actor is not None else [])
+    if not isinstance(state, dict) or not set(parts) <= state.keys():
+        raise UserError(f"cannot load {model_path}: it does not hold the run's {' and '.join(parts)} weights")
+    try:
         agent.wm.load_state_dict(state["world_model"])
-        agent.actor.load_state_dict(state["actor"])
-    except (RuntimeError, KeyError, OSError, EOFError) as e:
-        raise UserError(f"cannot load {model_path}: {str(e).splitlines()[0]}") from None
+        if agent.actor is not None:
+            agent.actor.load_state_dict(state["actor"])
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"cannot load {model_path}: {_first_line(e)}") from None
     return cfg, agent
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+
+def encode_gif(frames: np.ndarray | Sequence[np.ndarray], fps: float) -> bytes:
+    """An animated GIF that loops forever, from frames (T, H, W, C) uint8 with C = 1 (grey) or 3 (rgb).
+    Pillow (a dependency of tensorboard) encodes it; a frame equal to the one before is merged into it."""
+    from PIL import Image
+
+    images = []
+    for frame in frames:
+        frame = np.asarray(frame).astype(np.uint8)
+        images.append(Image.fromarray(frame[..., 0] if frame.ndim == 3 and frame.shape[-1] == 1 else frame))
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return buffer.getvalue()
 
 
 class MeanTracker:
@@ -43,6 +61,16 @@ class Logger:
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         for k, v in sorted(metrics.items()):
             self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def videos(self, videos: dict[str, np.ndarray], step: int, fps: float = 10.0) -> None:
+        """Each (T, H, W, C) uint8 video as an animated GIF in TensorBoard's images tab. Written as the summary
+        `SummaryWriter.add_video` writes, but encoded with Pillow: add_video needs moviepy (1.x) and, without it,
+        prints a warning and logs nothing."""
+        for tag, frames in sorted(videos.items()):
+            T, H, W, C = frames.shape
+            image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=encode_gif(frames, fps))
+            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
         self.writer.flush()
 
     def progress(self, steps: int, **postfix: float | str) -> None:

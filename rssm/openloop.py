@@ -8,12 +8,16 @@ prediction of obs[context + k - 1], made k prior steps after the last observatio
     model:      post   ... post[c-1] -----------> prior_1 -----------> prior_2    ...
                                       action[c]            action[c+1]             (action[t] led to obs[t])
     horizon k:                                    1                    2
+
+`open_loop_video` draws the same prediction for a few sequences: truth | prediction | error, where the prediction
+of the context steps is the posterior's reconstruction and from then on the prior's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from rssm.distributions import twohot_mean
@@ -22,17 +26,19 @@ from rssm.world_model import WorldModel
 
 
 @torch.no_grad()
-def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int,
-                      horizon: int) -> dict[str, torch.Tensor]:
+def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int, horizon: int,
+                      reconstruct: bool = False) -> dict:
     """Predictions for steps context : context + horizon from the first `context` observations.
 
     Args:
         batch: each observation key (B, T, ...) raw; action (B, T, A), action[t] led to obs[t]; is_first (B, T).
         context: observed steps, >= 1; horizon: imagined steps, with context + horizon <= T.
+        reconstruct: also decode the posterior states of the context steps (no extra random numbers).
     Returns:
         obs: a dict of the observation keys (B, H, ...) as the decoder predicts them (vectors in symlog space,
         images in [0, 1]); reward (B, H) and the continue probability cont (B, H). The latents of the prior
-        rollout are sampled, as in imagination.
+        rollout are sampled, as in imagination. With `reconstruct` also recon: a dict of the observation keys
+        (B, context, ...) decoded from the posterior, which saw them.
     """
     action, is_first = batch["action"], batch["is_first"]
     B, T = is_first.shape
@@ -42,13 +48,17 @@ def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context
     start = RSSMState(*(x[:, -1] for x in post))  # (B, ...): the state that has seen obs[context - 1]
     imagined, _ = wm.rssm.imagine(start, horizon, actions=action[:, context:context + horizon])
     feat = features(imagined)  # (B, H, F)
-    return {"obs": wm.decode(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
-            "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
+    out = {"obs": wm.decode(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
+           "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
+    if reconstruct:
+        out["recon"] = wm.decode(features(post))  # (B, context, ...) per key
+    return out
 
 
 @torch.no_grad()
 def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: int = 5,
-                     horizons: Sequence[int] = (1, 5, 10, 15)) -> dict[str, torch.Tensor]:
+                     horizons: Sequence[int] = (1, 5, 10, 15),
+                     prediction: dict | None = None) -> dict[str, torch.Tensor]:
     """Open-loop prediction errors at each horizon, averaged over the sequences of the batch.
 
     - obs: squared error summed over the dimensions of each observation key and over the keys, in the space of
@@ -64,12 +74,14 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: in
         batch: the observation keys (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T),
             is_terminal (B, T), with T >= context + max(horizons).
         context: steps the posterior sees; horizons: increasing horizons >= 1 to report.
+        prediction: `predict_open_loop(wm, batch, context, max(horizons))` if already made, else it is made here.
     Returns:
         Scalar tensors `openloop/{obs,reward,cont}_error_h{k}` for each k in `horizons`; with several
         observation keys also `openloop/obs_{key}_error_h{k}` for each key.
     """
     H = max(horizons)
-    pred = predict_open_loop(wm, batch, context, H)
+    pred = predict_open_loop(wm, batch, context, H) if prediction is None else prediction
+    assert pred["reward"].shape[1] == H, (pred["reward"].shape, H)
     target = slice(context, context + H)
     truth = wm.targets({k: batch[k][:, target] for k in wm.obs_keys})  # (B, H, ...) per key
     key_errors = {k: (p - truth[k]).pow(2).flatten(2).sum(-1) for k, p in pred["obs"].items()}  # (B, H) per key
@@ -86,3 +98,34 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: in
         per_step = (error * weight).sum(0)  # (H,)
         errors.update({f"openloop/{name}_error_h{k}": per_step[k - 1] for k in horizons})
     return errors
+
+
+@torch.no_grad()
+def open_loop_video(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int, horizon: int,
+                    sequences: int = 4, key: str | None = None, prediction: dict | None = None) -> np.ndarray:
+    """Frames of truth | prediction | error side by side for the first `sequences` sequences, stacked top to bottom.
+
+    The prediction of the first `context` frames is the posterior's reconstruction of what it saw, of the next
+    `horizon` frames the prior's open-loop prediction. Predictions are clipped to [0, 1] and drawn as uint8;
+    the error is |truth - prediction| of the two panels as drawn (black: right). A sequence that reaches an
+    episode start shows the new episode as truth while the prediction goes on with the old one.
+
+    Args:
+        batch: as for `predict_open_loop`, the image `key` uint8 (B, T, H, W, C) with T >= context + horizon.
+        key: the image key to draw; default the first of `wm.image_keys`.
+        prediction: `predict_open_loop(wm, batch, context, >= horizon, reconstruct=True)` if already made.
+    Shapes:
+        (context + horizon, S * H, 3 * W, C) uint8, S = min(sequences, B): frame t of sequence s is the block
+        [t, s * H : (s + 1) * H], truth in the columns 0 : W, prediction W : 2W, error 2W : 3W.
+    """
+    key = wm.image_keys[0] if key is None else key
+    if prediction is None:
+        prediction = predict_open_loop(wm, batch, context, horizon, reconstruct=True)
+    S = min(sequences, batch[key].shape[0])
+    truth = batch[key][:S, :context + horizon]  # (S, T, H, W, C)
+    assert truth.dtype == torch.uint8, truth.dtype
+    pred = torch.cat([prediction["recon"][key][:S], prediction["obs"][key][:S, :horizon]], 1)  # (S, T, H, W, C)
+    pred = (pred.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    error = (truth.int() - pred.int()).abs().to(torch.uint8)  # (S, T, H, W, C)
+    panels = torch.cat([truth, pred, error], 3)  # (S, T, H, 3W, C)
+    return panels.transpose(0, 1).flatten(1, 2).cpu().numpy()  # (T, S * H, 3W, C)

@@ -13,6 +13,14 @@ from rssm.config import UserError
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 
 
+def chunk_files(directory: Path) -> dict[int, Path]:
+    """The replay chunk files in `directory` by their index, in order; empty if there is no such directory."""
+    if not Path(directory).is_dir():
+        return {}
+    found = {int(m[1]): path for path in Path(directory).iterdir() if (m := _CHUNK.fullmatch(path.name))}
+    return dict(sorted(found.items()))
+
+
 class Replay:
     """A ring buffer of `capacity` transitions from `envs` environments stepped together.
 
@@ -105,7 +113,7 @@ class Replay:
         """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
         slots and dropped, so loading needs the buffer's memory plus one chunk. Chunk files written after
         the checkpoint (by a run that went on, or was killed, after it) are deleted."""
-        total, tail = int(state["total"]), _rows(state["tail"])
+        total, tail = int(state["total"]), as_rows(state["tail"])
         first = max(0, total - self.capacity)  # oldest row the buffer holds
         full = total // self.chunk
         self.data, self.total, self.size = {}, total, total - first
@@ -114,7 +122,7 @@ class Replay:
             path = self._chunk_path(index)
             try:
                 with np.load(path, allow_pickle=False) as chunk:
-                    arrays = _rows({k: chunk[k] for k in chunk.files})
+                    arrays = as_rows({k: chunk[k] for k in chunk.files})
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot load replay chunk {path}: {e}") from None
             if not self.data:
@@ -139,8 +147,9 @@ class Replay:
                 path.unlink()
 
 
-def _rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stored transitions as rows (n, envs, ...): files written before replays had an env axis hold (n, ...)."""
-    if arrays and arrays["reward"].ndim == 1:  # (n,): one env
+def as_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stored transitions (with at least `is_first`) as rows (n, envs, ...): files written before replays had an
+    env axis hold (n, ...)."""
+    if arrays and arrays["is_first"].ndim == 1:  # (n,): one env
         return {k: v[:, None] for k, v in arrays.items()}
     return arrays

@@ -27,7 +27,7 @@ from rssm.config import UserError, config_changes, register_configs, validate
 from rssm.envs import Collector, EnvSpec, blank_transition, make_env, make_envs, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
-from rssm.openloop import open_loop_errors
+from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
 from rssm.world_model import LossScales, WorldModel, select_obs_keys
@@ -244,21 +244,26 @@ def crossed(before: int, now: int, every: int) -> bool:
     return every > 0 and now // every > before // every
 
 
-def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int) -> dict[str, float]:
-    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch; empty while the replay is shorter
-    than one sequence. The batch and the sampled latents use their own random numbers, so training is the
-    same whether and how often this runs. A horizon at which every sequence had reached an episode start
-    is left out."""
-    t = cfg.trainer
-    length = t.openloop_context + max(t.openloop_horizons)
-    if len(replay) < length:
-        return {}
+def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
+                      sequences: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch and, for each image key, a video of
+    the first `sequences` sequences (`openloop/video_KEY`) drawn from the same prediction; both empty while the
+    replay is shorter than one sequence. The batch and the sampled latents use their own random numbers, so
+    training is the same whether and how often this runs. A horizon at which every sequence had reached an
+    episode start is left out of the errors."""
+    t, wm = cfg.trainer, agent.wm
+    H = max(t.openloop_horizons)
+    if len(replay) < t.openloop_context + H:
+        return {}, {}
     rng = np.random.default_rng([cfg.seed, steps])
-    batch = to_torch(replay.sample(cfg.replay.batch_size, length, rng), agent.device)
+    batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
     with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + steps)
-        errors = open_loop_errors(agent.wm, batch, t.openloop_context, t.openloop_horizons)
-    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}
+        prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
+    errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
+    videos = {f"openloop/video_{k}": open_loop_video(wm, batch, t.openloop_context, H, sequences, k, prediction)
+              for k in wm.image_keys}
+    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}, videos
 
 
 def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,
@@ -288,7 +293,9 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
             p.updates_due += max(0, steps - max(before, t.prefill)) * t.train_ratio / replayed_per_update
             _updates(cfg, run_dir, agent, replay, p, tracker, steps)
             if crossed(before, steps, t.openloop_every):
-                logger.scalars(open_loop_metrics(cfg, agent, replay, steps), steps)
+                scalars, videos = open_loop_metrics(cfg, agent, replay, steps)
+                logger.scalars(scalars, steps)
+                logger.videos(videos, steps)
             eval_due = agent.actor is not None and (crossed(before, steps, t.eval_every) or steps >= t.steps)
             if crossed(before, steps, t.log_every) or steps >= t.steps or eval_due:
                 elapsed = time.perf_counter() - clock

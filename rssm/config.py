@@ -23,7 +23,11 @@ class EnvConfig:
     time_limit: int = 0  # max agent steps per episode; 0 keeps the env's own limit
     pixels: bool = False  # observe the env's rendered frames (key `image`) instead of its own observation
     pixels_keep_state: bool = False  # with pixels: keep the env's own observation too (key `state`)
-    image_size: int = 64  # with pixels: side of the square image
+    image_size: int = 64  # with pixels or Atari: side of the square image
+    grayscale: bool = False  # with pixels or Atari: one gray channel (size, size, 1) instead of RGB
+    game: str = ""  # an Atari game (pong, ms_pacman): when set, the id is ALE/{Game}-v5 (Pong, MsPacman), not env.id
+    sticky_actions: float = 0.0  # Atari: probability that the previous action repeats at each frame
+    noop_max: int = 0  # Atari: at most this many no-op frames (random count) after each reset
     num_envs: int = 1  # envs collecting together (gymnasium.vector); each env step counts toward trainer.steps
     vector: str = "sync"  # sync: envs step in this process, one after another | async: one subprocess per env
 
@@ -124,11 +128,13 @@ _RANGES = [  # (keys, test, what the test asks for)
       "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps",
       "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
-    (("env.time_limit", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
+    (("env.time_limit", "env.noop_max", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
       "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
       "agent.slow_rate", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    (("env.game",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a game name such as ms_pacman"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
 ]
 _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_model"),
@@ -179,11 +185,11 @@ _ABSENT = object()
 # is shown, not what is learned (open-loop errors are computed on their own random numbers).
 _FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_every", "trainer.openloop_context",
               "trainer.openloop_horizons")
-# Keys added with image observations: a run saved before them had vector observations, which none of them changes,
-# so their absence from its config is no difference. (Pixels on such a run would change the model: the checkpoint's
-# shapes refuse it.)
-_ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "model.cnn_depth", "model.cnn_keys",
-               "model.mlp_keys")
+# Keys added with image observations and Atari: a run saved before them had vector observations and no Atari game,
+# which none of their defaults changes, so their absence from its config is no difference. (Pixels on such a run
+# would change the model: the checkpoint's shapes refuse it.)
+_ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
+               "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
 _ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync"}
 

@@ -1,5 +1,5 @@
-"""Gymnasium environments: creation with clear errors, pixel observations, action conversion, and the
-collection loop.
+"""Gymnasium environments: creation with clear errors, pixel observations, Atari frames, action conversion,
+and the collection loop.
 
 Observations become dicts of keys: a Box observation is the key `obs`, a Dict observation keeps its keys. A key
 holds a vector (D,) float32 or an image (H, W, C) uint8; replay transitions hold the keys beside `action`,
@@ -9,11 +9,13 @@ holds a vector (D,) float32 or an image (H, W, C) uint8; replay transitions hold
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import AtariPreprocessing
 from PIL import Image
 
 from rssm.config import UserError
@@ -54,39 +56,96 @@ class ActionRepeat(gym.Wrapper):
 
 class Pixels(gym.ObservationWrapper):
     """Observe the env's `render()` frame, resized to `size` x `size` (area average), as the key `image`
-    (uint8 (size, size, 3)); with `keep_state`, the env's own observation too, as the key `state`.
-    The env must have been made with render_mode="rgb_array"."""
+    (uint8 (size, size, 3), or (size, size, 1) with `grayscale`); with `keep_state`, the env's own observation
+    too, as the key `state`. The env must have been made with render_mode="rgb_array"."""
 
-    def __init__(self, env: gym.Env, size: int, keep_state: bool = False):
+    def __init__(self, env: gym.Env, size: int, keep_state: bool = False, grayscale: bool = False):
         super().__init__(env)
-        self.size, self.keep_state = size, keep_state
-        spaces = {"image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8)}
+        self.size, self.keep_state, self.grayscale = size, keep_state, grayscale
+        spaces = {"image": gym.spaces.Box(0, 255, (size, size, 1 if grayscale else 3), np.uint8)}
         if keep_state:
             spaces["state"] = env.observation_space
         self.observation_space = gym.spaces.Dict(spaces)
 
     def observation(self, observation):
-        frame = self.env.render()  # (H, W, 3) uint8
-        image = np.array(Image.fromarray(frame).resize((self.size, self.size), Image.Resampling.BOX))  # writable
+        frame = Image.fromarray(self.env.render())  # (H, W, 3) uint8
+        if self.grayscale:
+            frame = frame.convert("L")  # luma, ITU-R 601
+        image = np.array(frame.resize((self.size, self.size), Image.Resampling.BOX))  # writable, (size, size[, 3])
+        image = image.reshape(self.size, self.size, -1)  # (size, size, C)
         return {"image": image, "state": observation} if self.keep_state else {"image": image}
 
 
+# Atari, as in Machado et al. (2018) and the Atari100k benchmark: an agent step is 4 frames whose last two are
+# max-pooled (some objects are drawn on alternate frames only), episodes end at game over, not at a lost life.
+ATARI_FRAME_SKIP = 4
+
+
+def atari_id(game: str) -> str:
+    """The ALE id of an Atari game named in snake case: pong -> ALE/Pong-v5, ms_pacman -> ALE/MsPacman-v5."""
+    return "ALE/" + "".join(part[:1].upper() + part[1:] for part in game.split("_")) + "-v5"
+
+
+def _register_atari() -> None:
+    try:
+        import ale_py
+    except ImportError:
+        raise UserError("Atari ids need the ale-py package (pip install ale-py)") from None
+    gym.register_envs(ale_py)  # importing ale_py registers the ALE/ ids
+    # Without this each new ALE prints a two-line banner to stderr, where rssm's errors are one line.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+
+
+def _check_options(atari: bool, pixels: bool, grayscale: bool, sticky_actions: float, noop_max: int) -> None:
+    if atari and pixels:
+        raise UserError("Atari envs are observed as images already: leave env.pixels false")
+    if grayscale and not (atari or pixels):
+        raise UserError("env.grayscale needs env.pixels or an Atari id")
+    if not atari and (sticky_actions > 0 or noop_max > 0):
+        raise UserError("env.sticky_actions and env.noop_max apply to Atari ids (ALE/...) only")
+
+
+def _is_mujoco(env_id: str) -> bool:
+    try:
+        entry_point = gym.spec(env_id).entry_point
+    except gym.error.Error:
+        return False  # gym.make reports an unknown id
+    return isinstance(entry_point, str) and entry_point.startswith("gymnasium.envs.mujoco")
+
+
 def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mode: str | None = None,
-             pixels: bool = False, image_size: int = 64, keep_state: bool = False) -> tuple[gym.Env, EnvSpec]:
+             pixels: bool = False, image_size: int = 64, keep_state: bool = False, grayscale: bool = False,
+             sticky_actions: float = 0.0, noop_max: int = 0) -> tuple[gym.Env, EnvSpec]:
     """Create a gymnasium env and check that rssm supports its spaces. With `pixels`, the env is observed
-    through its rendered frames (`Pixels`, `image_size` square; `keep_state` keeps its own observation).
+    through its rendered frames (`Pixels`, `image_size` square, RGB or `grayscale`; `keep_state` keeps its own
+    observation). An Atari id (ALE/...) skips and max-pools frames (`ATARI_FRAME_SKIP`) and observes
+    `image_size` square RGB or `grayscale` frames as the key `obs`, with `sticky_actions` (probability that the
+    previous action repeats at a frame) and up to `noop_max` no-op frames after a reset.
 
     Raises:
-        UserError: unknown id, missing dependency, an env that cannot render pixels, or unsupported
-            observation or action space.
+        UserError: unknown id, missing dependency, an env that cannot render pixels, options that do not apply
+            to the env, or unsupported observation or action space.
     """
-    kwargs = {"max_episode_steps": time_limit * action_repeat} if time_limit > 0 else {}
+    atari = env_id.startswith("ALE/")
+    _check_options(atari, pixels, grayscale, sticky_actions, noop_max)
+    frames = action_repeat * (ATARI_FRAME_SKIP if atari else 1)  # the made env's steps per agent step
+    kwargs = {"max_episode_steps": time_limit * frames} if time_limit > 0 else {}
+    if atari:
+        _register_atari()
+        kwargs.update(frameskip=1, repeat_action_probability=sticky_actions)  # AtariPreprocessing skips frames
     if pixels or render_mode is not None:
         kwargs["render_mode"] = "rgb_array" if pixels else render_mode
     if kwargs.get("render_mode") == "rgb_array":
         # Frames are drawn off-screen: without this, pygame's display init looks for a desktop session and
         # prints an error line on a headless machine. A value the user set wins.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        if sys.platform.startswith("linux"):
+            # MuJoCo tries glfw first, which needs a display; EGL renders off-screen (macOS keeps its default).
+            os.environ.setdefault("MUJOCO_GL", "egl")
+        if _is_mujoco(env_id):
+            # gymnasium 1.4 renders from a free camera that stays where the episode began, so a walking robot
+            # leaves the frame; the models' "track" camera follows it (a model without one keeps the free camera).
+            kwargs["camera_name"] = "track"
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as e:
@@ -94,12 +153,15 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
     try:
         if pixels and "rgb_array" not in env.metadata.get("render_modes", []):
             raise UserError("env.pixels needs an env that renders rgb_array frames")
+        if atari:
+            env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=ATARI_FRAME_SKIP, screen_size=image_size,
+                                     terminal_on_life_loss=False, grayscale_obs=grayscale, grayscale_newaxis=True)
         if action_repeat > 1:
             env = ActionRepeat(env, action_repeat)
         if pixels:
-            env = Pixels(env, image_size, keep_state)
+            env = Pixels(env, image_size, keep_state, grayscale)
         spec = env_spec(env.observation_space, env.action_space)
-    except UserError as e:
+    except (UserError, gym.error.Error) as e:  # gym's: a missing dependency of AtariPreprocessing (opencv)
         env.close()
         raise UserError(f"environment '{env_id}': {e}") from None
     return env, spec

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.episodes < 1:
             raise UserError("--episodes must be >= 1")
         cfg, agent = load_run(args.run_dir, args.device)
-        from rssm.train import build_envs
+        from rssm.train import build_envs, env_id
 
         envs, spec = build_envs(cfg, num=1, render_mode="rgb_array" if args.video else None)
         returns, frames = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None)
@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"rssm-eval: error: {e}", file=sys.stderr)
         sys.exit(2)
-    result = {"env": cfg.env.id, "episodes": len(returns), "returns": returns,
+    result = {"env": env_id(cfg), "episodes": len(returns), "returns": returns,
               "mean": float(np.mean(returns)), "std": float(np.std(returns))}
     out = args.out or args.run_dir / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.video is not None:
         save_gif(frames, args.video)
-    print(f"rssm-eval: {cfg.env.id} mean return {result['mean']:.1f} +- {result['std']:.1f} over "
+    print(f"rssm-eval: {env_id(cfg)} mean return {result['mean']:.1f} +- {result['std']:.1f} over "
           f"{len(returns)} episodes -> {out}")
 
 

@@ -24,7 +24,7 @@ from rssm.agent import Agent, OptimSettings, to_torch
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.config import UserError, config_changes, register_configs, validate
-from rssm.envs import Collector, EnvSpec, blank_transition, make_env, make_envs, random_action
+from rssm.envs import Collector, EnvSpec, atari_id, blank_transition, make_env, make_envs, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
@@ -47,10 +47,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def env_id(cfg: DictConfig) -> str:
+    """The gymnasium id the config names: `env.game`'s Atari id when it is set, else `env.id`."""
+    return atari_id(cfg.env.game) if cfg.env.game else cfg.env.id
+
+
 def build_env(cfg: DictConfig, render_mode: str | None = None):
     """The env the config describes and its EnvSpec. Raises UserError if rssm cannot use it."""
     e = cfg.env
-    return make_env(e.id, e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size, e.pixels_keep_state)
+    return make_env(env_id(cfg), e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size,
+                    e.pixels_keep_state, grayscale=e.grayscale, sticky_actions=e.sticky_actions, noop_max=e.noop_max)
 
 
 def build_envs(cfg: DictConfig, num: int | None = None, render_mode: str | None = None):
@@ -196,7 +202,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     OmegaConf.save(cfg, run_dir / "config.yaml")
     counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
-    print(f"rssm: {cfg.env.id} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
+    print(f"rssm: {env_id(cfg)} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
           flush=True)
     print(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}", flush=True)
     if resumed:

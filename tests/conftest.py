@@ -16,6 +16,22 @@ def compose_config():
     return _compose
 
 
+@pytest.fixture
+def skip_without_egl():
+    """skip_without_egl() skips the test where the system's EGL library cannot be loaded: MuJoCo renders
+    pixels off-screen through it (.ci/run installs it with apt-get where it can)."""
+
+    def _skip() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL("libEGL.so.1")
+        except OSError as e:
+            pytest.skip(f"libEGL.so.1 cannot be loaded ({e}): MuJoCo cannot render off-screen here")
+
+    return _skip
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """The test models are tiny: one thread is fastest and avoids oversubscribing small CI machines."""

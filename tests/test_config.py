@@ -1,5 +1,6 @@
 import importlib.resources
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,15 +18,17 @@ EXPERIMENTS = sorted(p.name[:-5] for p in CONFIGS.joinpath("experiment").iterdir
 
 def test_config_groups_are_found():
     assert {"cartpole", "pendulum", "acrobot", "lunarlander", "halfcheetah", "hopper", "walker2d",
-            "cartpole_pixels"} <= set(ENVS)
+            "cartpole_pixels", "halfcheetah_pixels", "atari", "pong", "breakout"} <= set(ENVS)
     assert {"xxs", "xs", "s", "m", "l", "xl", "debug"} <= set(MODELS)
     assert "debug" in EXPERIMENTS
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_every_env_config_composes_and_builds_its_env(compose_config, env):
+def test_every_env_config_composes_and_builds_its_env(compose_config, skip_without_egl, env):
     cfg = compose_config(f"env={env}", "env.image_size=16")
     validate(cfg)
+    if cfg.env.pixels and "mujoco" in gym.spec(cfg.env.id).entry_point:
+        skip_without_egl()
     gym_env, spec = build_env(cfg)
     try:
         collector = Collector(make_envs(lambda: gym_env, 1), spec, seed=0)
@@ -112,6 +115,8 @@ def test_validate_rejects_bad_values(compose_config, override, message):
     (["trainer.openloop_context=-2"], "trainer.openloop_context must be > 0, got -2"),
     (["trainer.openloop_horizons=[1,x]"], "could not be converted to Integer"),
     (["env=cartpole_pixels", "env.image_size=84"], "image 'image' is 84 x 84: the side must be 4 to 7 times"),
+    (["env=atari", "env.game=no_such_game"], "cannot make environment 'ALE/NoSuchGame-v5'"),
+    (["env=pong", "env.image_size=84"], "image 'obs' is 84 x 84"),  # after an ALE was made: no banner
 ])
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
     proc = run_cli("experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi", *args,

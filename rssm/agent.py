@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, behavior_losses, imagine
+from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, behavior_losses, imagine, replay_value_loss
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
 
@@ -79,19 +79,26 @@ class Agent:
         metrics["loss/wm"] = loss.detach()
         metrics["grad_norm/wm"], finite = _step(self.wm_opt, loss, self.wm_params, self.wm_optim.grad_clip)
         if finite and self.actor is not None:
-            behavior, finite = self._update_behavior(post, data["is_terminal"])
+            behavior, finite = self._update_behavior(post, data)
             metrics.update(behavior)
         self.skipped += not finite
         self.skipped_in_a_row = 0 if finite else self.skipped_in_a_row + 1
         return metrics if finite else {}
 
-    def _update_behavior(self, post: RSSMState, is_terminal: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
+    def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
         s = self.behavior
+        B, T = data["is_first"].shape
         start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
-        start_cont = 1.0 - is_terminal.flatten().to(start.deter.dtype)  # (B * T,)
+        start_cont = 1.0 - data["is_terminal"].flatten().to(start.deter.dtype)  # (B * T,)
         feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop)
-        actor_loss, critic_loss, metrics = behavior_losses(
+        actor_loss, critic_loss, returns, metrics = behavior_losses(
             self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
+        if s.replay_value > 0:
+            loss, replay_metrics = replay_value_loss(
+                self.critic, feat[:, 0].unflatten(0, (B, T)), data["reward"], data["is_first"], data["is_terminal"],
+                returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam)  # features and returns of the start states
+            critic_loss = critic_loss + s.replay_value * loss
+            metrics.update(replay_metrics)
         metrics["grad_norm/actor"], actor_ok = _step(self.actor_opt, actor_loss, self.actor_params,
                                                      self.actor_optim.grad_clip)
         metrics["grad_norm/critic"], critic_ok = _step(self.critic_opt, critic_loss, self.critic_params,

@@ -13,26 +13,28 @@ from rssm.distributions import symlog_bins, twohot_log_prob, twohot_mean, unimix
 from rssm.networks import MLP, zero_output
 
 
-def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor, lam: float) -> torch.Tensor:
-    """TD(lambda) returns of an imagined trajectory, computed backwards from the last value.
+def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor,
+                   lam: float | torch.Tensor) -> torch.Tensor:
+    """TD(lambda) returns of a trajectory, computed backwards from the last value.
 
-        R_t = r_{t+1} + d_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}),    R_H = v_H
+        R_t = r_{t+1} + d_{t+1} * ((1 - lam_{t+1}) * v_{t+1} + lam_{t+1} * R_{t+1}),    R_H = v_H
 
     Args:
         reward: r_1 .. r_H, rewards on arriving at states 1 .. H, (N, H).
-        discount: d_1 .. d_H, gamma times the predicted continue flag of states 1 .. H, (N, H).
-        value: v_0 .. v_H, critic values of states 0 .. H, (N, H + 1).
-        lam: the lambda of TD(lambda).
+        discount: d_1 .. d_H, gamma times the (predicted) continue flag of states 1 .. H, (N, H).
+        value: v_0 .. v_H, values of states 0 .. H, (N, H + 1).
+        lam: the lambda of TD(lambda), or lam_1 .. lam_H (N, H): 0 at a state bootstraps fully from its value.
     Returns:
         R_0 .. R_{H-1}, (N, H).
     """
     N, H = reward.shape
     assert discount.shape == (N, H) and value.shape == (N, H + 1)
+    lam = torch.as_tensor(lam, dtype=reward.dtype, device=reward.device).expand(N, H)  # (N, H)
     interm = reward + discount * (1.0 - lam) * value[:, 1:]  # (N, H): the part that needs no recursion
     out = torch.empty_like(reward)
     last = value[:, -1]  # (N,)
     for t in reversed(range(H)):
-        last = interm[:, t] + discount[:, t] * lam * last
+        last = interm[:, t] + discount[:, t] * lam[:, t] * last
         out[:, t] = last
     return out
 
@@ -174,6 +176,7 @@ class BehaviorSettings:
     entropy: float = 3e-4
     slow_rate: float = 0.02
     backprop: bool = False  # actor gradient through the dynamics (True) or REINFORCE (False)
+    replay_value: float = 0.0  # weight of the critic's loss on replayed states (`replay_value_loss`); 0: none
 
 
 def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, backprop: bool):
@@ -200,8 +203,8 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
                     actions: torch.Tensor, cont: torch.Tensor, s: BehaviorSettings):
     """Actor and critic losses on an imagined trajectory (from `imagine`).
 
-    Returns (actor loss, critic loss, metrics). The actor loss reaches the world model only through
-    `feat` when `s.backprop`; the caller steps only the actor's and critic's parameters.
+    Returns (actor loss, critic loss, the lambda-returns (N, H), metrics). The actor loss reaches the world model
+    only through `feat` when `s.backprop`; the caller steps only the actor's and critic's parameters.
     """
     N, H1, _ = feat.shape
     H = H1 - 1
@@ -233,4 +236,46 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
         "behavior/return_mean": returns.detach().mean(), "behavior/return_std": returns.detach().std(),
         "behavior/imagined_reward": reward.detach().mean(),
     }
-    return actor_loss, critic_loss, metrics
+    return actor_loss, critic_loss, returns.detach(), metrics
+
+
+def replay_returns(reward: torch.Tensor, is_first: torch.Tensor, is_terminal: torch.Tensor, boot: torch.Tensor,
+                   gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lambda-returns of replayed sequences: the recorded rewards and terminations, bootstrapping from `boot`.
+
+    A return stops at the end of the sequence and before an episode start (`is_first`), bootstrapping there; a
+    state whose next step starts another episode, or that is terminal, has no target (weight 0).
+
+    Args:
+        reward, is_first, is_terminal: (B, T) as replayed (reward[t] came on arriving at step t); boot: the
+            values to bootstrap from at each step (B, T).
+    Returns:
+        Returns R_0 .. R_{T-2} and their weights, each (B, T - 1).
+    """
+    B, T = reward.shape
+    assert is_first.shape == is_terminal.shape == boot.shape == (B, T)
+    first, terminal = is_first.float(), is_terminal.float()
+    # lam_j for j = 1 .. T-1: cut where step j + 1 starts another episode, and at the end of the sequence.
+    cut = torch.cat([first[:, 2:], torch.ones_like(first[:, :1])], 1)  # (B, T - 1)
+    discount = gamma * (1.0 - terminal[:, 1:])  # (B, T - 1)
+    returns = lambda_returns(reward[:, 1:], discount, boot, lam * (1.0 - cut))  # (B, T - 1)
+    weight = (1.0 - first[:, 1:]) * (1.0 - terminal[:, :-1])  # (B, T - 1): steps t -> t + 1 within an episode
+    return returns, weight
+
+
+def replay_value_loss(critic: Critic, feat: torch.Tensor, reward: torch.Tensor, is_first: torch.Tensor,
+                      is_terminal: torch.Tensor, boot: torch.Tensor, gamma: float, lam: float):
+    """The critic's loss on replayed states toward `replay_returns` that bootstrap from the imagined return of
+    each state (DreamerV3's replay value loss). Real trajectories carry a failure many steps ahead back to the
+    states that led to it, where imagination sees `horizon` steps.
+
+    Args:
+        feat: posterior features (B, T, F); reward, is_first, is_terminal, boot: (B, T), see `replay_returns`.
+    Returns:
+        The loss (scalar) and metrics.
+    """
+    returns, weight = replay_returns(reward, is_first, is_terminal, boot.detach(), gamma, lam)  # (B, T - 1)
+    states = feat[:, :-1].detach()  # (B, T - 1, F)
+    loss = critic.loss(critic(states), returns, critic.slow_value(states))  # (B, T - 1)
+    metrics = {"behavior/replay_return_mean": (returns * weight).sum() / weight.sum().clamp(min=1.0)}
+    return (weight * loss).mean(), metrics

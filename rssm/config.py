@@ -67,6 +67,7 @@ class AgentConfig:
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # actor entropy bonus
     slow_rate: float = 0.02  # EMA rate of the slow critic
+    replay_value: float = 0.0  # weight of the critic's loss on replayed states toward real returns (DreamerV3: 0.3)
     actor_grad_discrete: str = "reinforce"  # reinforce | backprop
     actor_grad_continuous: str = "backprop"  # reinforce | backprop
     actor_lr: float = 3e-5
@@ -130,7 +131,7 @@ _RANGES = [  # (keys, test, what the test asks for)
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "env.noop_max", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
       "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
-      "agent.slow_rate", "threads", *_WM_KEYS),
+      "agent.slow_rate", "agent.replay_value", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -191,7 +192,7 @@ _FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_e
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
-_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync"}
+_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

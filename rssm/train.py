@@ -86,7 +86,8 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, m.unimix).to(device)
     critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins).to(device)
     grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
-    behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop")
+    behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
+                                replay_value=a.replay_value)
     return Agent(wm, scales, wm_optim, actor, critic, behavior, OptimSettings(a.actor_lr, a.eps, a.grad_clip),
                  OptimSettings(a.critic_lr, a.eps, a.grad_clip))
 

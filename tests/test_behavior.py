@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rssm.agent import Agent, OptimSettings
-from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, lambda_returns
+from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, lambda_returns, replay_returns
 from rssm.distributions import twohot_encode
 from rssm.world_model import LossScales, WorldModel
 
@@ -33,6 +33,49 @@ def test_lambda_returns_match_plain_loop_with_terminations():
     fast = lambda_returns(reward, discount, value, 0.95)
     np.testing.assert_allclose(fast.numpy(), plain_lambda_returns(reward.numpy(), discount.numpy(),
                                                                    value.numpy(), 0.95), rtol=1e-5, atol=1e-5)
+
+
+def plain_replay_returns(reward, first, terminal, boot, gamma, lam):
+    """Replay returns walked step by step: each sequence backwards, stopping at its end and before an episode start."""
+    B, T = reward.shape
+    returns, weight = np.zeros((B, T - 1)), np.zeros((B, T - 1))
+    for b in range(B):
+        ret = boot[b, T - 1]
+        for t in reversed(range(T - 1)):
+            j = t + 1
+            ends = j == T - 1 or first[b, j + 1]  # nothing of this episode is recorded after step j
+            lam_j = 0.0 if ends else lam
+            ret = reward[b, j] + (0.0 if terminal[b, j] else gamma) * ((1 - lam_j) * boot[b, j] + lam_j * ret)
+            returns[b, t] = ret
+            weight[b, t] = float(not first[b, j] and not terminal[b, t])
+    return returns, weight
+
+
+def test_replay_returns_match_a_plain_loop_across_episode_boundaries():
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 12
+    reward, boot = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+    terminal = torch.rand(B, T, generator=g) < 0.15
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 1:] = terminal[:, :-1] | (torch.rand(B, T - 1, generator=g) < 0.1)  # after a terminal, or a time limit
+    first[:, 0] = True
+    assert first[:, 1:].any() and terminal.any()
+    fast, weight = replay_returns(reward, first, terminal, boot, 0.99, 0.9)
+    slow, slow_weight = plain_replay_returns(reward.numpy(), first.numpy(), terminal.numpy(), boot.numpy(), 0.99, 0.9)
+    np.testing.assert_allclose(fast.numpy(), slow, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(weight.numpy(), slow_weight)
+
+
+def test_replay_returns_hand_values():
+    # One episode of 3 steps ending in a terminal, then a new episode: lambda 1, gamma 0.5.
+    reward = torch.tensor([[0.0, 1.0, 2.0, 0.0, 4.0]])
+    first = torch.tensor([[True, False, False, True, False]])
+    terminal = torch.tensor([[False, False, True, False, False]])
+    boot = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    returns, weight = replay_returns(reward, first, terminal, boot, 0.5, 1.0)
+    # R_1 = r_2 = 2 (terminal); R_0 = r_1 + 0.5 * R_1 = 2; R_3 = r_4 + 0.5 * boot_4 = 29 (the sequence ends).
+    torch.testing.assert_close(returns[0, [0, 1, 3]], torch.tensor([2.0, 2.0, 29.0]))
+    torch.testing.assert_close(weight, torch.tensor([[1.0, 1.0, 0.0, 1.0]]))  # 2 is terminal, 3 starts anew
 
 
 def test_lambda_returns_hand_values():
@@ -77,7 +120,7 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
     actor = Actor(wm.rssm.feat_dim, 16, 1, [A], discrete)
     critic = Critic(wm.rssm.feat_dim, 16, 1)
     agent = Agent(wm, LossScales(), OptimSettings(1e-3, 1e-8, 1000.0), actor, critic,
-                  BehaviorSettings(horizon=5, backprop=backprop), OptimSettings(1e-3, 1e-5, 100.0),
+                  BehaviorSettings(horizon=5, backprop=backprop, replay_value=0.3), OptimSettings(1e-3, 1e-5, 100.0),
                   OptimSettings(1e-3, 1e-5, 100.0))
     B, T = 2, 6
     data = {"obs": torch.randn(B, T, 4), "action": torch.randn(B, T, A), "reward": torch.randn(B, T),
@@ -88,7 +131,7 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
         return {k: v.clone() for k, v in module.state_dict().items()}
 
     before = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
-    metrics, finite = agent._update_behavior(post, data["is_terminal"])
+    metrics, finite = agent._update_behavior(post, data)
     assert finite
     after = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0]), "world model changed"
@@ -96,12 +139,13 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
     for i, name in [(1, "actor"), (2, "critic"), (3, "slow critic")]:
         assert any(not torch.equal(before[i][k], after[i][k]) for k in before[i]), f"{name} did not change"
     assert torch.isfinite(metrics["behavior/actor_loss"]) and metrics["grad_norm/actor"] > 0
+    assert torch.isfinite(metrics["behavior/replay_return_mean"])
 
     # The actor loss alone fills only actor gradients, the critic loss only critic gradients.
     from rssm.behavior import behavior_losses, imagine
     start = type(post)(*(x.detach().flatten(0, 1) for x in post))
     feat, actions, cont = imagine(wm, actor, start, torch.ones(B * T), 5, backprop)
-    actor_loss, critic_loss, _ = behavior_losses(wm, actor, critic, agent.normalizer, feat, actions, cont,
+    actor_loss, critic_loss, _, _ = behavior_losses(wm, actor, critic, agent.normalizer, feat, actions, cont,
                                                  agent.behavior)
     params = {"wm": list(wm.parameters()), "actor": list(actor.parameters()), "critic": list(critic.net.parameters())}
     # With backprop the actor's objective is the return itself, which flows through the dynamics and the

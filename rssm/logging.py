@@ -54,8 +54,9 @@ class Logger:
     """TensorBoard scalars in the run directory, and a progress bar."""
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool, start: int = 0):
-        # A resumed run drops the events an interrupted run wrote after its checkpoint (step >= start).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start or None)
+        # A resumed run drops the events an interrupted run wrote after its checkpoint (step > start; those at
+        # `start` were written before the checkpoint was taken).
+        self.writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
         self.bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:

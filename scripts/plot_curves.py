@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="")
     parser.add_argument("--target", type=float, default=None, help="draw a horizontal line at this value")
+    parser.add_argument("--ylim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for run in args.runs:
@@ -41,6 +42,8 @@ def main() -> None:
             ax.plot(steps, values, marker="o", markersize=3, label=run.name)
     if args.target is not None:
         ax.axhline(args.target, color="gray", linestyle="--", linewidth=1)
+    if args.ylim:
+        ax.set_ylim(*args.ylim)
     ax.set_xlabel("env steps")
     ax.set_ylabel(args.tag)
     ax.set_title(args.title)

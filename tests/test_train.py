@@ -102,3 +102,5 @@ def test_vector_envs_train_checkpoint_and_resume(compose_config, tmp_path):
     assert len(scalars["eval/return_mean"]) == 2  # step 150 and the end
     train(compose_config(*run, "trainer.steps=260", f"resume={tmp_path}", "allow_changes=[trainer.steps]"), tmp_path)
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] >= 260
+    # The evaluation logged at the checkpoint's own step survives the resumed run's purge of later events.
+    assert len(read_scalars(tmp_path)["eval/return_mean"]) == 3

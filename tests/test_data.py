@@ -148,6 +148,34 @@ def test_an_env_that_raises_is_restarted_and_the_broken_episode_is_cut():
     assert not collector.step(random_action(spec, rng))[0]["is_first"][0]
 
 
+class CrashesAtStep5(gym.Wrapper):
+    """CartPole whose fifth `step` raises (counted per instance, so it works in a subprocess too)."""
+
+    def __init__(self):
+        super().__init__(gym.make("CartPole-v1"))
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == 5:
+            raise RuntimeError("simulator crashed")
+        return self.env.step(action)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium relays the workers' tracebacks as warnings
+def test_async_envs_that_raise_are_restarted():
+    _, spec = make_env("CartPole-v1")
+    collector = Collector(make_envs(CrashesAtStep5, 2, "async"), spec, seed=0,
+                          remake=lambda: make_envs(CrashesAtStep5, 2, "async"))
+    rng = np.random.default_rng(0)
+    try:
+        firsts = [collector.step(random_action(spec, rng, 2))[0]["is_first"] for _ in range(7)]
+    finally:
+        collector.envs.close()
+    assert collector.failures == 1 and "raised in step after env step 8" in collector.last_error
+    assert [f.tolist() for f in firsts] == [[True, True]] + [[False, False]] * 4 + [[True, True], [False, False]]
+
+
 class BrokenReset(gym.Wrapper):
     def reset(self, **kwargs):
         raise OSError("cannot reach the simulator")

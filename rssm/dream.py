@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,7 @@ from rssm.agent import to_torch
 from rssm.config import UserError
 from rssm.evaluate import load_run, save_gif
 from rssm.openloop import open_loop_video
-from rssm.replay import as_rows, chunk_files
-
-
-def read_chunk(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The fields `keys` (default all, `is_first` always) of one replay chunk, each (rows, envs, ...). Raises
-    UserError if unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as chunk:
-            return as_rows({k: chunk[k] for k in (chunk.files if keys is None else {"is_first", *keys})})
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read replay chunk {path}: {str(e).splitlines()[0] if str(e) else repr(e)}") from None
+from rssm.replay import chunk_files, read_chunk
 
 
 def episode_windows(is_first: np.ndarray, length: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +121,7 @@ class Replay:
         self.rng.bit_generator.state = state["rng"]
         for index in range(first // self.chunk, full):
             path = self._chunk_path(index)
-            try:
-                with np.load(path, allow_pickle=False) as chunk:
-                    arrays = as_rows({k: chunk[k] for k in chunk.files})
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot load replay chunk {path}: {e}") from None
+            arrays = read_chunk(path)
             if not self.data:
                 self._allocate({k: v[0] for k, v in arrays.items()})
             lo = max(first, index * self.chunk)  # the chunk's part still in the buffer
@@ -145,6 +142,16 @@ class Replay:
             match = _CHUNK.fullmatch(path.name)
             if match and (int(match[1]) + 1) * self.chunk <= total - self.capacity:
                 path.unlink()
+
+
+def read_chunk(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The fields `keys` (default all, `is_first` always) of one chunk file, each (rows, envs, ...). Raises
+    UserError if the file cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as chunk:
+            return as_rows({k: chunk[k] for k in (chunk.files if keys is None else {"is_first", *keys})})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read replay chunk {path}: {str(e).splitlines()[0] if str(e) else repr(e)}") from None
 
 
 def as_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

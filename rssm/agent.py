@@ -90,7 +90,7 @@ class Agent:
         B, T = data["is_first"].shape
         start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
         start_cont = 1.0 - data["is_terminal"].flatten().to(start.deter.dtype)  # (B * T,)
-        feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop)
+        feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop, s.cont_prob)
         actor_loss, critic_loss, returns, metrics = behavior_losses(
             self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
         if s.replay_value > 0:

@@ -177,13 +177,17 @@ class BehaviorSettings:
     slow_rate: float = 0.02
     backprop: bool = False  # actor gradient through the dynamics (True) or REINFORCE (False)
     replay_value: float = 0.0  # weight of the critic's loss on replayed states (`replay_value_loss`); 0: none
+    cont_prob: bool = False  # discount imagined steps by the continue probability (True) or its mode (False)
 
 
-def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, backprop: bool):
+def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, backprop: bool,
+            cont_prob: bool = False):
     """Roll the prior forward under the actor from N start states.
 
     Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), and
-    the continue flags of states 0 .. H (N, H + 1) with the start's own flag first.
+    the continue flags of states 0 .. H (N, H + 1) with the start's own flag first: the continue head's mode
+    (DreamerV3), or with `cont_prob` its probability (DreamerV2), which lets a risk the head gives less than even
+    odds count.
     """
     from rssm.rssm import features  # the world model's state layout
 
@@ -194,7 +198,8 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
 
         traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
         feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
-        cont = (wm.cont(feat[:, 1:]).squeeze(-1) > 0).to(feat.dtype)  # (N, H): the predicted flag's mode
+        logits = wm.cont(feat[:, 1:]).squeeze(-1)  # (N, H)
+        cont = torch.sigmoid(logits) if cont_prob else (logits > 0).to(feat.dtype)
         cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
     return feat, actions, cont
 

@@ -68,6 +68,7 @@ class AgentConfig:
     entropy: float = 3e-4  # actor entropy bonus
     slow_rate: float = 0.02  # EMA rate of the slow critic
     replay_value: float = 0.0  # weight of the critic's loss on replayed states toward real returns (DreamerV3: 0.3)
+    cont_prob: bool = False  # imagination discounts by the continue head's probability (DreamerV2), not its mode
     actor_grad_discrete: str = "reinforce"  # reinforce | backprop
     actor_grad_continuous: str = "backprop"  # reinforce | backprop
     actor_lr: float = 3e-5
@@ -192,7 +193,7 @@ _FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_e
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
-_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0}
+_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

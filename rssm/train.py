@@ -87,7 +87,7 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins).to(device)
     grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
     behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
-                                replay_value=a.replay_value)
+                                replay_value=a.replay_value, cont_prob=a.cont_prob)
     return Agent(wm, scales, wm_optim, actor, critic, behavior, OptimSettings(a.actor_lr, a.eps, a.grad_clip),
                  OptimSettings(a.critic_lr, a.eps, a.grad_clip))
 

@@ -160,6 +160,28 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
         assert reached == expected[owner], (owner, reached)
 
 
+def test_imagined_continue_is_the_heads_mode_or_its_probability():
+    from rssm.behavior import imagine
+    from rssm.rssm import RSSMState
+
+    torch.manual_seed(0)
+    wm = WorldModel({"obs": (4,)}, action_dim=2, deter=16, units=16, layers=1, groups=4, classes=4)
+    torch.nn.init.normal_(wm.cont.out.weight, std=1.0)  # a head that is not sure everywhere
+    actor = Actor(wm.rssm.feat_dim, 16, 1, [2], discrete=True)
+    start = wm.rssm.initial(8)
+    start = RSSMState(*(x + 0.5 * torch.randn_like(x) for x in start))
+    start_cont = torch.tensor([1.0, 0.0] * 4)
+    flags = {}
+    for prob in (False, True):
+        torch.manual_seed(1)  # the same imagined trajectories
+        feat, _, cont = imagine(wm, actor, start, start_cont, 5, backprop=False, cont_prob=prob)
+        assert cont.shape == (8, 6) and torch.equal(cont[:, 0], start_cont)
+        p = torch.sigmoid(wm.cont(feat[:, 1:]).squeeze(-1))
+        torch.testing.assert_close(cont[:, 1:], p if prob else (p > 0.5).float())
+        flags[prob] = cont[:, 1:]
+    assert ((flags[True] > 0) & (flags[True] < 1)).all() and not torch.equal(flags[True], flags[False])
+
+
 def test_multi_discrete_actor_samples_one_hot_segments():
     actor = Actor(feat_dim=5, units=8, layers=1, action_dims=[2, 3], discrete=True)
     dist = actor(torch.randn(4, 5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -183,34 +184,46 @@ def validate(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
-# Keys that may differ between a run and its resumption without being allowed explicitly: they change what
-# is shown, not what is learned (open-loop errors are computed on their own random numbers).
-_FREE_KEYS = ("resume", "allow_changes", "trainer.progress", "trainer.openloop_every", "trainer.openloop_context",
-              "trainer.openloop_horizons")
+# Keys that may differ between a run and its resumption without being allowed explicitly: they change where
+# and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
+# random numbers). Threads and devices may change the last bits of floating-point sums.
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress", "trainer.log_every",
+             "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every",
+             "trainer.openloop_context", "trainer.openloop_horizons")
 # Keys added with image observations and Atari: a run saved before them had vector observations and no Atari game,
 # which none of their defaults changes, so their absence from its config is no difference. (Pixels on such a run
 # would change the model: the checkpoint's shapes refuse it.)
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
-_ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False}
+ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False}
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: tree}
 
 
-def config_changes(saved: dict, cfg: DictConfig) -> list[str]:
+def config_changes(saved: dict, cfg: DictConfig, everything: bool = False) -> list[str]:
     """Keys whose value in `cfg` differs from the run's `saved` config and that `cfg.allow_changes` does not
-    allow, each as 'key: saved -> new'."""
-    old, new = {**_ABSENT_MEANS, **_flatten(saved)}, _flatten(OmegaConf.to_container(cfg, resolve=True))
-    allowed = set(cfg.allow_changes) | set(_FREE_KEYS)
+    allow (with `everything`: all of them but `resume` and `allow_changes`), each as 'key: saved -> new'."""
+    old, new = {**ABSENT_MEANS, **flatten(saved)}, flatten(OmegaConf.to_container(cfg, resolve=True))
+    allowed = {"resume", "allow_changes"} if everything else set(cfg.allow_changes) | set(FREE_KEYS)
     keys = [k for k in sorted(old.keys() | new.keys())
             if old.get(k, _ABSENT) != new.get(k, _ABSENT) and not any(k == a or k.startswith(a + ".") for a in allowed)
             and not (k in _ADDED_KEYS and k not in old)]
     return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]
+
+
+def check_changes(saved: dict, cfg: DictConfig, where: Path | str) -> None:
+    """Raise UserError, showing the differences, if `cfg` changes keys of the run's `saved` config (its
+    checkpoint at `where`) that are neither free nor allowed."""
+    changes = config_changes(saved, cfg)
+    if changes:
+        keys = ",".join(c.split(":")[0] for c in changes)
+        raise UserError(f"config differs from the run's ({where}): {'; '.join(changes)}. Resume with the run's "
+                        f"own config (resume=RUN_DIR alone), or allow the change with allow_changes=[{keys}]")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -17,13 +18,25 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, OptimSettings, to_torch
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
-from rssm.config import UserError, config_changes, register_configs, validate
+from rssm.cli import (
+    OVERRIDES,
+    PROG,
+    HeldStderr,
+    fail,
+    merge_overrides,
+    register_resolvers,
+    resumed_config,
+    with_general_env,
+)
+from rssm.config import UserError, check_changes, register_configs, validate
 from rssm.envs import Collector, EnvSpec, atari_id, blank_transition, make_env, make_envs, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
@@ -167,17 +180,14 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
     missing = {"config", "agent", "replay", "collector", "progress", "rng"} - state.keys()
     if missing:
         raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
-    changes = config_changes(state["config"], cfg)
-    if changes:
-        keys = ",".join(c.split(":")[0] for c in changes)
-        raise UserError(f"config differs from the run's ({path}): {'; '.join(changes)}. Give the run's own "
-                        f"overrides, or allow the change with allow_changes=[{keys}]")
+    check_changes(state["config"], cfg, path)
     return path, state
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/`,
-    `model.pt` and `config.yaml` to `run_dir` (with `cfg.resume`: to the resumed run's directory).
+    `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read when the run is
+    resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's directory).
     Returns the last logged metrics. Raises RunStopped after a signal (checkpoint saved) or too many
     non-finite updates in a row (last checkpoint kept)."""
     validate(cfg)
@@ -201,6 +211,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     rng = np.random.default_rng(cfg.seed)
     progress = Progress(**restore_run(*resumed, agent, replay, collector, rng)) if resumed else Progress()
     OmegaConf.save(cfg, run_dir / "config.yaml")
+    if overrides is not None:
+        OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / OVERRIDES)
     counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
     print(f"rssm: {env_id(cfg)} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
@@ -216,8 +228,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     finally:
         collector.envs.close()
     if stop.signum:
-        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
-                         f"checkpoint saved, continue with resume={run_dir}", 128 + stop.signum)
+        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; checkpoint "
+                         f"saved, continue with: {PROG} resume={shlex.quote(str(run_dir))}", 128 + stop.signum)
     save_model(agent, run_dir / "model.pt")
     return last
 
@@ -328,62 +340,47 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     return last
 
 
-def fail(message: str) -> None:
-    """Print one line and exit with status 2: the user's input was at fault, not the program."""
-    print(f"rssm-train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def objective(cfg: DictConfig, last: dict[str, float]) -> float:
+    """What a run returns to hydra's sweepers: the final mean eval return of the mode policy, or for a world
+    model alone its final loss (NaN when the run logged none)."""
+    key = "eval/return_mean" if cfg.agent.kind == "dreamer" else "loss/wm"
+    return float(last.get(key, float("nan")))
 
 
-@hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig, held: HeldStderr) -> float:
+    """The task of `rssm-train`: a new run in hydra's output directory, or with `resume=` the run's own
+    config plus what the command line changes, continued in the run's directory."""
+    held.release()
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
     try:
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        if cfg.resume:
+            cfg, overrides, changes = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
+            run_dir = checkpoint_path(cfg.resume).parent
+            if changes:
+                print(f"rssm: resuming with changes: {'; '.join(changes)}", flush=True)
+        else:
+            overrides = merge_overrides([], overrides)
+        last = train(cfg, run_dir, overrides)
     except UserError as e:
         fail(str(e))
     except RunStopped as e:
-        print(f"rssm-train: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        if e.status == 1 and hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")  # a diverged trial of a sweep: the sweeper goes on with the next
         sys.exit(e.status)
-
-
-def _overrides(argv: list[str]) -> list[list[str]]:
-    """Config overrides among the CLI arguments, one list per job to check (each sweep value once)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    plain = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    parsed = OverridesParser.create().parse_overrides(plain)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    jobs = [fixed]
-    for o in parsed:
-        if o.is_sweep_override():
-            jobs += [fixed + [f"{o.get_key_element()}={v}"] for v in o.sweep_string_iterator()]
-    return jobs
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Compose the config for the command line before hydra runs, so that a bad override is reported
-    as one line with exit status 2 rather than hydra's multi-line message."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        jobs = _overrides(argv)
-        with initialize_config_module("rssm.configs", version_base=None):
-            for overrides in jobs:
-                validate(compose("config", overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        cause = e.__cause__ if e.__cause__ is not None else e
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        head = str(e).strip().splitlines()[0].rstrip(".") if cause is not e else ""
-        fail(f"{head}: {detail}" if head and head != detail else detail)
-    except UserError as e:
-        fail(str(e))
+    return objective(cfg, last)
 
 
 def main() -> None:
+    """`rssm-train [overrides]`: hydra composes the config from configs/ and the command line."""
     register_configs()
-    check_overrides(sys.argv[1:])
-    _hydra_main()
+    register_resolvers()
+    sys.argv = [sys.argv[0], *with_general_env(sys.argv[1:])]
+    with HeldStderr() as held:
+        hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)(
+            lambda cfg: run(cfg, held))()
 
 
 if __name__ == "__main__":

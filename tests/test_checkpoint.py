@@ -244,7 +244,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, cli_environ):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "stopped by SIGTERM at env step" in stderr and f"continue with resume={run_dir}" in stderr
+    assert "stopped by SIGTERM at env step" in stderr and f"continue with: rssm-train resume={run_dir}\n" in stderr
     assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] >= 50
 
 

@@ -68,14 +68,19 @@ def test_default_open_loop_keys_are_valid(compose_config):
     assert list(cfg.trainer.openloop_horizons) == [1, 5, 10, 15] and cfg.trainer.openloop_context == 5
 
 
-def test_open_loop_keys_may_change_on_resume(compose_config):
-    """They change what is shown, not what is learned; a run saved before they existed resumes too."""
+def test_keys_that_change_nothing_learned_may_change_on_resume(compose_config):
+    """Logging, evaluation and checkpoint intervals, threads and device change what is shown or where the run
+    computes, not what it learns; a run saved before the open-loop keys existed resumes too."""
     saved = OmegaConf.to_container(compose_config(), resolve=True)
     del saved["trainer"]["openloop_every"], saved["trainer"]["openloop_context"]
-    new = compose_config("trainer.openloop_horizons=[2,3]")
-    assert config_changes(saved, new) == []
-    other = compose_config("trainer.openloop_every=9", "trainer.log_every=7")
-    assert config_changes(saved, other) == [f"trainer.log_every: {saved['trainer']['log_every']} -> 7"]
+    free = compose_config("trainer.openloop_horizons=[2,3]", "trainer.log_every=7", "trainer.eval_every=9",
+                          "trainer.checkpoint_every=11", "trainer.eval_episodes=2", "threads=2", "device=cpu",
+                          "trainer.progress=false")
+    assert config_changes(saved, free) == []
+    assert "threads: 0 -> 2" in config_changes(saved, free, everything=True)
+    other = compose_config("trainer.openloop_every=9", "trainer.steps=7", "agent.gamma=0.9")
+    assert config_changes(saved, other) == [f"agent.gamma: {saved['agent']['gamma']} -> 0.9",
+                                            f"trainer.steps: {saved['trainer']['steps']} -> 7"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -119,7 +124,7 @@ def test_validate_rejects_bad_values(compose_config, override, message):
     (["env=pong", "env.image_size=84"], "image 'obs' is 84 x 84"),  # after an ALE was made: no banner
 ])
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
-    proc = run_cli("experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi", *args,
+    proc = run_cli(*args, "experiment=debug", f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multi",
                    cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

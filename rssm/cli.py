@@ -1,0 +1,219 @@
+"""What `rssm-train` adds to hydra: errors as one line, run directories checked before hydra creates them, the
+config of a resumed run, and a general env config for an env named by id. The app itself is `rssm.train.main`.
+
+Hydra composes the config (so sweepers, `--config-dir`, `hydra.searchpath`, globs and shell completion work as
+in any hydra app); rssm validates it inside the task function.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
+from rssm.config import ABSENT_MEANS, Config, UserError, check_changes, config_changes, flatten, validate
+
+PROG = "rssm-train"
+OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its config.yaml
+# Overrides that say how to continue a run, not what the run is: never part of a run's own overrides.
+_RESUME_KEYS = ("resume", "allow_changes")
+
+
+def fail(message: str) -> None:
+    """Print one line and exit with status 2: the user's input was at fault, not the program."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# Env configs.
+
+
+def with_general_env(argv: list[str]) -> list[str]:
+    """An env named by `env.id` (or `env.game`) without an env config gets `env=gym`, rssm's general defaults,
+    rather than the default env config's settings tuned for CartPole. (Placed before that override: hydra's
+    options may follow the overrides.)"""
+    keys = [a.split("=", 1)[0].lstrip("+~") if "=" in a and not a.startswith("-") else None for a in argv]
+    if "env" in keys or not {"env.id", "env.game"} & set(keys):
+        return argv
+    at = next(i for i, k in enumerate(keys) if k in ("env.id", "env.game"))
+    return [*argv[:at], "env=gym", *argv[at:]]
+
+
+# Hydra's own errors.
+
+
+class HeldStderr:
+    """Hydra composes the config and prepares the run before it calls the task function, and reports a problem
+    there (a bad override, an unknown config, an invalid sweep) in several lines with exit status 1. What it
+    writes to stderr until the task starts is held back: if hydra exits first, it is printed as one line with
+    status 2; otherwise it is passed on unchanged."""
+
+    def __init__(self):
+        self.held, self.real, self.started = io.StringIO(), sys.stderr, False
+
+    def __enter__(self) -> HeldStderr:
+        sys.stderr = self.held
+        return self
+
+    def release(self) -> None:
+        """Called when the task starts: stderr is the real one again, with what was held."""
+        if sys.stderr is self.held:
+            sys.stderr = self.real
+            self.real.write(self.held.getvalue())
+        self.started = True
+
+    def __exit__(self, kind, error, tb) -> None:
+        if sys.stderr is not self.held:
+            return
+        sys.stderr = self.real
+        text = self.held.getvalue()
+        failed = kind is SystemExit and error.code not in (0, None)
+        if failed and not self.started and text.strip() and "Traceback" not in text:
+            fail(one_line(text))
+        self.real.write(text)
+
+
+def one_line(text: str) -> str:
+    """Hydra's error message as one line: its sentences joined, lists inlined, the hints about stack traces and
+    the config search path dropped."""
+    if text.startswith("usage:"):  # argparse's: the usage, then '{prog}: error: ...' as the last line
+        return text.strip().splitlines()[-1].split("error: ", 1)[-1]
+    parts: list[str] = []
+    skip_list = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        indented = raw[:1] in ("\t", " ")
+        if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR", "full_key:",
+                                        "reference_type=", "object_type=")):
+            continue
+        if line == "Config search path:":
+            skip_list = True
+            continue
+        if indented and parts and parts[-1].endswith(":"):
+            parts[-1] += f" {line}"
+        elif indented and parts and ":" in parts[-1] and not skip_list:
+            parts[-1] += f", {line}"
+        elif not (indented and skip_list):
+            skip_list = False
+            parts.append(line)
+    return ". ".join(p.rstrip(".") for p in parts)
+
+
+# Run directories.
+
+
+def run_dir_resolver(resume: str, default: str) -> str:
+    """`hydra.run.dir`: the resumed run's own directory with `resume=`, else `default`."""
+    if not resume:
+        return default
+    path = Path(resume).expanduser()
+    return str(path.parent if path.name == CHECKPOINT or path.is_file() else path)
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("rssm_run_dir", run_dir_resolver, replace=True)
+    OmegaConf.register_new_resolver("rssm_now", lambda fmt: datetime.now().strftime(fmt), replace=True)
+
+
+def check_run_dir(path: Path) -> None:
+    """Raise UserError if `path` cannot be a run directory: it is a file, lies under a file, or cannot be
+    written (a read-only mount)."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run directory {path} is a file")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"run directory {path} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {existing}: permission denied or a read-only file system")
+
+
+class RunDirCheck(Callback):
+    """Checks hydra's output directory before hydra creates it (`hydra.callbacks` in configs/config.yaml), so
+    that a bad one is one line, not a traceback. With `resume=`, the directory is the run's own, which must
+    hold a checkpoint: a mistyped path is not created."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(config: DictConfig, directory: str) -> None:
+        try:
+            if config.get("resume"):
+                checkpoint_path(config.resume)
+            check_run_dir(Path(directory))
+        except UserError as e:
+            sys.stderr = sys.__stderr__  # hydra has not started the task: nothing else is held
+            fail(str(e))
+
+
+# Resuming.
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
+    """`saved` then `new` overrides, one per key (the last), without the keys that only say how to resume."""
+    merged = {_key(o): o for o in [*saved, *new] if _key(o) not in _RESUME_KEYS}
+    return list(merged.values())
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[DictConfig, list[str], list[str]]:
+    """The config to continue the run `cfg.resume` with: the run's own config (from its checkpoint) with what
+    `overrides` (the command line's) change in it. `compose(overrides)` composes a config as hydra does.
+
+    What the command line changes is found by composing the run's saved overrides with and without it: the keys
+    whose value differs, and the keys it names. Returns the config, the run's overrides from now on, and each
+    change as 'key: old -> new'. Raises UserError if a change is neither free nor allowed."""
+    path = checkpoint_path(cfg.resume)
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise UserError(f"cannot load checkpoint {path}: it lacks config")
+    saved_config = state.pop("config")
+    del state
+    file = path.parent / OVERRIDES
+    saved = [str(o) for o in OmegaConf.load(file)] if file.is_file() else []
+    given = [o for o in overrides if _key(o) not in _RESUME_KEYS]
+    try:
+        old = flatten(OmegaConf.to_container(compose(merge_overrides(saved, [])), resolve=True))
+        new = flatten(OmegaConf.to_container(compose(merge_overrides(saved, given)), resolve=True))
+    except Exception as e:  # noqa: BLE001 - hydra's and omegaconf's composition errors
+        raise UserError(f"cannot compose the overrides of {path.parent} with the command line's: "
+                        f"{one_line(str(e))}") from None
+    named = {_key(o) for o in given if "=" in o}
+    touched = {k: v for k, v in new.items() if k in named or old.get(k, _ABSENT) != v}
+    base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(unflatten(ABSENT_MEANS)), saved_config)
+    for key, value in touched.items():
+        OmegaConf.update(base, key, value, force_add=True)
+    base.resume, base.allow_changes = cfg.resume, list(cfg.allow_changes)
+    validate(base)
+    check_changes(saved_config, base, path)
+    return base, merge_overrides(saved, given), config_changes(saved_config, base, everything=True)
+
+
+_ABSENT = object()
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out

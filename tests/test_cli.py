@@ -1,0 +1,170 @@
+"""`rssm-train` as a hydra app: sweepers, user config groups, globs, resuming from the command line, and errors
+that hydra or the run directory cause, each one line."""
+
+import hashlib
+import math
+
+import pytest
+import yaml
+from test_train import read_scalars
+
+from rssm.checkpoint import CHECKPOINT, load_checkpoint
+from rssm.cli import one_line
+from rssm.config import Config
+
+TINY = ("experiment=debug", "trainer.progress=false", "trainer.steps=110")
+
+
+def one_error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("rssm-train: error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def composed(proc) -> dict:
+    """The job config `--cfg job` printed."""
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def test_an_optuna_sweep_maximises_the_final_eval_return(tmp_path, run_cli):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                   "hydra.sweeper.sampler.seed=0", "wm.lr=interval(1e-4,1e-3)", *TINY, f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    returns = {job: read_scalars(sweep / job)["eval/return_mean"][-1] for job in ("0", "1")}
+    assert results["best_value"] == pytest.approx(max(returns.values()))  # each trial returned its eval return
+    best = max(returns, key=returns.get)
+    lr = yaml.safe_load((sweep / best / "config.yaml").read_text())["wm"]["lr"]
+    assert 1e-4 <= lr <= 1e-3 and results["best_params"]["wm.lr"] == pytest.approx(lr)
+
+
+def test_a_users_own_config_group_from_config_dir_and_searchpath(tmp_path, run_cli):
+    (tmp_path / "mine" / "env").mkdir(parents=True)
+    (tmp_path / "mine" / "env" / "swing.yaml").write_text("# @package _global_\nenv:\n  id: Pendulum-v1\n"
+                                                          "agent:\n  gamma: 0.98\n")
+    by_dir = run_cli("--config-dir", str(tmp_path / "mine"), "env=swing", "--cfg", "job", cwd=tmp_path)
+    by_path = run_cli("env=swing", f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "--cfg", "job", cwd=tmp_path)
+    for proc in (by_dir, by_path):
+        cfg = composed(proc)
+        assert cfg["env"]["id"] == "Pendulum-v1" and cfg["agent"]["gamma"] == 0.98
+    run = run_cli("--config-dir", str(tmp_path / "mine"), "env=swing", *TINY, f"hydra.run.dir={tmp_path / 'run'}",
+                  cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "rssm: Pendulum-v1 on cpu" in run.stdout
+
+
+def test_a_glob_sweep_over_env_configs(tmp_path, run_cli):
+    proc = run_cli("-m", "env=glob(cartpole*,exclude=*pixels)", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "sweep" / "0" / "model.pt").exists() and not (tmp_path / "sweep" / "1").exists()
+
+
+def test_an_env_named_by_id_gets_the_general_defaults(tmp_path, run_cli):
+    general, tuned = Config(), composed(run_cli("--cfg", "job", cwd=tmp_path))
+    assert tuned["agent"]["gamma"] != general.agent.gamma  # the default env config, CartPole's, is tuned
+    for args in (["env.id=Pendulum-v1"], ["env=gym", "env.id=Pendulum-v1"]):
+        cfg = composed(run_cli(*args, "--cfg", "job", cwd=tmp_path))
+        assert cfg["env"]["id"] == "Pendulum-v1" and cfg["agent"] == tuned["agent"] | {
+            k: getattr(general.agent, k) for k in ("gamma", "cont_prob", "replay_value", "actor_lr", "critic_lr")}
+        assert cfg["wm"]["lr"] == general.wm.lr and cfg["trainer"]["train_ratio"] == general.trainer.train_ratio
+    chosen = composed(run_cli("env=cartpole", "env.id=CartPole-v1", "--cfg", "job", cwd=tmp_path))
+    assert chosen["agent"] == tuned["agent"]  # an env config chosen by name keeps its settings
+
+
+@pytest.mark.parametrize("args, message", [
+    (["env=nosuch"], "Could not find 'env/nosuch'. Available options in 'env': acrobot, atari, breakout, cartpole, "
+                     "cartpole_pixels, gym, halfcheetah"),
+    (["-m", "wm.lr=interval(1e-4,x)"], "wm.lr=interval(1e-4,x)"),
+    (["wm.lr=interval(1e-4,1e-3)"], "Sweep parameters 'wm.lr=interval(1e-4,1e-3)' requires --multirun"),
+    (["-m", "hydra/sweeper=nosuch", "seed=1,2"], "Could not find 'hydra/sweeper/nosuch'"),
+])
+def test_hydras_own_errors_are_one_line_with_status_2(tmp_path, run_cli, args, message):
+    proc = run_cli(*args, *TINY, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path)
+    assert message in one_error_line(proc)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_one_line_joins_hydras_message():
+    text = ("In 'config': Could not find 'model/huge'\n\nAvailable options in 'model':\n\tl\n\tm\nConfig search "
+            "path:\n\tprovider=hydra, path=pkg://hydra.conf\n\nSet the environment variable HYDRA_FULL_ERROR=1 for "
+            "a complete stack trace.\n")
+    assert one_line(text) == "In 'config': Could not find 'model/huge'. Available options in 'model': l, m"
+    text = ("Error merging override trainer.steps=abc\nValue 'abc' of type 'str' could not be converted to Integer\n"
+            "    full_key: trainer.steps\n    reference_type=TrainerConfig\n    object_type=TrainerConfig\n")
+    assert one_line(text) == ("Error merging override trainer.steps=abc. Value 'abc' of type 'str' could not be "
+                              "converted to Integer")
+
+
+def files_of(run_dir) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_alone_continues_with_the_runs_own_config(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    first = run_cli(*TINY, "agent=world_model", "wm.lr=5e-4", "model.deter=16", f"hydra.run.dir={run_dir}",
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == [
+        *TINY, "agent=world_model", "wm.lr=5e-4", "model.deter=16"]
+
+    # Another directory to start from; the run's own config, not the defaults; a change shown as a diff.
+    go_on = run_cli("resume=run", "trainer.steps=150", "threads=2", "allow_changes=[trainer.steps]",
+                    cwd=tmp_path)
+    assert go_on.returncode == 0, go_on.stderr
+    assert "rssm: resuming with changes: threads: 1 -> 2; trainer.steps: 110 -> 150\n" in go_on.stdout
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    assert state["collector"]["env_steps"] == 150 and state["config"]["wm"]["lr"] == 5e-4
+    assert state["config"]["model"]["deter"] == 16 and state["config"]["agent"]["kind"] == "world_model"
+    assert not (tmp_path / "outputs").exists()  # no empty run directory for a resumed run
+
+    before = files_of(run_dir)
+    for args, message in [
+        (["wm.lr=1e-3"], "config differs from the run's"),
+        (["model.deter=256"], "model.deter: 16 -> 256"),  # back to the default value is a change too
+        (["agent=dreamer"], "agent.kind: world_model -> dreamer"),
+        (["trainer.stepz=1"], "Key 'stepz' not in 'TrainerConfig'"),
+    ]:
+        assert message in one_error_line(run_cli(f"resume={run_dir}", *args, cwd=tmp_path)), args
+    assert files_of(run_dir) == before
+    again = run_cli(f"resume={run_dir}", "trainer.steps=170", "allow_changes=[trainer.steps]", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "trainer.steps: 150 -> 170" in again.stdout and "threads" not in again.stdout  # threads=2 was kept
+
+
+def test_run_directories_that_cannot_be_used_are_one_line(tmp_path, run_cli):
+    (tmp_path / "file").write_text("not a directory")
+    cases = [
+        ([f"hydra.run.dir={tmp_path / 'file'}"], f"run directory {tmp_path / 'file'} is a file"),
+        ([f"hydra.run.dir={tmp_path / 'file' / 'run'}"], f"lies under {tmp_path / 'file'}, which is a file"),
+        (["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'file'}"], f"run directory {tmp_path / 'file'} is a file"),
+        ([f"resume={tmp_path / 'typo'}"], f"no checkpoint at {tmp_path / 'typo'}"),
+    ]
+    for args, message in cases:
+        assert message in one_error_line(run_cli(*args, *TINY, cwd=tmp_path)), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing was created
+
+
+def test_a_refused_new_run_leaves_the_existing_run_as_it_was(tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    assert run_cli(*TINY, "agent=world_model", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    before = files_of(run_dir)
+    line = one_error_line(run_cli(*TINY, "seed=3", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    assert f"{run_dir} already holds a run" in line
+    assert files_of(run_dir) == before and not (run_dir / ".hydra").exists()
+
+
+def test_a_diverged_trial_does_not_end_a_sweep(tmp_path, run_cli):
+    proc = run_cli("-m", "agent=world_model", "wm.lr=1e30,1e-4", "trainer.max_nonfinite=2", *TINY,
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "updates in a row had a non-finite loss or gradient" in proc.stderr
+    assert not (tmp_path / "sweep" / "0" / "model.pt").exists() and (tmp_path / "sweep" / "1" / "model.pt").exists()
+    assert math.isfinite(read_scalars(tmp_path / "sweep" / "1")["loss/wm"][-1])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from rssm.build import build_agent, build_env, build_envs, env_id, resolve_device
 from rssm.config import Config, UserError, validate
 from rssm.envs import Collector, EnvSpec
 from rssm.logging import encode_gif
@@ -47,8 +48,6 @@ def load_run(run_dir: Path, device: str, policy: bool = True):
     """Rebuild a finished run's agent from its `config.yaml` and `model.pt`: the world model, and the actor if
     the run trained one. With `policy`, a run without an actor (agent=world_model) is refused.
     Raises UserError if the run is unusable."""
-    from rssm.train import build_agent, build_env, resolve_device
-
     config_path, model_path = run_dir / "config.yaml", run_dir / "model.pt"
     for path in (config_path, model_path):
         if not path.is_file():
@@ -95,8 +94,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.episodes < 1:
             raise UserError("--episodes must be >= 1")
         cfg, agent = load_run(args.run_dir, args.device)
-        from rssm.train import build_envs, env_id
-
         envs, spec = build_envs(cfg, num=1, render_mode="rgb_array" if args.video else None)
         returns, frames = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None)
         envs.close()

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
+from rssm.build import build_agent, build_envs
 from rssm.config import register_configs, validate
 from rssm.envs import Collector, random_action
 from rssm.replay import Replay
-from rssm.train import build_agent, build_envs
 
 
 def bench(cfg, num: int, kind: str, steps: int, repeats: int) -> dict:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rssm.build import build_env, build_world_model
 from rssm.config import UserError, config_changes, validate
 from rssm.envs import Collector, make_envs, random_action
-from rssm.train import build_env, build_world_model
 
 CONFIGS = importlib.resources.files("rssm.configs")
 ENVS = sorted(p.name[:-5] for p in CONFIGS.joinpath("env").iterdir() if p.name.endswith(".yaml"))

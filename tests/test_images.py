@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from test_train import EXPECTED_TAGS, read_scalars
 
+from rssm.build import build_world_model
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, config_changes
 from rssm.envs import Collector, blank_transition, env_spec, make_env, make_envs, random_action
@@ -18,7 +19,7 @@ from rssm.evaluate import main as eval_main
 from rssm.networks import ConvDecoder, ConvEncoder, image_stages
 from rssm.openloop import open_loop_errors
 from rssm.replay import Replay
-from rssm.train import build_world_model, train
+from rssm.train import train
 from rssm.world_model import LossScales, WorldModel, select_obs_keys
 
 

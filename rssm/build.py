@@ -1,0 +1,66 @@
+"""Turns a config into the objects of a run: device, envs, world model and agent. `rssm-train`, `rssm-eval`,
+`rssm-dream` and the scripts build through here; this module imports none of them."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from rssm.agent import Agent, OptimSettings
+from rssm.behavior import Actor, BehaviorSettings, Critic
+from rssm.config import UserError
+from rssm.envs import EnvSpec, atari_id, make_env, make_envs
+from rssm.world_model import LossScales, WorldModel, select_obs_keys
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def env_id(cfg: DictConfig) -> str:
+    """The gymnasium id the config names: `env.game`'s Atari id when it is set, else `env.id`."""
+    return atari_id(cfg.env.game) if cfg.env.game else cfg.env.id
+
+
+def build_env(cfg: DictConfig, render_mode: str | None = None):
+    """The env the config describes and its EnvSpec. Raises UserError if rssm cannot use it."""
+    e = cfg.env
+    return make_env(env_id(cfg), e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size,
+                    e.pixels_keep_state, grayscale=e.grayscale, sticky_actions=e.sticky_actions, noop_max=e.noop_max)
+
+
+def build_envs(cfg: DictConfig, num: int | None = None, render_mode: str | None = None):
+    """`num` (default `env.num_envs`) copies of the config's env stepped together (`env.vector`: sync | async),
+    and their EnvSpec. One env is made here first, so that a problem with it is a UserError in this process."""
+    env, spec = build_env(cfg, render_mode)
+    env.close()
+    return make_envs(lambda: build_env(cfg, render_mode)[0], num or cfg.env.num_envs, cfg.env.vector), spec
+
+
+def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> WorldModel:
+    """The world model for the observation keys `model.cnn_keys` and `model.mlp_keys` select."""
+    m = cfg.model
+    shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
+    return WorldModel(shapes, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins,
+                      m.cnn_depth)
+
+
+def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
+    """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`."""
+    w, a, m = cfg.wm, cfg.agent, cfg.model
+    wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
+    scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
+    wm_optim = OptimSettings(w.lr, w.eps, w.grad_clip)
+    if a.kind == "world_model":
+        return Agent(wm, scales, wm_optim)
+    actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, m.unimix).to(device)
+    critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins).to(device)
+    grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
+    behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
+                                replay_value=a.replay_value, cont_prob=a.cont_prob)
+    return Agent(wm, scales, wm_optim, actor, critic, behavior, OptimSettings(a.actor_lr, a.eps, a.grad_clip),
+                 OptimSettings(a.critic_lr, a.eps, a.grad_clip))

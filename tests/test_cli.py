@@ -168,3 +168,20 @@ def test_a_diverged_trial_does_not_end_a_sweep(tmp_path, run_cli):
     assert "updates in a row had a non-finite loss or gradient" in proc.stderr
     assert not (tmp_path / "sweep" / "0" / "model.pt").exists() and (tmp_path / "sweep" / "1" / "model.pt").exists()
     assert math.isfinite(read_scalars(tmp_path / "sweep" / "1")["loss/wm"][-1])
+
+
+def test_shell_completion_completes_config_groups_and_keys(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    def complete(line: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-m", "rssm.train", "--shell-completion", "query=bash"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                              env={**cli_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("rssm-train env=cartp") == ["env=cartpole", "env=cartpole_pixels"]
+    assert "trainer.steps=" in complete("rssm-train trainer.st")

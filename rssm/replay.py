@@ -13,9 +13,10 @@ from rssm.checkpoint import atomic_write
 from rssm.config import UserError
 
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
-# zlib level of the chunk files: chunks are written in the training loop, so the fastest. A 1024-step chunk of
-# 64 x 64 pixel frames is 48-68x smaller than uncompressed and, fsync included, as quick to write (about 25 ms);
-# np.savez_compressed's level 6 is a further 1.3-1.6x smaller but twice as slow (scripts/replay_benchmark.py).
+# zlib level of the chunk files: the fastest, since chunks are written in the training loop. A 1024-step chunk of
+# 64 x 64 pixel frames comes out 48-68x smaller and about as quick to write as uncompressed (25-37 ms against
+# 21-28 ms, fsync included); np.savez_compressed's level 6 is 1.3-1.6x smaller again but takes 49-64 ms
+# (scripts/replay_benchmark.py).
 COMPRESS_LEVEL = 1
 
 

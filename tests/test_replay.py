@@ -126,7 +126,7 @@ def test_sigint_without_saved_replay_writes_the_weights_and_no_resume_hint(compo
 
     def step_then_interrupt(self, actions):
         out = real_step(self, actions)
-        if self.env_steps == 70:
+        if self.env_steps == 150:  # after the prefill: the weights have been trained
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C would, caught by the loop's handler
         return out
 
@@ -134,11 +134,12 @@ def test_sigint_without_saved_replay_writes_the_weights_and_no_resume_hint(compo
     with pytest.raises(RunStopped) as stopped:
         train(compose_config(*RUN, "trainer.steps=300", "replay.save=false"), tmp_path)
     assert stopped.value.status == 128 + signal.SIGINT
-    assert str(stopped.value) == (f"stopped by SIGINT at env step 70; weights saved to {tmp_path / 'model.pt'} "
+    assert str(stopped.value) == (f"stopped by SIGINT at env step 150; weights saved to {tmp_path / 'model.pt'} "
                                   f"(replay.save=false: the run cannot be resumed)")
     weights = torch.load(tmp_path / "model.pt", weights_only=True)["world_model"]
     saved = load_checkpoint(tmp_path / CHECKPOINT)
-    assert saved["collector"]["env_steps"] == 70 and not (tmp_path / "replay").exists()
+    assert saved["collector"]["env_steps"] == 150 and saved["progress"]["updates"] > 0
+    assert not (tmp_path / "replay").exists()
     assert all(torch.equal(v, saved["agent"]["world_model"][k]) for k, v in weights.items())
 
 

@@ -84,6 +84,7 @@ class ReplayConfig:
     batch_size: int = 16
     batch_length: int = 64
     chunk: int = 1024  # steps of all envs (rows of env.num_envs transitions) per file written to RUN_DIR/replay
+    save: bool = True  # chunks in RUN_DIR/replay and the rest in the checkpoint; false: neither, so no resume=
 
 
 @dataclass
@@ -196,7 +197,8 @@ FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress",
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
-ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False}
+ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False,
+                "replay.save": True}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -99,6 +99,8 @@ def dream(run_dir: Path, context: int, horizon: int, sequences: int = 4, seed: i
         if value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
     cfg, agent = load_run(run_dir, device, policy=False)
+    if not cfg.replay.save:
+        raise UserError(f"{run_dir} has no replay to draw from: the run had replay.save=false")
     wm = agent.wm
     if not wm.image_keys:
         raise UserError(f"{run_dir}'s world model has no image observations (it models {', '.join(wm.obs_keys)}): "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -12,6 +13,11 @@ from rssm.checkpoint import atomic_write
 from rssm.config import UserError
 
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
+# zlib level of the chunk files: the fastest, since chunks are written in the training loop. A 1024-step chunk of
+# 64 x 64 pixel frames comes out 48-68x smaller and about as quick to write as uncompressed (25-37 ms against
+# 21-28 ms, fsync included); np.savez_compressed's level 6 is 1.3-1.6x smaller again but takes 49-64 ms
+# (scripts/replay_benchmark.py).
+COMPRESS_LEVEL = 1
 
 
 def chunk_files(directory: Path) -> dict[int, Path]:
@@ -30,9 +36,10 @@ class Replay:
     They may cross episode boundaries: `is_first` marks where the model state is reset. The first step of
     every sampled window is marked `is_first` too, since the model starts each window from its initial state.
 
-    With a `directory`, every `chunk` rows are written there as `chunk_NNNNNN.npz` as soon as they are all in
-    (row r is in chunk r // chunk). Files are written once, atomically; the partial chunk at the end is part
-    of `state_dict()` instead, so a checkpoint and the files describe the buffer.
+    With a `directory`, every `chunk` rows are written there as `chunk_NNNNNN.npz` (compressed, `write_chunk`)
+    as soon as they are all in (row r is in chunk r // chunk). Files are written once, atomically; the partial
+    chunk at the end is part of `state_dict()` instead, so a checkpoint and the files describe the buffer.
+    Without one the buffer is not saved: `state_dict()` holds no transitions and cannot be loaded back.
     """
 
     def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024, envs: int = 1):
@@ -102,18 +109,26 @@ class Replay:
     def _write_chunk(self, index: int) -> None:
         slots = self._slots(index * self.chunk, (index + 1) * self.chunk)
         arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, envs, ...)
-        atomic_write(self._chunk_path(index), lambda f: np.savez(f, **arrays))
+        atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
 
     def state_dict(self) -> dict:
-        """Counters, the sampling RNG and the rows after the last full chunk (numpy arrays)."""
+        """Counters, the sampling RNG and the rows after the last full chunk (numpy arrays); `saved` is False,
+        and the tail empty, for a buffer without a directory."""
+        if self.directory is None:
+            return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": {}, "saved": False}
         start = self.total - self.total % self.chunk
         tail = {k: v[self._slots(start, self.total)] for k, v in self.data.items()}
-        return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail}
+        return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail, "saved": True}
 
     def load_state_dict(self, state: dict) -> None:
         """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
         slots and dropped, so loading needs the buffer's memory plus one chunk. Chunk files written after
-        the checkpoint (by a run that went on, or was killed, after it) are deleted."""
+        the checkpoint (by a run that went on, or was killed, after it) are deleted. Raises UserError for the
+        state of a buffer that was not saved."""
+        if not state.get("saved", True):  # checkpoints from before `saved` always had their replay saved
+            raise UserError("the checkpoint holds no replay: its run had replay.save=false")
+        if self.directory is None:
+            raise ValueError("a replay without a directory has no chunk files to load")
         total, tail = int(state["total"]), as_rows(state["tail"])
         first = max(0, total - self.capacity)  # oldest row the buffer holds
         full = total // self.chunk
@@ -138,10 +153,22 @@ class Replay:
 
     def prune(self, total: int) -> None:
         """Delete chunk files that a checkpoint taken at `total` rows no longer needs."""
+        if self.directory is None:
+            return
         for path in Path(self.directory).iterdir():
             match = _CHUNK.fullmatch(path.name)
             if match and (int(match[1]) + 1) * self.chunk <= total - self.capacity:
                 path.unlink()
+
+
+def write_chunk(file: IO[bytes], arrays: dict[str, np.ndarray], level: int = COMPRESS_LEVEL) -> None:
+    """Write `arrays` to `file` as an .npz archive, each array deflated at zlib `level` (1-9; 0 stores them
+    uncompressed, as np.savez does). `np.load` and `read_chunk` read either."""
+    method = zipfile.ZIP_DEFLATED if level > 0 else zipfile.ZIP_STORED
+    with zipfile.ZipFile(file, "w", compression=method, compresslevel=level if level > 0 else None) as archive:
+        for k, v in arrays.items():
+            with archive.open(f"{k}.npy", "w", force_zip64=True) as member:  # zip64: members may pass 2 GB
+                np.lib.format.write_array(member, np.asarray(v), allow_pickle=False)
 
 
 def read_chunk(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:

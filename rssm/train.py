@@ -127,14 +127,19 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
     missing = {"config", "agent", "replay", "collector", "progress", "rng"} - state.keys()
     if missing:
         raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
+    if not state["config"].get("replay", {}).get("save", True):
+        raise UserError(f"cannot resume {path}: its run had replay.save=false, so its replay was not saved (its "
+                        f"weights are in {path.parent / 'model.pt'} once it stopped or ended)")
+    if not cfg.replay.save:
+        raise UserError(f"replay.save=false cannot be given to resume {path}: the run's replay is saved and stays so")
     check_changes(state["config"], cfg, path)
     return path, state
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
-    """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/`,
-    `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read when the run is
-    resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's directory).
+    """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/` (unless
+    `replay.save` is false), `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read
+    when the run is resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's directory).
     Returns the last logged metrics. Raises RunStopped after a signal (checkpoint saved) or too many
     non-finite updates in a row (last checkpoint kept)."""
     validate(cfg)
@@ -153,7 +158,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
 
     envs, spec = build_envs(cfg)
     agent = build_agent(cfg, spec, device)
-    replay = Replay(cfg.replay.capacity, cfg.seed, run_dir / "replay", cfg.replay.chunk, envs.num_envs)
+    replay_dir = run_dir / "replay" if cfg.replay.save else None
+    replay = Replay(cfg.replay.capacity, cfg.seed, replay_dir, cfg.replay.chunk, envs.num_envs)
     collector = Collector(envs, spec, cfg.seed, remake=remake_envs)
     rng = np.random.default_rng(cfg.seed)
     progress = Progress(**restore_run(*resumed, agent, replay, collector, rng)) if resumed else Progress()
@@ -174,6 +180,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng)
     finally:
         collector.envs.close()
+    if stop.signum and not cfg.replay.save:  # no resume: keep the weights where rssm-eval looks for them
+        save_model(agent, run_dir / "model.pt")
+        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
+                         f"weights saved to {run_dir / 'model.pt'} (replay.save=false: the run cannot be resumed)",
+                         128 + stop.signum)
     if stop.signum:
         raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; checkpoint "
                          f"saved, continue with: {PROG} resume={shlex.quote(str(run_dir))}", 128 + stop.signum)

@@ -226,7 +226,8 @@ class EpisodeControl(gym.Wrapper):
     observation again with reward 0 (gymnasium's next-step autoreset, with a known seed). With
     `options={"replay": actions}`, `actions[index]` (one entry per env, as the vector env hands every env the
     same options) is the env actions to take after the reset; the episode then goes on from where they lead,
-    and the info's `rssm_replayed` counts those taken before the episode ended. An entry None is a plain reset.
+    and the info's `rssm_replayed` counts the actions taken (fewer if the episode ended on the way). An entry
+    None is a plain reset, which holds.
     """
 
     def __init__(self, env: gym.Env, index: int):
@@ -368,8 +369,7 @@ class Collector:
             self._seeds[i], self._actions[i] = seeds[i], []
         got = transition(self.spec, obs, np.zeros((self.num, self.spec.action_dim)), 0.0, False, False)
         replayed = info.get("rssm_replayed", np.zeros(self.num, int))
-        lost = np.array([not fresh[i] and (replayed[i] != len(self._actions[i]) or not all(
-            np.array_equal(got[k][i], v) for k, v in self._last_obs[i].items())) for i in range(self.num)])
+        lost = np.array([not fresh[i] and not self._came_back(i, got, replayed[i]) for i in range(self.num)])
         if lost.any():
             envs = ", ".join(map(str, np.flatnonzero(lost)))
             print(f"rssm: warning: the episode under way in env {envs} did not come back from its seed and actions "
@@ -377,6 +377,11 @@ class Collector:
             self._stream[lost], self._started[lost] = self.env_steps + 1, 0
             self._start_episodes(lost)
         return fresh | lost
+
+    def _came_back(self, i: int, got: dict[str, np.ndarray], replayed: int) -> bool:
+        """Whether env i took all its recorded actions and arrived at its recorded observation, bit for bit."""
+        same = all(np.array_equal(got[k][i], v) for k, v in self._last_obs[i].items())
+        return same and replayed == len(self._actions[i])
 
     def _restart(self, error: Exception, actions: np.ndarray):
         self.failures += 1

@@ -20,7 +20,8 @@ from rssm.train import RunStopped, build_agent, evaluate, evaluate_apart, open_l
 # Evaluations (mode policy, 40-step episodes at most), open-loop errors and logs fall in both halves of a run.
 RUN = ("experiment=debug", "trainer.progress=false", "trainer.steps=240", "trainer.prefill=60",
        "trainer.log_every=40", "trainer.eval_every=80", "trainer.eval_episodes=1", "trainer.openloop_every=60",
-       "trainer.openloop_context=3", "trainer.openloop_horizons=[1,4]", "env.time_limit=40", "replay.chunk=32")
+       "trainer.openloop_context=3", "trainer.openloop_horizons=[1,4]", "env.time_limit=40", "replay.chunk=32",
+       "trainer.checkpoint_every=100")
 WALL_CLOCK = ("perf/env_steps_per_s", "perf/updates_per_s")
 
 
@@ -43,6 +44,15 @@ def replay_rows(run_dir) -> dict[str, np.ndarray]:
     for k, v in state["tail"].items():
         rows[k].append(v.numpy())
     return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def date_back(run_dir) -> None:
+    """Date the run's event files a second back. TensorBoard reads a directory's event files in the order of
+    their names, `events.out.tfevents.SECONDS.HOST.PID.N` with N counting writers in the process: two runs in
+    one test process within one second can sort as 10 before 9, putting the resumed run's events first."""
+    for path in run_dir.glob("events.out.tfevents.*"):
+        *head, seconds, tail = path.name.split(".", 4)  # events, out, tfevents, SECONDS, HOST.PID.N
+        path.rename(path.with_name(".".join([*head, f"{int(seconds) - 1:010d}", tail])))
 
 
 def stop_when(monkeypatch, condition):
@@ -91,6 +101,7 @@ def stop_and_resume(compose_config, monkeypatch, run_dir, overrides, condition) 
     assert stopped.value.status == 128 + signal.SIGTERM
     monkeypatch.undo()
     at_stop = load_checkpoint(run_dir / CHECKPOINT)
+    date_back(run_dir)
     train(compose_config(*RUN, *overrides, f"resume={run_dir}"), run_dir)
     return at_stop
 
@@ -137,6 +148,31 @@ def test_a_run_stopped_at_an_episode_end_resumes_as_if_never_stopped(compose_con
 
     at_stop = stop_and_resume(compose_config, monkeypatch, tmp_path, overrides, episode_ended)
     assert any(at_stop["collector"]["done"]) and None in at_stop["collector"]["under_way"]
+    assert_same_run(reference, tmp_path)
+
+
+class Crash(BaseException):
+    """Ends a run as a kill would: no handler saves anything (the collector restarts envs on an Exception)."""
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it_as_if_never_stopped(compose_config, tmp_path,
+                                                                             monkeypatch, straight):
+    reference = straight("agent=dreamer")
+    real = Collector.step
+
+    def step(self, actions):
+        if self.remake is not None and self.env_steps == 150:
+            raise Crash
+        return real(self, actions)
+
+    monkeypatch.setattr(Collector, "step", step)
+    with pytest.raises(Crash):
+        train(compose_config(*RUN, "agent=dreamer"), tmp_path)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 100
+    assert scalars(tmp_path)["loss/wm"][-1][0] == 120  # logged after the checkpoint, dropped by the resume
+    date_back(tmp_path)
+    train(compose_config(*RUN, "agent=dreamer", f"resume={tmp_path}"), tmp_path)
     assert_same_run(reference, tmp_path)
 
 
@@ -190,19 +226,25 @@ def test_an_old_checkpoint_without_episodes_resumes_with_new_ones(compose_config
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] >= 240
 
 
-@pytest.mark.parametrize("env_id, kind", [("CartPole-v1", "sync"), ("Pendulum-v1", "async")])
-def test_collector_state_rebuilds_the_episodes_under_way(env_id, kind):
-    """A fresh collector on fresh envs, loaded with another's state, steps on exactly as that one does,
-    through episode ends (10-step episodes) and back."""
+@pytest.mark.parametrize("env_id, kind, before, taken", [
+    ("Pendulum-v1", "sync", 11, None),  # the 10-step episodes just ended: the next step resets them
+    ("Pendulum-v1", "async", 12, 0),  # the reset row: no action taken yet
+    ("Pendulum-v1", "async", 17, 5),
+    ("CartPole-v1", "sync", 17, ...),  # the three envs' episodes end at different steps
+])
+def test_collector_state_rebuilds_the_episodes_under_way(env_id, kind, before, taken):
+    """A fresh collector on fresh envs, loaded with another's state after `before` steps, steps on exactly as
+    that one does, through episode ends (10-step episodes at most) and back."""
     _, spec = make_env(env_id, time_limit=10)
     rng = np.random.default_rng(0)
     a = Collector(make_envs(lambda: make_env(env_id, time_limit=10)[0], 3, kind), spec, seed=5)
     b = Collector(make_envs(lambda: make_env(env_id, time_limit=10)[0], 3, kind), spec, seed=5)
     try:
-        for _ in range(17):
+        for _ in range(before):
             a.step(random_action(spec, rng, 3))
         state = a.state_dict()
-        assert all(len(e["actions"]) > 0 for e in state["under_way"])
+        if taken is not ...:
+            assert [None if e is None else len(e["actions"]) for e in state["under_way"]] == [taken] * 3
         b.load_state_dict(state)
         ended = []
         for _ in range(25):

@@ -313,8 +313,8 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
     tracker, last, failures = p.tracker, {}, collector.failures
     clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
-    if p.actions is None:
-        p.actions = random_action(spec, rng, collector.num)
+    if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
+        p.actions, p.actor_state = random_action(spec, rng, collector.num), None
     try:
         while collector.env_steps < t.steps and not stop.signum:
             before = collector.env_steps

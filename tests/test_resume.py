@@ -226,19 +226,23 @@ def test_an_old_checkpoint_without_episodes_resumes_with_new_ones(compose_config
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] >= 240
 
 
-@pytest.mark.parametrize("env_id, kind, before, taken", [
-    ("Pendulum-v1", "sync", 11, None),  # the 10-step episodes just ended: the next step resets them
-    ("Pendulum-v1", "async", 12, 0),  # the reset row: no action taken yet
-    ("Pendulum-v1", "async", 17, 5),
-    ("CartPole-v1", "sync", 17, ...),  # the three envs' episodes end at different steps
+ATARI = {"image_size": 16, "sticky_actions": 0.25, "noop_max": 30}  # both random, from the RNG a reset seeds
+
+
+@pytest.mark.parametrize("env_id, kwargs, kind, before, taken", [
+    ("Pendulum-v1", {}, "sync", 11, None),  # the 10-step episodes just ended: the next step resets them
+    ("Pendulum-v1", {}, "async", 12, 0),  # the reset row: no action taken yet
+    ("Pendulum-v1", {}, "async", 17, 5),
+    ("CartPole-v1", {}, "sync", 17, ...),  # the three envs' episodes end at different steps
+    ("ALE/Pong-v5", ATARI, "sync", 17, ...),  # no-op frames count toward the time limit
 ])
-def test_collector_state_rebuilds_the_episodes_under_way(env_id, kind, before, taken):
+def test_collector_state_rebuilds_the_episodes_under_way(env_id, kwargs, kind, before, taken):
     """A fresh collector on fresh envs, loaded with another's state after `before` steps, steps on exactly as
     that one does, through episode ends (10-step episodes at most) and back."""
-    _, spec = make_env(env_id, time_limit=10)
+    _, spec = make_env(env_id, time_limit=10, **kwargs)
     rng = np.random.default_rng(0)
-    a = Collector(make_envs(lambda: make_env(env_id, time_limit=10)[0], 3, kind), spec, seed=5)
-    b = Collector(make_envs(lambda: make_env(env_id, time_limit=10)[0], 3, kind), spec, seed=5)
+    a = Collector(make_envs(lambda: make_env(env_id, time_limit=10, **kwargs)[0], 3, kind), spec, seed=5)
+    b = Collector(make_envs(lambda: make_env(env_id, time_limit=10, **kwargs)[0], 3, kind), spec, seed=5)
     try:
         for _ in range(before):
             a.step(random_action(spec, rng, 3))

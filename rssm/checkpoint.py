@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -122,27 +121,50 @@ def tensors_to_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]
     return {k: v.numpy() for k, v in tensors.items()}
 
 
+def to_tensors(value: Any) -> Any:
+    """`value` with every numpy array in its dicts and lists made a tensor, for `torch.load(weights_only)`."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: to_tensors(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_tensors(v) for v in value]
+    return value
+
+
+def to_arrays(value: Any) -> Any:
+    """The inverse of `to_tensors`: every tensor in `value`'s dicts and lists made a numpy array."""
+    if torch.is_tensor(value):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: to_arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_arrays(v) for v in value]
+    return value
+
+
 def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collector: Collector, progress: Any,
              rng: np.random.Generator) -> None:
     """Checkpoint a run: config, agent (weights, optimizers, normaliser), replay counters and its partial
-    chunk, collector counters and env RNGs, the loop's `progress` dataclass and every RNG. Then delete the
-    replay chunks this checkpoint no longer needs."""
+    chunk, the collector's counters and episodes under way (seeds and actions), the loop's `progress`
+    (`progress.state_dict()`) and every RNG. Then delete the replay chunks this checkpoint no longer needs."""
     replay_state = replay.state_dict()
     replay_state["tail"] = arrays_to_tensors(replay_state["tail"])
     save_checkpoint(path, {"config": OmegaConf.to_container(cfg, resolve=True), "agent": agent.state_dict(),
-                           "replay": replay_state, "collector": collector.state_dict(), "progress": asdict(progress),
+                           "replay": replay_state, "collector": to_tensors(collector.state_dict()),
+                           "progress": to_tensors(progress.state_dict()),
                            "rng": {**rng_state(), "actions": rng.bit_generator.state}})
     replay.prune(replay.total)
 
 
 def restore_run(path: Path, state: dict, agent: Agent, replay: Replay, collector: Collector,
                 rng: np.random.Generator) -> dict[str, Any]:
-    """Load a `save_run` checkpoint into freshly built objects; returns the saved progress fields."""
+    """Load a `save_run` checkpoint into freshly built objects; returns the saved progress state (tensors)."""
     for name, module in agent.modules().items():
         check_shapes(path, name, state["agent"].get(name, {}), module.state_dict())
     agent.load_state_dict(state["agent"])
     replay.load_state_dict({**state["replay"], "tail": tensors_to_arrays(state["replay"]["tail"])})
-    collector.load_state_dict(state["collector"])
+    collector.load_state_dict(to_arrays(state["collector"]))
     set_rng_state(state["rng"])
     rng.bit_generator.state = state["rng"]["actions"]
     return state["progress"]

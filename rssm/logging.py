@@ -49,6 +49,16 @@ class MeanTracker:
         self._sums.clear()
         return out
 
+    def state_dict(self) -> dict[str, list]:
+        """The values added since the last `means`, in order (tensors on the CPU), for a checkpoint."""
+        return {k: [v.detach().cpu() if torch.is_tensor(v) else v for v in values] for k, values in self._sums.items()}
+
+    def load_state_dict(self, state: dict[str, list], device: torch.device | str = "cpu") -> None:
+        """Take `state_dict`'s values, tensors onto `device`: `means` then gives what it would have given."""
+        self._sums.clear()
+        for k, values in state.items():
+            self._sums[k] = [v.to(device) if torch.is_tensor(v) else v for v in values]
+
 
 class Logger:
     """TensorBoard scalars in the run directory, and a progress bar."""

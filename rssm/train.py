@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -76,6 +76,15 @@ def evaluate(agent: Agent, cfg: DictConfig, episodes: int) -> dict[str, float]:
             "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
 
 
+def evaluate_apart(agent: Agent, cfg: DictConfig, steps: int) -> dict[str, float]:
+    """`evaluate` at env step `steps` on its own torch random numbers (the latents `agent.act` samples), so that
+    training is the same whether and how often it evaluates, and a resumed run evaluates as a straight one.
+    The envs' seeds are evaluate's own; nothing in it draws from python's or numpy's global generators."""
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, steps]).generate_state(1)[0]))
+        return evaluate(agent, cfg, cfg.trainer.eval_episodes)
+
+
 def save_model(agent: Agent, path: Path) -> None:
     state = {"world_model": agent.wm.state_dict()}
     if agent.actor is not None:
@@ -85,11 +94,33 @@ def save_model(agent: Agent, path: Path) -> None:
 
 @dataclass
 class Progress:
-    """The training loop's own counters (the collector and agent keep theirs)."""
+    """The training loop's own state (the collector and agent keep theirs): its counters, and what it carries
+    from one env step to the next, so that a resumed run goes on as the run that was never stopped."""
 
     updates: int = 0
     updates_due: float = 0.0  # fractional updates owed under the train ratio
     last_return: float = float("nan")
+    actions: np.ndarray | None = None  # the next env step's actions (N, A); None: random ones at the start
+    actor_state: RSSMState | None = None  # the actor's model state after the latest transitions (batch N)
+    tracker: MeanTracker = field(default_factory=MeanTracker)  # metrics since the last log
+
+    def state_dict(self) -> dict:
+        """Numbers, arrays and CPU tensors (`rssm.checkpoint.to_tensors` makes the arrays tensors)."""
+        state = None if self.actor_state is None else {k: v.cpu() for k, v in self.actor_state._asdict().items()}
+        return {"updates": self.updates, "updates_due": self.updates_due, "last_return": self.last_return,
+                "actions": self.actions, "actor_state": state, "tracker": self.tracker.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> Progress:
+        """Rebuild from `state_dict` as a checkpoint holds it; a checkpoint from before the loop's state was
+        saved has the counters only."""
+        progress = cls(state["updates"], state["updates_due"], state["last_return"])
+        if state.get("actions") is not None:
+            progress.actions = np.asarray(state["actions"])
+        if state.get("actor_state") is not None:
+            progress.actor_state = RSSMState(**{k: v.to(device) for k, v in state["actor_state"].items()})
+        progress.tracker.load_state_dict(state.get("tracker", {}), device)
+        return progress
 
 
 class StopRequested:
@@ -162,7 +193,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     replay = Replay(cfg.replay.capacity, cfg.seed, replay_dir, cfg.replay.chunk, envs.num_envs)
     collector = Collector(envs, spec, cfg.seed, remake=remake_envs)
     rng = np.random.default_rng(cfg.seed)
-    progress = Progress(**restore_run(*resumed, agent, replay, collector, rng)) if resumed else Progress()
+    progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng), device) if resumed \
+        else Progress()
     OmegaConf.save(cfg, run_dir / "config.yaml")
     if overrides is not None:
         OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / OVERRIDES)
@@ -249,18 +281,20 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     t, spec, p = cfg.trainer, collector.spec, progress
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
     logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
-    tracker, last, state, failures = MeanTracker(), {}, None, collector.failures
+    tracker, last, failures = p.tracker, {}, collector.failures
     clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
-    actions = random_action(spec, rng, collector.num)
+    if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
+        p.actions, p.actor_state = random_action(spec, rng, collector.num), None
     try:
         while collector.env_steps < t.steps and not stop.signum:
             before = collector.env_steps
-            transitions, episodes = collector.step(actions)
+            transitions, episodes = collector.step(p.actions)
             replay.add(transitions)
             if collector.failures != failures:
                 failures = collector.failures
                 print(f"rssm: warning: {collector.last_error}; env restarted, episodes dropped", file=sys.stderr)
-            actions, state = _next_actions(agent, transitions, state, spec, rng, collector.env_steps < t.prefill)
+            p.actions, p.actor_state = _next_actions(agent, transitions, p.actor_state, spec, rng,
+                                                     collector.env_steps < t.prefill)
             for episode in episodes:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 p.last_return = episode["return"]
@@ -282,7 +316,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                              "perf/updates": float(p.updates), "train/skipped_updates": float(agent.skipped),
                              "train/env_failures": float(collector.failures)})
                 if eval_due:
-                    last.update(evaluate(agent, cfg, t.eval_episodes))
+                    last.update(evaluate_apart(agent, cfg, steps))
                 logger.scalars(last, steps)
                 clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
                 if eval_due and t.stop_return is not None and last["eval/return_mean"] >= t.stop_return:

@@ -143,7 +143,7 @@ def test_an_env_that_raises_is_restarted_and_the_broken_episode_is_cut():
     steps = [collector.step(random_action(spec, rng)) for _ in range(6)]
     assert [bool(t["is_first"][0]) for t, _ in steps] == [True, False, False, False, False, True]
     assert collector.failures == 1 and "raised in step after env step 4" in collector.last_error
-    assert len(made) == 1 and collector.envs.envs[0] is made[0]
+    assert len(made) == 1 and collector.envs.envs[0].env is made[0]
     assert collector.env_steps == 4 and collector.episodes == 0 and not any(e for _, e in steps)
     assert not collector.step(random_action(spec, rng))[0]["is_first"][0]
 

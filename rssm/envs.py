@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,10 +147,7 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
             # gymnasium 1.4 renders from a free camera that stays where the episode began, so a walking robot
             # leaves the frame; the models' "track" camera follows it (a model without one keeps the free camera).
             kwargs["camera_name"] = "track"
-    try:
-        env = gym.make(env_id, **kwargs)
-    except gym.error.Error as e:
-        raise UserError(f"cannot make environment '{env_id}': {e}") from None
+    env = _gym_make(env_id, kwargs)
     try:
         if pixels and "rgb_array" not in env.metadata.get("render_modes", []):
             raise UserError("env.pixels needs an env that renders rgb_array frames")
@@ -165,6 +163,16 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
         env.close()
         raise UserError(f"environment '{env_id}': {e}") from None
     return env, spec
+
+
+def _gym_make(env_id: str, kwargs: dict) -> gym.Env:
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UserError(f"cannot make environment '{env_id}': {e}") from None
+    except Exception as e:  # noqa: BLE001 - a `module:Env` id runs the module's code: a missing module, its bugs
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot make environment '{env_id}': {type(e).__name__}: {detail}".rstrip(": ")) from None
 
 
 RESERVED_KEYS = ("action", "reward", "is_first", "is_terminal")  # the other fields of a transition
@@ -227,6 +235,10 @@ def make_envs(make: Callable[[], gym.Env], num: int, kind: str = "sync") -> gym.
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
+class EnvFailing(UserError):
+    """The envs kept failing: the run cannot go on (exit status 1), though its state is consistent."""
+
+
 class Collector:
     """Steps N environments together (a gymnasium vector env) and turns each step into N replay transitions.
 
@@ -235,21 +247,24 @@ class Collector:
     After an env's episode ends, its next step is a reset that ignores its action.
 
     Env i is first reset with the seed `seed + i`, later episodes go on with the env's own RNG. With `remake`,
-    a vector env that raises in `reset` or `step` is closed and replaced by `remake()`: the episodes under way
-    end there without being reported (no return, no terminal flag), and the next transitions start new ones
-    with `is_first`. `failures` counts these, `last_error` describes the latest; `max_failures` in a row raise
-    a UserError.
+    a vector env that raises in `reset` or `step`, or returns a non-finite observation or reward, is closed and
+    replaced by `remake()`: the episodes under way end there without being reported (no return, no terminal
+    flag), and the next transitions start new ones with `is_first`. `failures` counts these, `last_error`
+    describes the latest. `max_failures` failures within `failure_window` env steps (in a row, too) raise
+    EnvFailing: an env that fails every few steps would otherwise train on fragments for ever.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, spec: EnvSpec, seed: int,
-                 remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5):
+                 remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5,
+                 failure_window: int = 1000):
         self.envs, self.spec, self.seed, self.num = envs, spec, seed, envs.num_envs
-        self.remake, self.max_failures = remake, max_failures
+        self.remake, self.max_failures, self.failure_window = remake, max_failures, failure_window
         self.done = np.ones(self.num, bool)  # per env: the next step resets it
         self.started = False  # the vector env has been reset
         self.env_steps = 0  # env steps of all envs together (resets are not steps)
         self.episodes = 0
-        self.failures, self.last_error, self._failures_in_a_row = 0, "", 0
+        self.failures, self.last_error = 0, ""
+        self._failed_at: deque[int] = deque(maxlen=max_failures)  # env steps of the latest failures
         self._reset_seeds: list[int] | None = [seed + i for i in range(self.num)]
         self._return, self._length = np.zeros(self.num), np.zeros(self.num, np.int64)
 
@@ -262,7 +277,6 @@ class Collector:
             if self.remake is None:
                 raise
             return self._restart(e, actions)
-        self._failures_in_a_row = 0
         return out
 
     def _step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
@@ -271,8 +285,8 @@ class Collector:
             self.started, self._reset_seeds = True, None
             self.done[:], self._return[:], self._length[:] = False, 0.0, 0
             zeros = np.zeros((self.num, self.spec.action_dim), np.float32)
-            return transition(self.spec, obs, zeros, np.zeros(self.num), np.ones(self.num, bool),
-                              np.zeros(self.num, bool)), []
+            return _finite(transition(self.spec, obs, zeros, np.zeros(self.num), np.ones(self.num, bool),
+                                      np.zeros(self.num, bool))), []
         first = self.done.copy()  # (N,): these envs reset in this step
         obs, reward, terminated, truncated, _ = self.envs.step(to_env_action(actions, self.spec))
         stepped = ~first
@@ -284,15 +298,17 @@ class Collector:
                     for i in np.flatnonzero(self.done)]
         self.episodes += len(episodes)
         actions = np.where(first[:, None], 0.0, actions)
-        return transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated), episodes
+        out = transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated)
+        return _finite(out), episodes
 
     def _restart(self, error: Exception, actions: np.ndarray):
         self.failures += 1
-        self._failures_in_a_row += 1
+        self._failed_at.append(self.env_steps)
         where = "reset" if not self.started else "step"
         self.last_error = f"environment raised in {where} after env step {self.env_steps}: {error!r}"
-        if self._failures_in_a_row >= self.max_failures:
-            raise UserError(f"{self.last_error}; {self._failures_in_a_row} failures in a row, giving up") from None
+        if len(self._failed_at) == self.max_failures and self.env_steps - self._failed_at[0] < self.failure_window:
+            raise EnvFailing(f"{self.last_error}; {self.max_failures} failures within "
+                             f"{self.env_steps - self._failed_at[0] + 1} env steps, giving up") from None
         try:
             self.envs.close()
         except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
@@ -312,6 +328,15 @@ class Collector:
         self.env_steps, self.episodes, self.failures = state["env_steps"], state["episodes"], state["failures"]
         seeds = np.random.SeedSequence([self.seed, self.env_steps]).generate_state(self.num)
         self._reset_seeds, self.started = [int(s) for s in seeds], False
+
+
+def _finite(transitions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`transitions`, after checking that their float fields are finite (an env failure otherwise: a nan would
+    reach the model)."""
+    for key, value in transitions.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"the env returned a non-finite {'reward' if key == 'reward' else f'observation {key!r}'}")
+    return transitions
 
 
 def transition(spec: EnvSpec, obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:

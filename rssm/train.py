@@ -115,14 +115,18 @@ def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
     return f"observations: {keys}; replay: {capacity:,} transitions x {per:,} bytes = {size} when full"
 
 
-def evaluate(agent: Agent, cfg: DictConfig, episodes: int,
+def evaluate(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
              stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another
-    (restarted if it fails, as in training). None if `stop()` said yes between two env steps."""
+    (restarted if it fails, as in training). None if `stop()` said yes between two env steps. The model's
+    latents are sampled from their own random numbers (seeded by the env step `steps`): training goes on the
+    same whether an evaluation ran, and one redone after a resume gives the same result."""
     envs, spec = build_envs(cfg, num=1)
     try:
-        played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
-                              remake=lambda: build_envs(cfg, num=1)[0])
+        with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 10_000 + steps)
+            played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
+                                  remake=lambda: build_envs(cfg, num=1)[0])
     finally:
         envs.close()
     if played is None:
@@ -381,7 +385,7 @@ def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequeste
     """Run the evaluation due at `steps` and log it (into `last` too). Returns whether the run should end: a
     signal abandoned it (`p.eval_pending` stays set, so the checkpoint's resumed run redoes it), or its mean
     return reached `trainer.stop_return`."""
-    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, stop)
+    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop)
     if metrics is None:
         return True
     p.eval_pending = False

@@ -240,11 +240,14 @@ def test_read_only_run_directories(compose_config, tmpfs, finished):
             run_dir, f"cannot use {run_dir} as a run directory: Read-only file system", run_dir)
 
 
-def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(compose_config, tmpfs):
-    disk = tmpfs("900k")  # one checkpoint (550 KB) fits, not a second beside it
+def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(compose_config, tmpfs, faulty):
+    disk = tmpfs("5m")  # the checkpoint at 100 (2.7 MB) fits, not the one at 200 (3.5 MB) beside it
     run_dir = disk / "run"
-    refused(compose_config(*RUN, "trainer.prefill=50"), run_dir, f"cannot write {run_dir / CHECKPOINT}: No space left "
-            "on device (the previous file, if any, is intact)")
+    # The replay's tail (the rows after the last chunk) is one large tensor in the checkpoint: torch.save reports
+    # the failed write of a large tensor as a RuntimeError, not an OSError.
+    cfg = compose_config(*RUN, "env.id=faulty_envs:BigObs-v0", "trainer.prefill=50", "replay.chunk=512")
+    refused(cfg, run_dir, f"cannot write {run_dir / CHECKPOINT}: No space left on device (the previous file, if any, "
+            "is intact)")
     assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 100
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "model.pt").exists()
 

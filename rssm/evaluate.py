@@ -73,8 +73,8 @@ def load_run(run_dir: Path, device: str, policy: bool = True):
     from rssm.train import build_agent, build_env, resolve_device
 
     config_path, model_path = run_dir / "config.yaml", run_dir / "model.pt"
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory: give an rssm run directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file: give an rssm run directory")
     if not model_path.is_file() and (run_dir / CHECKPOINT).is_file():
         raise UserError(f"{run_dir} holds a run that was stopped before it finished (a checkpoint, no model.pt): "
                         f"finish it with rssm-train resume={run_dir}, then evaluate it")

@@ -294,7 +294,8 @@ def test_rssm_eval_errors(finished, tmp_path, capsys):
         ([stopped], f"{stopped} holds a run that was stopped before it finished (a checkpoint, no model.pt): finish "
                     f"it with rssm-train resume={stopped}"),
         ([tmp_path / "empty"], f"{tmp_path / 'empty' / 'config.yaml'} not found: is {tmp_path / 'empty'} an rssm"),
-        ([tmp_path / "nowhere"], f"{tmp_path / 'nowhere'} is not a directory"),
+        ([tmp_path / "nowhere"], f"{tmp_path / 'nowhere' / 'config.yaml'} not found: is {tmp_path / 'nowhere'} an"),
+        ([stopped / "config.yaml"], f"{stopped / 'config.yaml'} is a file: give an rssm run directory"),
         ([finished, "--video", tmp_path / "no" / "a.gif"], f"the folder {tmp_path / 'no'} does not exist"),
         ([finished, "--out", tmp_path / "no" / "e.json"], f"the folder {tmp_path / 'no'} does not exist"),
     ]

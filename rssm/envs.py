@@ -313,7 +313,10 @@ class Collector:
             self.envs.close()
         except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
             pass
-        self.envs = self.remake()
+        try:
+            self.envs = self.remake()
+        except Exception as e:  # noqa: BLE001 - UserError included: the run cannot go on without envs
+            raise EnvFailing(f"{self.last_error}; making the env again failed too: {e}") from None
         # Fresh, reproducible RNGs for the new instances.
         self._reset_seeds = [self.seed + self.num * self.failures + i for i in range(self.num)]
         self.started = False

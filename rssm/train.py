@@ -221,6 +221,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             raise UserError(f"{run_dir} already holds a run: continue it with resume={run_dir} or pick another dir")
         remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
         return _train(cfg, run_dir, resumed)
+    except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed
+        raise RunStopped(f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was written",
+                         128 + signal.SIGINT) from None
     finally:
         lock.close()
 

@@ -16,6 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rssm.evaluate
+import rssm.train
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError
 from rssm.train import RunStopped, train
@@ -33,13 +34,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control import CartPoleEnv
 
-NAN_LEFT = [1]
+NAN_LEFT, MADE = [1], {}  # per mode: faults that happen once in a process, envs made
 
 
 class Faulty(CartPoleEnv):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.mode, self.count, self.evaluating = os.environ.get("FAULTY", ""), 0, False
+        MADE[self.mode] = MADE.get(self.mode, 0) + 1
+        if self.mode == "crash_then_unmakeable" and MADE[self.mode] > 2:  # train makes one to check, then the envs
+            raise ConnectionError("the simulator's licence server is down")
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
@@ -53,6 +57,8 @@ class Faulty(CartPoleEnv):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.mode == "raise_in_eval" and self.evaluating and self.count == 5:
             raise RuntimeError("simulator crashed during evaluation")
+        if self.mode == "crash_then_unmakeable" and self.count == 50:
+            raise RuntimeError("simulator crashed")
         if self.mode == "flaky" and self.count % 3 == 0:
             raise RuntimeError("simulator crashed")
         if self.mode == "nan_once" and self.count == 30 and NAN_LEFT[0]:
@@ -332,6 +338,32 @@ def test_a_flaky_env_gives_up_with_the_checkpoint_saved(compose_config, tmp_path
     assert [w.split("(failure ")[1] for w in warnings] == ["1; the next warning at failure 2)",
                                                           "2; the next warning at failure 4)",
                                                           "4; the next warning at failure 8)"]
+
+
+def test_an_env_that_cannot_be_made_again_ends_the_run_with_the_checkpoint_saved(compose_config, tmp_path, faulty):
+    faulty("crash_then_unmakeable")
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), run_dir)
+    assert e.value.status == 1
+    assert "making the env again failed too: cannot make environment 'faulty_envs:Faulty-v0': ConnectionError: the " \
+           "simulator's licence server is down; checkpoint saved at env step 49" in one_line(str(e.value))
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 49
+
+
+def test_ctrl_c_while_a_run_starts(compose_config, finished, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rssm.train, "build_agent", interrupted)
+    run_dir = copy_run(finished, tmp_path / "run")
+    before = hashes(run_dir)
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]"), run_dir)
+    assert e.value.status == 128 + signal.SIGINT
+    assert one_line(str(e.value)) == f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was " \
+                                     "written"
+    assert hashes(run_dir) == before
 
 
 def test_non_finite_observations_are_an_env_failure(compose_config, tmp_path, faulty, capsys):

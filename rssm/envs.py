@@ -290,6 +290,9 @@ class Collector:
         first = self.done.copy()  # (N,): these envs reset in this step
         obs, reward, terminated, truncated, _ = self.envs.step(to_env_action(actions, self.spec))
         stepped = ~first
+        actions = np.where(first[:, None], 0.0, actions)
+        # Checked before any counter moves: a step with a non-finite value is a failure, not a step.
+        out = _finite(transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated))
         self.env_steps += int(stepped.sum())
         self._return = np.where(first, 0.0, self._return + reward)
         self._length = np.where(first, 0, self._length + 1)
@@ -297,9 +300,7 @@ class Collector:
         episodes = [{"return": float(self._return[i]), "length": float(self._length[i])}
                     for i in np.flatnonzero(self.done)]
         self.episodes += len(episodes)
-        actions = np.where(first[:, None], 0.0, actions)
-        out = transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated)
-        return _finite(out), episodes
+        return out, episodes
 
     def _restart(self, error: Exception, actions: np.ndarray):
         self.failures += 1

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from rssm.behavior import Actor, BehaviorSettings, Critic, ReturnNormalizer, behavior_losses, imagine, replay_value_loss
+from rssm.behavior import (
+    ActionDist,
+    Actor,
+    BehaviorSettings,
+    Critic,
+    ReturnNormalizer,
+    behavior_losses,
+    imagine,
+    replay_value_loss,
+)
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
 
@@ -146,11 +155,35 @@ class Agent:
             explore: sample from the actor (True) or take its mode (False).
         Returns:
             The actions (N, A) as float32 numpy, and the new model state (batch N).
+        Raises:
+            NonFiniteModel: the model state or the policy is not finite (a diverged model).
         """
         keys = (*self.wm.obs_keys, "action", "is_first")
         data = to_torch({k: np.asarray(transitions[k])[:, None] for k in keys}, self.device)  # (N, 1, ...)
         post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
         state = RSSMState(*(x[:, -1] for x in post))  # (N, ...)
-        dist = self.actor(features(state))
-        action = dist.sample() if explore else dist.mode()
-        return action.float().cpu().numpy(), state
+        dist, finite = _finite_dist(self.actor(features(state)))
+        action = dist.sample() if explore else dist.mode()  # (N, A)
+        # The finite flags come to the host with the actions: one copy, as before.
+        out = torch.cat([action.float(), finite[:, None].float()], -1).cpu().numpy()  # (N, A + 1)
+        if not out[:, -1].all():
+            raise NonFiniteModel("the model's state or policy is not finite (nan or inf): it cannot act")
+        return out[:, :-1], state
+
+
+class NonFiniteModel(Exception):
+    """The model cannot act: its state or policy holds nan or inf."""
+
+
+def _finite_dist(dist: ActionDist) -> tuple[ActionDist, torch.Tensor]:
+    """`dist` with the parameters of each row that is not finite replaced by harmless ones (sampling a nan
+    categorical raises on the CPU and asserts on a GPU), and the rows' finite flags (N,), without a host sync."""
+    params = dist.logits if dist.logits is not None else [dist.mean, dist.std]
+    finite = torch.stack([torch.isfinite(p).all(-1) for p in params]).all(0)  # (N,)
+
+    def keep(x: torch.Tensor, fill: float) -> torch.Tensor:
+        return torch.where(finite[:, None], x, torch.full_like(x, fill))
+
+    if dist.logits is not None:
+        return replace(dist, logits=[keep(x, 0.0) for x in dist.logits]), finite
+    return replace(dist, mean=keep(dist.mean, 0.0), std=keep(dist.std, 1.0)), finite

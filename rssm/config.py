@@ -3,6 +3,7 @@ key or a value of the wrong type fails while the config is composed, before anyt
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from itertools import pairwise
@@ -129,11 +130,11 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "env.image_size", "env.num_envs", "model.deter", "model.units", "model.groups",
       "model.classes", "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
       "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
-      "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon", "agent.actor_lr", "agent.critic_lr", "agent.eps",
-      "agent.grad_clip"),
+      "trainer.train_ratio", "trainer.eval_episodes", "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon",
+      "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
      lambda v: v > 0, "> 0"),
-    (("env.time_limit", "env.noop_max", "model.layers", "trainer.prefill", "trainer.train_ratio", "trainer.eval_every",
-      "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
+    (("env.time_limit", "env.noop_max", "model.layers", "trainer.prefill", "trainer.eval_every",
+      "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
       "agent.slow_rate", "agent.replay_value", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
@@ -157,9 +158,37 @@ def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             _check_keys(cfg[key], sub, f"{prefix}{key}.")
 
 
+def _check_finite(cfg: DictConfig) -> None:
+    """Every float in the config is a number: inf or nan would pass the range checks and reach the model."""
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {value}")
+
+
+def _check_updates(cfg: DictConfig) -> None:
+    """Refuse a run under which no update could happen: it would train nothing and still exit 0."""
+    r, t = cfg.replay, cfg.trainer
+    rows = r.capacity // cfg.env.num_envs  # each env's stretch of replay
+    if rows < r.batch_length:
+        raise UserError(f"the replay holds {rows} steps per env (replay.capacity / env.num_envs), fewer than one "
+                        f"sequence of replay.batch_length={r.batch_length}: no update could be made")
+    if t.prefill >= t.steps:
+        raise UserError(f"trainer.prefill ({t.prefill}) must be below trainer.steps ({t.steps}): updates begin "
+                        f"after the prefill")
+    if -(-t.steps // cfg.env.num_envs) < r.batch_length:
+        raise UserError(f"trainer.steps ({t.steps}) gives each of the {cfg.env.num_envs} envs fewer steps than one "
+                        f"sequence of replay.batch_length={r.batch_length}: no update could be made")
+    due = (t.steps - t.prefill) * t.train_ratio / (r.batch_size * r.batch_length)
+    if due < 1:
+        raise UserError(f"trainer.train_ratio={t.train_ratio} makes {due:.3g} updates due in the "
+                        f"{t.steps - t.prefill} env steps after the prefill (each update replays replay.batch_size x "
+                        f"replay.batch_length = {r.batch_size * r.batch_length} steps): at least 1 is needed")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
+    _check_finite(cfg)
     for keys, ok, wanted in _RANGES:
         for key in keys:
             value = OmegaConf.select(cfg, key)
@@ -182,6 +211,7 @@ def validate(cfg: DictConfig) -> None:
     for key in cfg.allow_changes:
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise UserError(f"allow_changes names '{key}', which is not a config key")
+    _check_updates(cfg)
 
 
 _ABSENT = object()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -147,10 +148,7 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
             # gymnasium 1.4 renders from a free camera that stays where the episode began, so a walking robot
             # leaves the frame; the models' "track" camera follows it (a model without one keeps the free camera).
             kwargs["camera_name"] = "track"
-    try:
-        env = gym.make(env_id, **kwargs)
-    except gym.error.Error as e:
-        raise UserError(f"cannot make environment '{env_id}': {e}") from None
+    env = _gym_make(env_id, kwargs)
     try:
         if pixels and "rgb_array" not in env.metadata.get("render_modes", []):
             raise UserError("env.pixels needs an env that renders rgb_array frames")
@@ -166,6 +164,16 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
         env.close()
         raise UserError(f"environment '{env_id}': {e}") from None
     return env, spec
+
+
+def _gym_make(env_id: str, kwargs: dict) -> gym.Env:
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise UserError(f"cannot make environment '{env_id}': {e}") from None
+    except Exception as e:  # noqa: BLE001 - a `module:Env` id runs the module's code: a missing module, its bugs
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot make environment '{env_id}': {type(e).__name__}: {detail}".rstrip(": ")) from None
 
 
 RESERVED_KEYS = ("action", "reward", "is_first", "is_terminal")  # the other fields of a transition
@@ -271,6 +279,10 @@ def make_envs(make: Callable[[], gym.Env], num: int, kind: str = "sync") -> gym.
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
+class EnvFailing(UserError):
+    """The envs kept failing: the run cannot go on (exit status 1), though its state is consistent."""
+
+
 class Collector:
     """Steps N environments together (a vector env from `make_envs`) and turns each step into N replay
     transitions.
@@ -282,20 +294,23 @@ class Collector:
     Every episode of env i starts from a reset with its own seed, drawn from numpy's SeedSequence of (seed, i,
     stream, episodes env i started); `stream` is 0 unless a resume had to start new episodes. The collector keeps
     each env's seed and the env actions since, so `state_dict` / `load_state_dict` resume episodes under way
-    exactly (`_rebuild`). With `remake`, a vector env that raises in `reset` or `step` is closed and replaced by
-    `remake()`: the episodes under way end there without being reported (no return, no terminal flag), and the
-    next transitions start new ones with `is_first`. `failures` counts these, `last_error` describes the latest;
-    `max_failures` in a row raise a UserError.
+    exactly (`_rebuild`). With `remake`, a vector env that raises in `reset` or `step`, or returns a non-finite
+    observation or reward, is closed and replaced by `remake()`: the episodes under way end there without being
+    reported (no return, no terminal flag), and the next transitions start new ones with `is_first`. `failures`
+    counts these, `last_error` describes the latest. `max_failures` failures within `failure_window` env steps
+    (in a row, too) raise EnvFailing: an env that fails every few steps would otherwise train on fragments for ever.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, spec: EnvSpec, seed: int,
-                 remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5):
+                 remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5,
+                 failure_window: int = 1000):
         self.envs, self.spec, self.seed, self.num = envs, spec, seed, envs.num_envs
-        self.remake, self.max_failures = remake, max_failures
+        self.remake, self.max_failures, self.failure_window = remake, max_failures, failure_window
         self.done = np.ones(self.num, bool)  # per env: the next step starts a new episode
         self.env_steps = 0  # env steps of all envs together (resets are not steps)
         self.episodes = 0
-        self.failures, self.last_error, self._failures_in_a_row, self._phase = 0, "", 0, "reset"
+        self.failures, self.last_error, self._phase = 0, "", "reset"
+        self._failed_at: deque[int] = deque(maxlen=max_failures)  # env steps of the latest failures
         self._return, self._length = np.zeros(self.num), np.zeros(self.num, np.int64)
         self._started = np.zeros(self.num, np.int64)  # per env: episodes started, the next seed's index
         self._stream = np.zeros(self.num, np.int64)
@@ -314,7 +329,6 @@ class Collector:
             if self.remake is None:
                 raise
             return self._restart(e, actions)
-        self._failures_in_a_row = 0
         return out
 
     def _step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
@@ -327,6 +341,9 @@ class Collector:
         self._phase = "step"
         obs, reward, terminated, truncated, _ = self.envs.step(env_actions)
         stepped = ~first
+        actions = np.where(first[:, None], 0.0, actions)
+        # Checked before any counter moves: a step with a non-finite value is a failure, not a step.
+        out = _finite(transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated))
         self.env_steps += int(stepped.sum())
         self._return = np.where(first, 0.0, self._return + reward)
         self._length = np.where(first, 0, self._length + 1)
@@ -336,8 +353,6 @@ class Collector:
         self.episodes += len(episodes)
         for i in np.flatnonzero(stepped):
             self._actions[i].append(np.array(env_actions[i]))
-        actions = np.where(first[:, None], 0.0, actions)
-        out = transition(self.spec, obs, actions, np.where(first, 0.0, reward), first, stepped & terminated)
         self._last_obs = [{k: out[k][i] for k in self.spec.obs_shapes} for i in range(self.num)]
         return out, episodes
 
@@ -385,15 +400,19 @@ class Collector:
 
     def _restart(self, error: Exception, actions: np.ndarray):
         self.failures += 1
-        self._failures_in_a_row += 1
+        self._failed_at.append(self.env_steps)
         self.last_error = f"environment raised in {self._phase} after env step {self.env_steps}: {error!r}"
-        if self._failures_in_a_row >= self.max_failures:
-            raise UserError(f"{self.last_error}; {self._failures_in_a_row} failures in a row, giving up") from None
+        if len(self._failed_at) == self.max_failures and self.env_steps - self._failed_at[0] < self.failure_window:
+            raise EnvFailing(f"{self.last_error}; {self.max_failures} failures within "
+                             f"{self.env_steps - self._failed_at[0] + 1} env steps, giving up") from None
         try:
             self.envs.close()
         except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
             pass
-        self.envs = self.remake()
+        try:
+            self.envs = self.remake()
+        except Exception as e:  # noqa: BLE001 - UserError included: the run cannot go on without envs
+            raise EnvFailing(f"{self.last_error}; making the env again failed too: {e}") from None
         # Every env starts a new episode; the seed counters go on, so these seeds are new and reproducible.
         self.done[:], self._rebuild_due = True, False
         return self.step(actions)
@@ -425,6 +444,15 @@ class Collector:
                 self._seeds[i], self._actions[i] = int(episode["seed"]), list(episode["actions"])
                 self._last_obs[i] = {k: np.asarray(v) for k, v in episode["obs"].items()}
         self._rebuild_due = True
+
+
+def _finite(transitions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`transitions`, after checking that their float fields are finite (an env failure otherwise: a nan would
+    reach the model)."""
+    for key, value in transitions.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"the env returned a non-finite {'reward' if key == 'reward' else f'observation {key!r}'}")
+    return transitions
 
 
 def transition(spec: EnvSpec, obs, action, reward, is_first, is_terminal) -> dict[str, np.ndarray]:

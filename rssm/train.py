@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from rssm.agent import Agent, to_torch
+from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, resolve_device
-from rssm.checkpoint import CHECKPOINT, atomic_write, checkpoint_path, load_checkpoint, restore_run, save_run
+from rssm.checkpoint import (
+    CHECKPOINT,
+    atomic_write,
+    checkpoint_path,
+    load_checkpoint,
+    lock_run_dir,
+    remove_leftovers,
+    restore_run,
+    save_run,
+)
 from rssm.cli import (
     OVERRIDES,
     PROG,
@@ -37,7 +47,7 @@ from rssm.cli import (
     with_general_env,
 )
 from rssm.config import UserError, check_changes, register_configs, validate
-from rssm.envs import Collector, EnvSpec, blank_transition, random_action
+from rssm.envs import Collector, EnvFailing, EnvSpec, blank_transition, random_action
 from rssm.evaluate import run_episodes
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
@@ -65,24 +75,25 @@ def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
     return f"observations: {keys}; replay: {capacity:,} transitions x {per:,} bytes = {size} when full"
 
 
-def evaluate(agent: Agent, cfg: DictConfig, episodes: int) -> dict[str, float]:
-    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another."""
+def evaluate(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
+             stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another
+    (restarted if it fails, as in training). None if `stop()` said yes between two env steps. The model's
+    latents are sampled from their own random numbers (seeded by the env step `steps`): training goes on the
+    same whether an evaluation ran, and one redone after a resume gives the same result."""
     envs, spec = build_envs(cfg, num=1)
     try:
-        returns, _ = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000)
+        with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 10_000 + steps)
+            played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
+                                  remake=lambda: build_envs(cfg, num=1)[0])
     finally:
         envs.close()
+    if played is None:
+        return None
+    returns = played[0]
     return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
             "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
-
-
-def evaluate_apart(agent: Agent, cfg: DictConfig, steps: int) -> dict[str, float]:
-    """`evaluate` at env step `steps` on its own torch random numbers (the latents `agent.act` samples), so that
-    training is the same whether and how often it evaluates, and a resumed run evaluates as a straight one.
-    The envs' seeds are evaluate's own; nothing in it draws from python's or numpy's global generators."""
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, steps]).generate_state(1)[0]))
-        return evaluate(agent, cfg, cfg.trainer.eval_episodes)
 
 
 def save_model(agent: Agent, path: Path) -> None:
@@ -103,18 +114,21 @@ class Progress:
     actions: np.ndarray | None = None  # the next env step's actions (N, A); None: random ones at the start
     actor_state: RSSMState | None = None  # the actor's model state after the latest transitions (batch N)
     tracker: MeanTracker = field(default_factory=MeanTracker)  # metrics since the last log
+    eval_pending: bool = False  # a signal abandoned the evaluation due at this step: the resumed run does it
 
     def state_dict(self) -> dict:
         """Numbers, arrays and CPU tensors (`rssm.checkpoint.to_tensors` makes the arrays tensors)."""
         state = None if self.actor_state is None else {k: v.cpu() for k, v in self.actor_state._asdict().items()}
         return {"updates": self.updates, "updates_due": self.updates_due, "last_return": self.last_return,
-                "actions": self.actions, "actor_state": state, "tracker": self.tracker.state_dict()}
+                "actions": self.actions, "actor_state": state, "tracker": self.tracker.state_dict(),
+                "eval_pending": self.eval_pending}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device) -> Progress:
         """Rebuild from `state_dict` as a checkpoint holds it; a checkpoint from before the loop's state was
         saved has the counters only."""
         progress = cls(state["updates"], state["updates_due"], state["last_return"])
+        progress.eval_pending = bool(state.get("eval_pending", False))
         if state.get("actions") is not None:
             progress.actions = np.asarray(state["actions"])
         if state.get("actor_state") is not None:
@@ -124,7 +138,9 @@ class Progress:
 
 
 class StopRequested:
-    """Turns SIGINT and SIGTERM into a flag the loop checks between env steps (main thread only)."""
+    """Turns SIGINT and SIGTERM into a flag the loop and evaluation check between env steps (main thread only).
+    Installed for the whole run, checkpoint save included: a second signal during the save is noted, never
+    raised inside it."""
 
     def __init__(self):
         self.signum, self._previous = 0, {}
@@ -136,7 +152,10 @@ class StopRequested:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        self.signum = self.signum or signum  # the first signal names the stop
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -170,15 +189,33 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/` (unless
     `replay.save` is false), `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read
-    when the run is resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's directory).
-    Returns the last logged metrics. Raises RunStopped after a signal (checkpoint saved) or too many
-    non-finite updates in a row (last checkpoint kept)."""
+    when the run is resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's
+    directory), holding an exclusive lock on it for the run's life. Returns the last logged metrics.
+
+    Raises:
+        UserError: bad config, unusable or busy run directory, a file that cannot be written (full disk).
+        RunStopped: after a signal (checkpoint saved, status 128 + signum); envs that keep failing (checkpoint
+            saved, status 1); a diverged model: too many non-finite updates in a row, or a non-finite state when
+            acting (last checkpoint kept, status 1).
+    """
     validate(cfg)
-    resumed = resume_checkpoint(cfg) if cfg.resume else None
-    run_dir = resumed[0].parent if resumed else Path(run_dir)
-    if not resumed and (run_dir / CHECKPOINT).exists():
-        raise UserError(f"{run_dir} already holds a run: continue it with resume={run_dir} or pick another dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = checkpoint_path(cfg.resume).parent if cfg.resume else Path(run_dir)
+    lock = lock_run_dir(run_dir)
+    try:
+        resumed = resume_checkpoint(cfg) if cfg.resume else None
+        if not resumed and (run_dir / CHECKPOINT).exists():
+            raise UserError(f"{run_dir} already holds a run: continue it with resume={run_dir} or pick another dir")
+        remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
+        return _train(cfg, run_dir, resumed, overrides)
+    except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed
+        raise RunStopped(f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was written",
+                         128 + signal.SIGINT) from None
+    finally:
+        lock.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
+           overrides: list[str] | None) -> dict[str, float]:
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -195,9 +232,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     rng = np.random.default_rng(cfg.seed)
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng), device) if resumed \
         else Progress()
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
     if overrides is not None:
-        OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / OVERRIDES)
+        atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
     counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
     sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
     print(f"rssm: {env_id(cfg)} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
@@ -206,21 +243,32 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     if resumed:
         print(f"rssm: resumed from {resumed[0]} at env step {collector.env_steps}, update {progress.updates}",
               flush=True)
-    try:
-        with StopRequested() as stop:
-            last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop)
+
+    def save() -> None:
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng)
-    finally:
-        collector.envs.close()
-    if stop.signum and not cfg.replay.save:  # no resume: keep the weights where rssm-eval looks for them
-        save_model(agent, run_dir / "model.pt")
+
+    with StopRequested() as stop:  # until the end: a signal during the save must not interrupt it
+        try:
+            last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop)
+            save()
+            if not stop.signum or not cfg.replay.save:  # without a saved replay, the weights are all there is
+                save_model(agent, run_dir / "model.pt")
+        except EnvFailing as e:  # the run's state is whole: keep it
+            save()
+            raise RunStopped(f"{e}; checkpoint saved at env step {collector.env_steps}, continue with: {PROG} "
+                             f"resume={shlex.quote(str(run_dir))} once the env is fixed", 1) from None
+        except NonFiniteModel as e:
+            raise RunStopped(f"{e} at env step {collector.env_steps}; stopped, the last checkpoint in {run_dir} is "
+                             f"kept", 1) from None
+        finally:
+            collector.envs.close()
+    if stop.signum and not cfg.replay.save:
         raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
                          f"weights saved to {run_dir / 'model.pt'} (replay.save=false: the run cannot be resumed)",
                          128 + stop.signum)
     if stop.signum:
         raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; checkpoint "
                          f"saved, continue with: {PROG} resume={shlex.quote(str(run_dir))}", 128 + stop.signum)
-    save_model(agent, run_dir / "model.pt")
     return last
 
 
@@ -281,18 +329,21 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     t, spec, p = cfg.trainer, collector.spec, progress
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
     logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
-    tracker, last, failures = p.tracker, {}, collector.failures
+    tracker, last, warn_at = p.tracker, {}, collector.failures + 1
     clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
     if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
         p.actions, p.actor_state = random_action(spec, rng, collector.num), None
     try:
+        if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, collector.env_steps):
+            return last  # the evaluation a signal abandoned, redone at its step
         while collector.env_steps < t.steps and not stop.signum:
             before = collector.env_steps
             transitions, episodes = collector.step(p.actions)
             replay.add(transitions)
-            if collector.failures != failures:
-                failures = collector.failures
-                print(f"rssm: warning: {collector.last_error}; env restarted, episodes dropped", file=sys.stderr)
+            if collector.failures >= warn_at:  # at failures 1, 2, 4, 8, ...: a flaky env cannot flood the terminal
+                print(f"rssm: warning: {collector.last_error}; env restarted, episodes dropped (failure "
+                      f"{collector.failures}; the next warning at failure {2 * collector.failures})", file=sys.stderr)
+                warn_at = 2 * collector.failures
             p.actions, p.actor_state = _next_actions(agent, transitions, p.actor_state, spec, rng,
                                                      collector.env_steps < t.prefill)
             for episode in episodes:
@@ -315,14 +366,11 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                              "perf/updates_per_s": (p.updates - clock_updates) / elapsed,
                              "perf/updates": float(p.updates), "train/skipped_updates": float(agent.skipped),
                              "train/env_failures": float(collector.failures)})
-                if eval_due:
-                    last.update(evaluate_apart(agent, cfg, steps))
                 logger.scalars(last, steps)
-                clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
-                if eval_due and t.stop_return is not None and last["eval/return_mean"] >= t.stop_return:
-                    print(f"rssm: mean eval return {last['eval/return_mean']:.1f} >= trainer.stop_return at env "
-                          f"step {steps}; stopping", flush=True)
+                p.eval_pending = eval_due
+                if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps):
                     break
+                clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
             if crossed(before, steps, t.checkpoint_every) and steps < t.steps:
                 save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng)
             logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
@@ -330,6 +378,25 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     finally:
         logger.close()
     return last
+
+
+def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequested, logger: Logger,
+                  last: dict[str, float], steps: int) -> bool:
+    """Run the evaluation due at `steps` and log it (into `last` too). Returns whether the run should end: a
+    signal abandoned it (`p.eval_pending` stays set, so the checkpoint's resumed run redoes it), or its mean
+    return reached `trainer.stop_return`."""
+    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop)
+    if metrics is None:
+        return True
+    p.eval_pending = False
+    last.update(metrics)
+    logger.scalars(metrics, steps)
+    stop_return = cfg.trainer.stop_return
+    if stop_return is not None and metrics["eval/return_mean"] >= stop_return:
+        print(f"rssm: mean eval return {metrics['eval/return_mean']:.1f} >= trainer.stop_return at env step "
+              f"{steps}; stopping", flush=True)
+        return True
+    return False
 
 
 def objective(cfg: DictConfig, last: dict[str, float]) -> float:

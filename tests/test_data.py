@@ -189,5 +189,5 @@ def test_an_env_that_keeps_raising_gives_up_with_a_user_error():
 
     collector = Collector(make_envs(remake, 1), spec, seed=0, remake=lambda: make_envs(remake, 1), max_failures=3)
     rng = np.random.default_rng(0)
-    with pytest.raises(UserError, match="raised in reset .* 3 failures in a row, giving up"):
+    with pytest.raises(UserError, match="raised in reset .* 3 failures within 1 env steps, giving up"):
         collector.step(random_action(spec, rng))

@@ -1,0 +1,540 @@
+"""Bad input and faults: each ends in one line (status 2 for the user's input, 1 for a failed run, 128 + signum
+after a signal), never a traceback, and loses nothing: the files of a run that are there stay as they were."""
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import rssm.evaluate
+import rssm.train
+from rssm.checkpoint import CHECKPOINT, load_checkpoint
+from rssm.config import UserError
+from rssm.train import RunStopped, train
+
+DEBUG = ("experiment=debug", "trainer.progress=false")
+RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eval_episodes=1", "replay.chunk=32")
+
+# Envs with faults, reached through `faulty_envs:ID` ids. What they do is picked by the variable FAULTY, read
+# only here. Training seeds its evaluation env with cfg.seed + 10000: the env knows it is evaluating from that.
+ENV_MODULE = '''
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.classic_control import CartPoleEnv
+
+NAN_LEFT, MADE = [1], {}  # per mode: faults that happen once in a process, envs made
+
+
+class Faulty(CartPoleEnv):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mode, self.count, self.evaluating = os.environ.get("FAULTY", ""), 0, False
+        MADE[self.mode] = MADE.get(self.mode, 0) + 1
+        if self.mode == "crash_then_unmakeable" and MADE[self.mode] > 2:  # train makes one to check, then the envs
+            raise ConnectionError("the simulator's licence server is down")
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.evaluating = seed == 10_000
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.count += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.mode == "sigterm_in_eval" and self.evaluating and self.count == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.mode == "raise_in_eval" and self.evaluating and self.count == 5:
+            raise RuntimeError("simulator crashed during evaluation")
+        if self.mode == "crash_then_unmakeable" and self.count == 50:
+            raise RuntimeError("simulator crashed")
+        if self.mode == "flaky" and self.count % 3 == 0:
+            raise RuntimeError("simulator crashed")
+        if self.mode == "nan_once" and self.count == 30 and NAN_LEFT[0]:
+            NAN_LEFT[0] -= 1
+            obs = obs * np.nan
+        return obs, reward, terminated, truncated, info
+
+
+class BigObs(gym.Env):
+    """8 KB observations: a replay chunk of 16 steps is 128 KB."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2048,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2048, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2048, np.float32), 1.0, False, False, {}
+
+
+gym.register("Faulty-v0", entry_point=Faulty, max_episode_steps=500)
+gym.register("BigObs-v0", entry_point=BigObs, max_episode_steps=50)
+'''
+
+# Runs rssm-train with a second SIGINT and a SIGTERM arriving while the stop's own checkpoint is written.
+WRAPPER = '''
+import os
+import signal
+
+import torch
+
+import rssm.envs
+import rssm.train
+
+real_save, real_step, stopping = torch.save, rssm.envs.Collector.step, []
+
+
+def step(self, actions):
+    out = real_step(self, actions)
+    if self.env_steps >= 150 and not stopping:
+        stopping.append(self.env_steps)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
+    return out
+
+
+def save(obj, f):
+    if stopping and "progress" in obj:  # the checkpoint the stop asked for
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    real_save(obj, f)
+
+
+rssm.envs.Collector.step, torch.save = step, save
+rssm.train.main()
+'''
+
+
+@pytest.fixture(scope="session")
+def env_dir(tmp_path_factory):
+    where = tmp_path_factory.mktemp("envs")
+    (where / "faulty_envs.py").write_text(ENV_MODULE)
+    (where / "wrap_train.py").write_text(WRAPPER)
+    return where
+
+
+@pytest.fixture
+def faulty(env_dir, monkeypatch):
+    """faulty(mode): the Faulty env in this process, with `mode`."""
+    monkeypatch.syspath_prepend(str(env_dir))
+
+    def _set(mode: str) -> None:
+        monkeypatch.setenv("FAULTY", mode)
+
+    return _set
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A finished dreamer run (steps 200, checkpoints at 100 and 200). Copy it before changing it."""
+    from hydra import compose, initialize_config_module
+
+    from rssm.config import register_configs
+
+    register_configs()
+    with initialize_config_module("rssm.configs", version_base=None):
+        cfg = compose("config", overrides=list(RUN))
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train(cfg, run_dir)
+    return run_dir
+
+
+def copy_run(finished: Path, where: Path) -> Path:
+    shutil.copytree(finished, where)
+    return where
+
+
+def hashes(*dirs: Path) -> dict[str, str]:
+    """sha256 of every file under `dirs`, by path."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for d in dirs if d.is_dir()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def refused(cfg, run_dir: Path, message: str, *unchanged: Path) -> None:
+    """train(cfg, run_dir) raises a one-line UserError holding `message` and changes no file in `unchanged`."""
+    before = hashes(*unchanged)
+    with pytest.raises(UserError) as e:
+        train(cfg, run_dir)
+    assert message in one_line(str(e.value))
+    assert hashes(*unchanged) == before
+
+
+# Configs under which the run cannot work, or would train nothing and exit 0.
+@pytest.mark.parametrize("override, message", [
+    ("trainer.eval_episodes=0", "trainer.eval_episodes must be > 0, got 0"),
+    ("wm.lr=inf", "wm.lr must be a finite number, got inf"),
+    ("agent.gamma=nan", "agent.gamma must be a finite number, got nan"),
+    ("trainer.train_ratio=inf", "trainer.train_ratio must be a finite number, got inf"),
+    ("trainer.stop_return=-inf", "trainer.stop_return must be a finite number, got -inf"),
+    ("trainer.train_ratio=0", "trainer.train_ratio must be > 0, got 0"),
+    ("trainer.train_ratio=0.1", "trainer.train_ratio=0.1 makes 0.625 updates due in the 200 env steps after"),
+    ("replay.capacity=7", "the replay holds 7 steps per env (replay.capacity / env.num_envs), fewer than one "
+                           "sequence of replay.batch_length=8"),
+    ("trainer.prefill=300", "trainer.prefill (300) must be below trainer.steps (300)"),
+    ("trainer.steps=14", "trainer.steps (14) gives each of the 2 envs fewer steps than one sequence"),
+    ("+trainer.speed=3", "unknown config key 'trainer.speed'"),
+])
+def test_configs_that_cannot_train_are_refused(compose_config, finished, tmp_path, override, message):
+    extra = ("env.num_envs=2", "trainer.prefill=0", "replay.chunk=4") if "trainer.steps=14" in override else ()
+    run_dir = copy_run(finished, tmp_path / "run")
+    refused(compose_config(*DEBUG, *extra, override), run_dir, message, run_dir)
+    refused(compose_config(*DEBUG, *extra, override, f"resume={run_dir}"), run_dir, message, run_dir)
+
+
+def test_run_directories_that_cannot_be_used(compose_config, tmp_path, finished):
+    cfg = compose_config(*RUN)
+    a_file = tmp_path / "file"
+    a_file.write_text("notes")
+    refused(cfg, a_file, f"run directory {a_file} is a file, not a directory", tmp_path)
+    refused(cfg, a_file / "run", f"cannot use {a_file / 'run'} as a run directory: Not a directory", tmp_path)
+    run_dir = copy_run(finished, tmp_path / "run")
+    refused(cfg, run_dir, f"{run_dir} already holds a run: continue it with resume={run_dir}", run_dir)
+    refused(compose_config(*RUN, f"resume={tmp_path / 'nowhere'}"), run_dir, f"no checkpoint at {tmp_path / 'nowhere'}",
+            run_dir)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size) -> a fresh tmpfs of `size` mounted under tmp_path (tests run as root in CI), unmounted after."""
+    mounts = []
+
+    def _mount(size: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root")
+        mounts.append(where)
+        return where
+
+    yield _mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def read_only(where: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+def test_read_only_run_directories(compose_config, tmpfs, finished):
+    disk = tmpfs("4m")
+    run_dir = copy_run(finished, disk / "run")
+    read_only(disk)
+    refused(compose_config(*RUN), disk / "new", f"cannot use {disk / 'new'} as a run directory: Read-only file system")
+    refused(compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]"),
+            run_dir, f"cannot use {run_dir} as a run directory: Read-only file system", run_dir)
+
+
+def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(compose_config, tmpfs, faulty):
+    disk = tmpfs("5m")  # the checkpoint at 100 (2.7 MB) fits, not the one at 200 (3.5 MB) beside it
+    run_dir = disk / "run"
+    # The replay's tail (the rows after the last chunk) is one large tensor in the checkpoint: torch.save reports
+    # the failed write of a large tensor as a RuntimeError, not an OSError.
+    cfg = compose_config(*RUN, "env.id=faulty_envs:BigObs-v0", "trainer.prefill=50", "replay.chunk=512")
+    refused(cfg, run_dir, f"cannot write {run_dir / CHECKPOINT}: No space left on device (the previous file, if any, "
+            "is intact)")
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 100
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "model.pt").exists()
+
+
+def test_a_replay_chunk_that_does_not_fit(compose_config, tmpfs, faulty):
+    disk = tmpfs("96k")  # config and events fit, a 128 KB chunk does not
+    run_dir = disk / "run"
+    cfg = compose_config(*RUN, "env.id=faulty_envs:BigObs-v0", "replay.chunk=16", "trainer.checkpoint_every=1000")
+    refused(cfg, run_dir, f"cannot write {run_dir / 'replay' / 'chunk_000000.npz'}: No space left on device")
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "the file is truncated or damaged"),
+    ("code", "it holds objects other than tensors and plain data, and loading them could run code, so it is refused"),
+    ("chunk", "cannot read replay chunk"),
+])
+def test_damaged_runs_refuse_to_resume(compose_config, finished, tmp_path, capfd, damage, message):
+    run_dir = copy_run(finished, tmp_path / "run")
+    path = run_dir / CHECKPOINT
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+    elif damage == "code":
+        torch.save({"format": 1, "payload": subprocess.CompletedProcess(["true"], 0)}, path)
+    else:
+        (run_dir / "replay" / "chunk_000001.npz").unlink()
+    capfd.readouterr()
+    cfg = compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]")
+    refused(cfg, run_dir, message, run_dir)
+    assert capfd.readouterr().err == ""  # no warning lines from torch
+
+
+def eval_cli(capsys, *argv) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        rssm.evaluate.main([str(a) for a in argv])
+    return e.value.code, one_line(capsys.readouterr().err)
+
+
+def test_rssm_eval_errors(finished, tmp_path, capsys):
+    stopped = copy_run(finished, tmp_path / "stopped")
+    (stopped / "model.pt").unlink()
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([stopped], f"{stopped} holds a run that was stopped before it finished (a checkpoint, no model.pt): finish "
+                    f"it with rssm-train resume={stopped}"),
+        ([tmp_path / "empty"], f"{tmp_path / 'empty' / 'config.yaml'} not found: is {tmp_path / 'empty'} an rssm"),
+        ([tmp_path / "nowhere"], f"{tmp_path / 'nowhere' / 'config.yaml'} not found: is {tmp_path / 'nowhere'} an"),
+        ([stopped / "config.yaml"], f"{stopped / 'config.yaml'} is a file: give an rssm run directory"),
+        ([finished, "--video", tmp_path / "no" / "a.gif"], f"the folder {tmp_path / 'no'} does not exist"),
+        ([finished, "--out", tmp_path / "no" / "e.json"], f"the folder {tmp_path / 'no'} does not exist"),
+    ]
+    before = hashes(finished, stopped)
+    for argv, message in cases:
+        status, line = eval_cli(capsys, *argv)
+        assert status == 2 and line.startswith("rssm-eval: error: ") and message in line, line
+    assert hashes(finished, stopped) == before
+
+
+def test_an_env_module_that_does_not_exist(compose_config, tmp_path):
+    refused(compose_config(*RUN, "env.id=no_such_module:Env-v0"), tmp_path / "run",
+            "cannot make environment 'no_such_module:Env-v0': ModuleNotFoundError: No module named 'no_such_module'")
+
+
+def test_an_env_module_that_does_not_exist_from_the_cli(tmp_path, run_cli):
+    proc = run_cli(*RUN, "env.id=no_such_module:Env-v0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                   timeout=120)
+    assert proc.returncode == 2
+    assert "rssm-train: error: cannot make environment 'no_such_module:Env-v0'" in one_line(proc.stderr)
+
+
+def test_a_flaky_env_gives_up_with_the_checkpoint_saved(compose_config, tmp_path, faulty, capsys):
+    faulty("flaky")  # raises at every third step: never five failures in a row
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), run_dir)
+    assert e.value.status == 1
+    message = one_line(str(e.value))
+    assert "RuntimeError('simulator crashed'); 5 failures within 9 env steps, giving up; checkpoint saved at " \
+           "env step 10, continue with: rssm-train resume=" in message
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 10
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [w.split("(failure ")[1] for w in warnings] == ["1; the next warning at failure 2)",
+                                                          "2; the next warning at failure 4)",
+                                                          "4; the next warning at failure 8)"]
+
+
+def test_an_env_that_cannot_be_made_again_ends_the_run_with_the_checkpoint_saved(compose_config, tmp_path, faulty):
+    faulty("crash_then_unmakeable")
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), run_dir)
+    assert e.value.status == 1
+    assert "making the env again failed too: cannot make environment 'faulty_envs:Faulty-v0': ConnectionError: the " \
+           "simulator's licence server is down; checkpoint saved at env step 49" in one_line(str(e.value))
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 49
+
+
+def test_ctrl_c_while_a_run_starts(compose_config, finished, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rssm.train, "build_agent", interrupted)
+    run_dir = copy_run(finished, tmp_path / "run")
+    before = hashes(run_dir)
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]"), run_dir)
+    assert e.value.status == 128 + signal.SIGINT
+    assert one_line(str(e.value)) == f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was " \
+                                     "written"
+    assert hashes(run_dir) == before
+
+
+def test_non_finite_observations_are_an_env_failure(compose_config, tmp_path, faulty, capsys):
+    faulty("nan_once")
+    last = train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), tmp_path / "run")
+    assert last["train/env_failures"] == 1 and (tmp_path / "run" / "model.pt").exists()
+    assert "the env returned a non-finite observation 'obs'" in capsys.readouterr().err
+
+
+def test_an_evaluation_env_that_fails_is_restarted(compose_config, tmp_path, faulty):
+    faulty("raise_in_eval")
+    last = train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), tmp_path / "run")
+    assert last["eval/return_mean"] > 0 and (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_model_that_acts_with_nan_stops_the_run_keeping_the_checkpoint(compose_config, tmp_path, monkeypatch):
+    from rssm.agent import Agent
+
+    real_update = Agent.update
+
+    def update_then_diverge(self, batch):  # a model gone bad in a way the update's own checks do not see
+        metrics = real_update(self, batch)
+        if int(self.wm_opt.state[self.wm_params[0]]["step"]) == 30:
+            with torch.no_grad():
+                self.actor.net.out.weight.fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(Agent, "update", update_then_diverge)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunStopped) as e:
+        train(compose_config(*RUN), run_dir)
+    assert e.value.status == 1
+    assert one_line(str(e.value)).startswith("the model's state or policy is not finite (nan or inf): it cannot act "
+                                              "at env step 161; stopped, the last checkpoint in")
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 100
+    assert not (run_dir / "model.pt").exists()
+
+
+def test_leftover_temporary_files_are_removed_once_the_lock_is_held(compose_config, finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path / "run")
+    leftovers = [run_dir / f"{CHECKPOINT}.4242.tmp", run_dir / "replay" / "chunk_000009.npz.4242.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    (run_dir / "notes.tmp").write_text("the user's")
+    train(compose_config(*RUN, "trainer.steps=260", f"resume={run_dir}", "allow_changes=[trainer.steps]"), run_dir)
+    assert not any(p.exists() for p in leftovers) and (run_dir / "notes.tmp").exists()
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 260
+
+
+def fork_train(cfg, run_dir: Path) -> int:
+    """train(cfg, run_dir) in a forked child; its pid. It exits 0 when done, 2 on a UserError, 3 otherwise."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 3
+        try:
+            train(cfg, run_dir)
+            code = 0
+        except UserError:
+            code = 2
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_for(condition, pid: int, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        assert not done, f"the run ended ({status}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_two_runs_in_one_directory(compose_config, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_config(*DEBUG, "agent=world_model", "trainer.steps=100000", "trainer.checkpoint_every=50",
+                         "trainer.prefill=20")
+    pid = fork_train(cfg, run_dir)
+    try:
+        wait_for(lambda: (run_dir / CHECKPOINT).exists(), pid, "checkpoint")
+        os.kill(pid, signal.SIGSTOP)  # hold the first run still while the second tries
+        refused(cfg, run_dir, f"{run_dir} is in use by another run; wait for it to end or pick another dir", run_dir)
+        resume = compose_config(*DEBUG, "agent=world_model", "trainer.steps=100000", "trainer.checkpoint_every=50",
+                                "trainer.prefill=20", f"resume={run_dir}")
+        refused(resume, run_dir, f"{run_dir} is in use by another run", run_dir)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    # The OS released the dead run's lock: it can be continued.
+    steps = load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"]
+    train(compose_config(*DEBUG, "agent=world_model", f"trainer.steps={steps + 20}", "trainer.checkpoint_every=50",
+                         "trainer.prefill=20", f"resume={run_dir}", "allow_changes=[trainer.steps]"), run_dir)
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == steps + 20
+
+
+def needed_chunks_exist(run_dir: Path, chunk: int) -> int:
+    """Every replay chunk the checkpoint needs is there, whole; returns its env steps (0 without one)."""
+    if not (run_dir / CHECKPOINT).exists():
+        return 0
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    from rssm.replay import read_chunk
+
+    for index in range(state["replay"]["total"] // chunk):
+        assert len(read_chunk(run_dir / "replay" / f"chunk_{index:06d}.npz")["is_first"]) == chunk
+    return state["collector"]["env_steps"]
+
+
+def test_sigkill_at_random_moments_then_resume(compose_config, tmp_path):
+    run_dir, rng = tmp_path / "run", random.Random(0)
+    args = (*DEBUG, "agent=world_model", "trainer.prefill=20", "trainer.checkpoint_every=10", "replay.chunk=8")
+    import torch._dynamo  # noqa: F401 - the optimizers import it on first use: once here, not in each child
+
+    steps = []
+    for kill in range(20):
+        resume = (f"resume={run_dir}",) if (run_dir / CHECKPOINT).exists() else ()
+        config = run_dir / "config.yaml"
+        before = config.stat().st_ino if config.exists() else None
+        pid = fork_train(compose_config(*args, "trainer.steps=100000", *resume), run_dir)
+        # The run writes its config once it has resumed (a new file: atomic_write renames one into place).
+        wait_for(lambda: config.exists() and config.stat().st_ino != before, pid, "resumed run")  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.4))  # a random moment in the run: sleeping is the point here
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"kill {kill}: exit {status}"
+        steps.append(needed_chunks_exist(run_dir, 8))
+    assert steps == sorted(steps) and steps[-1] > 0  # no resume went back
+    final = steps[-1] + 30
+    train(compose_config(*args, f"trainer.steps={final}", f"resume={run_dir}", "allow_changes=[trainer.steps]"),
+          run_dir)
+    assert needed_chunks_exist(run_dir, 8) == final and (run_dir / "model.pt").exists()
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_second_signal_during_the_save_does_not_interrupt_it(tmp_path, env_dir, cli_environ):
+    run_dir = tmp_path / "run"
+    environ = {**cli_environ, "PYTHONPATH": os.pathsep.join((str(env_dir), cli_environ["PYTHONPATH"]))}
+    proc = subprocess.run([sys.executable, str(env_dir / "wrap_train.py"), *DEBUG, "agent=world_model",
+                           "trainer.steps=100000", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                          env=environ, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert one_line(proc.stderr) == (f"rssm-train: stopped by SIGINT at env step 150; checkpoint saved, continue "
+                                     f"with resume={run_dir}")
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 150
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def eval_events(run_dir: Path) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    if "eval/return_mean" not in events.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in events.Scalars("eval/return_mean")]
+
+
+def test_sigterm_during_evaluation_stops_it_and_the_resumed_run_redoes_it(compose_config, tmp_path, env_dir,
+                                                                          cli_environ, faulty):
+    run_dir = tmp_path / "run"
+    args = (*RUN, "env.id=faulty_envs:Faulty-v0", "trainer.eval_every=100", "trainer.eval_episodes=2")
+    environ = {**cli_environ, "PYTHONPATH": os.pathsep.join((str(env_dir), cli_environ["PYTHONPATH"])),
+               "FAULTY": "sigterm_in_eval"}
+    proc = subprocess.run([sys.executable, "-m", "rssm.train", *args, f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert one_line(proc.stderr).startswith("rssm-train: stopped by SIGTERM at env step 100; checkpoint saved")
+    assert load_checkpoint(run_dir / CHECKPOINT)["progress"]["eval_pending"] is True
+    assert eval_events(run_dir) == []
+
+    faulty("")  # the same env, without the signal
+    train(compose_config(*args, f"resume={run_dir}"), run_dir)
+    straight = tmp_path / "straight"
+    train(compose_config(*args), straight)
+    assert [s for s, _ in eval_events(run_dir)] == [100, 200]
+    # The evaluation at 100 is the straight run's. (After a resume, episodes start afresh: later ones differ.)
+    assert eval_events(run_dir)[0] == eval_events(straight)[0]

@@ -92,10 +92,11 @@ def rewrite_uncompressed(replay_dir) -> dict[str, bytes]:
 
 
 def test_a_run_with_old_uncompressed_chunks_resumes(compose_config, tmp_path):
-    train(compose_config(*RUN, "trainer.steps=100"), tmp_path)
+    train(compose_config(*RUN, "trainer.steps=100", "trainer.prefill=50"), tmp_path)
     old = rewrite_uncompressed(tmp_path / "replay")
     assert sorted(old) == [f"chunk_00000{i}.npz" for i in range(3)]
-    train(compose_config(*RUN, "trainer.steps=140", f"resume={tmp_path}", "allow_changes=[trainer.steps]"), tmp_path)
+    train(compose_config(*RUN, "trainer.steps=140", "trainer.prefill=50", f"resume={tmp_path}",
+                       "allow_changes=[trainer.steps]"), tmp_path)
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 140
     assert all((tmp_path / "replay" / name).read_bytes() == data for name, data in old.items())  # never rewritten
     with zipfile.ZipFile(tmp_path / "replay" / "chunk_000003.npz") as archive:  # the new chunk is compressed
@@ -144,10 +145,10 @@ def test_sigint_without_saved_replay_writes_the_weights_and_no_resume_hint(compo
 
 
 def test_a_saved_run_cannot_drop_its_replay_on_resume(compose_config, tmp_path):
-    train(compose_config(*RUN, "trainer.steps=40"), tmp_path)
+    train(compose_config(*RUN, "trainer.steps=40", "trainer.prefill=20"), tmp_path)
     with pytest.raises(UserError, match=f"^replay.save=false cannot be given to resume {tmp_path / CHECKPOINT}: "):
-        train(compose_config(*RUN, "trainer.steps=40", "replay.save=false", "allow_changes=[replay.save]",
-                             f"resume={tmp_path}"), tmp_path)
+        train(compose_config(*RUN, "trainer.steps=40", "trainer.prefill=20", "replay.save=false",
+                             "allow_changes=[replay.save]", f"resume={tmp_path}"), tmp_path)
 
 
 def test_a_run_saved_before_replay_save_existed_resumes_without_it(compose_config):

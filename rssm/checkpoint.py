@@ -1,4 +1,4 @@
-"""Checkpoints: atomic files, RNG states, and safe loading.
+"""Checkpoints: saving and safe loading of a run, and RNG states.
 
 A checkpoint is one `torch.save` file, read back with `torch.load(weights_only=True)`: it holds only tensors,
 numbers, strings, lists and dicts, so loading one can never run code. It is written through a temporary file
@@ -7,23 +7,19 @@ that is fsynced and renamed over the old one, so a crash or a full disk leaves t
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import pickle
 import random
-import re
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.config import UserError
+from rssm.files import atomic_write
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
     from rssm.agent import Agent
@@ -31,94 +27,7 @@ if TYPE_CHECKING:  # the run's objects, for annotations only: they import this m
     from rssm.replay import Replay
 
 CHECKPOINT = "checkpoint.pt"
-LOCK = ".lock"  # held (flock) by the run writing the directory
-TMP_SUFFIX = ".tmp"
-_LEFTOVER = re.compile(r".+\.\d+" + re.escape(TMP_SUFFIX))  # atomic_write's temporary files
 FORMAT = 1  # bumped when the layout below changes incompatibly
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through `write(file)`: into a temporary file beside it, fsynced, then renamed over it.
-
-    Readers see the old file or the new one, never a part. Raises UserError (the old file untouched) when
-    the write fails, e.g. on a full disk or a read-only file system.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except (OSError, RuntimeError) as e:
-        # torch.save reports a failed write (ENOSPC included) as a RuntimeError from its C++ writer, with no
-        # errno ("unexpected pos 704 vs 598"): the file system's free space tells what happened.
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _write_reason(path, e)  # tmp still full
-        _remove(tmp)
-        raise UserError(f"cannot write {path}: {reason} (the previous file, if any, is intact)") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _write_reason(path: Path, e: Exception) -> str:
-    """Why a write failed, when the error does not carry an errno: a full file system, or its first line."""
-    try:
-        st = os.statvfs(path.parent)
-        if st.f_bavail * st.f_frsize < 1 << 20 or st.f_favail == 0:
-            return os.strerror(errno.ENOSPC)
-    except OSError:
-        pass
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass  # e.g. a read-only file system, where the file was not made either
-
-
-def remove_leftovers(run_dir: Path) -> list[Path]:
-    """Delete the temporary files that writers killed mid-write left in `run_dir` and its replay folder
-    (`atomic_write`'s `NAME.PID.tmp`). Only safe while holding the run's lock. Returns the deleted paths."""
-    found = [p for d in (run_dir, run_dir / "replay") if d.is_dir() for p in d.iterdir()
-             if _LEFTOVER.fullmatch(p.name) and p.is_file()]
-    for path in found:
-        path.unlink()
-    return found
-
-
-def lock_run_dir(run_dir: Path) -> IO[bytes]:
-    """Make `run_dir` if needed and take an exclusive lock on its lock file, held until the returned file is
-    closed (the OS releases it when the process dies). The lock file is created if absent and never written.
-
-    Raises:
-        UserError: the path is a file or under one, cannot be written (read-only, permissions), or another
-            process holds the lock.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file, not a directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise UserError(f"cannot use {run_dir} as a run directory: {e.strerror or e}") from None
-    lock = os.fdopen(fd, "r+b")  # stays empty: a refused run must change no file of the run it found
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise UserError(f"{run_dir} is in use by another run; wait for it to end or pick another dir") from None
-    return lock
 
 
 def checkpoint_path(resume: str | Path) -> Path:

@@ -8,7 +8,6 @@ in any hydra app); rssm validates it inside the task function.
 from __future__ import annotations
 
 import io
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import ABSENT_MEANS, Config, UserError, check_changes, config_changes, flatten, validate
+from rssm.files import check_run_dir
 
 PROG = "rssm-train"
 OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its config.yaml
@@ -120,21 +120,6 @@ def run_dir_resolver(resume: str, default: str) -> str:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("rssm_run_dir", run_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("rssm_now", lambda fmt: datetime.now().strftime(fmt), replace=True)
-
-
-def check_run_dir(path: Path) -> None:
-    """Raise UserError if `path` cannot be a run directory: it is a file, lies under a file, or cannot be
-    written (a read-only mount)."""
-    path = Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"run directory {path} is a file")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"run directory {path} lies under {existing}, which is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {existing}: permission denied or a read-only file system")
 
 
 class RunDirCheck(Callback):

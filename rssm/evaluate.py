@@ -17,10 +17,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rssm.agent import NonFiniteModel
-from rssm.build import build_agent, build_env, resolve_device
-from rssm.checkpoint import CHECKPOINT, atomic_write
+from rssm.build import build_agent, build_env, build_envs, env_id, resolve_device
+from rssm.checkpoint import CHECKPOINT
 from rssm.config import Config, UserError, validate
 from rssm.envs import Collector, EnvSpec
+from rssm.files import atomic_write
 from rssm.logging import encode_gif
 
 
@@ -145,8 +146,6 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, list[np.ndarray]]:
         if path is not None and not path.parent.is_dir():
             raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
     cfg, agent = load_run(args.run_dir, args.device)
-    from rssm.train import build_envs, env_id
-
     render_mode = "rgb_array" if args.video else None
     envs, spec = build_envs(cfg, num=1, render_mode=render_mode)
     try:

@@ -9,8 +9,8 @@ from typing import IO
 
 import numpy as np
 
-from rssm.checkpoint import atomic_write
 from rssm.config import UserError
+from rssm.files import atomic_write
 
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 # zlib level of the chunk files: the fastest, since chunks are written in the training loop. A 1024-step chunk of

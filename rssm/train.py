@@ -26,16 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, resolve_device
-from rssm.checkpoint import (
-    CHECKPOINT,
-    atomic_write,
-    checkpoint_path,
-    load_checkpoint,
-    lock_run_dir,
-    remove_leftovers,
-    restore_run,
-    save_run,
-)
+from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, restore_run, save_run
 from rssm.cli import (
     OVERRIDES,
     PROG,
@@ -49,6 +40,7 @@ from rssm.cli import (
 from rssm.config import UserError, check_changes, register_configs, validate
 from rssm.envs import Collector, EnvFailing, EnvSpec, blank_transition, random_action
 from rssm.evaluate import run_episodes
+from rssm.files import atomic_write, lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rssm.checkpoint import atomic_write
 from rssm.config import UserError
 from rssm.envs import Collector, atari_id, make_env, make_envs, random_action
+from rssm.files import atomic_write
 from rssm.replay import Replay, read_chunk, write_chunk
 
 ENVS = {"cartpole": lambda: make_env("CartPole-v1"), "cartpole_pixels": lambda: make_env("CartPole-v1", pixels=True),

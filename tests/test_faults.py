@@ -207,8 +207,8 @@ def test_run_directories_that_cannot_be_used(compose_config, tmp_path, finished)
     cfg = compose_config(*RUN)
     a_file = tmp_path / "file"
     a_file.write_text("notes")
-    refused(cfg, a_file, f"run directory {a_file} is a file, not a directory", tmp_path)
-    refused(cfg, a_file / "run", f"cannot use {a_file / 'run'} as a run directory: Not a directory", tmp_path)
+    refused(cfg, a_file, f"run directory {a_file} is a file", tmp_path)
+    refused(cfg, a_file / "run", f"run directory {a_file / 'run'} lies under {a_file}, which is a file", tmp_path)
     run_dir = copy_run(finished, tmp_path / "run")
     refused(cfg, run_dir, f"{run_dir} already holds a run: continue it with resume={run_dir}", run_dir)
     refused(compose_config(*RUN, f"resume={tmp_path / 'nowhere'}"), run_dir, f"no checkpoint at {tmp_path / 'nowhere'}",
@@ -244,9 +244,9 @@ def test_read_only_run_directories(compose_config, tmpfs, finished):
     disk = tmpfs("4m")
     run_dir = copy_run(finished, disk / "run")
     read_only(disk)
-    refused(compose_config(*RUN), disk / "new", f"cannot use {disk / 'new'} as a run directory: Read-only file system")
+    refused(compose_config(*RUN), disk / "new", f"cannot write to {disk}: read-only file system")
     refused(compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]"),
-            run_dir, f"cannot use {run_dir} as a run directory: Read-only file system", run_dir)
+            run_dir, f"cannot write to {run_dir}: read-only file system", run_dir)
 
 
 def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(compose_config, tmpfs, faulty):

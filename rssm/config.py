@@ -158,11 +158,15 @@ def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             _check_keys(cfg[key], sub, f"{prefix}{key}.")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # the model computes in float32: a larger number overflows to inf there
+
+
 def _check_finite(cfg: DictConfig) -> None:
-    """Every float in the config is a number: inf or nan would pass the range checks and reach the model."""
+    """Every float in the config is a number the model can hold: inf, nan or one beyond float32's range would pass
+    the range checks and reach the model (torch's optimizers raise on a learning rate that overflows)."""
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+            raise UserError(f"{key} must be a finite float32 number, got {value}")
 
 
 def _check_updates(cfg: DictConfig) -> None:

@@ -9,6 +9,7 @@ holds a vector (D,) float32 or an image (H, W, C) uint8; replay transitions hold
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -269,10 +270,17 @@ def _controlled(make: Callable[[], gym.Env], index: int) -> gym.Env:
     return EpisodeControl(make(), index)
 
 
+def _controlled_in_worker(make: Callable[[], gym.Env], index: int) -> gym.Env:
+    """`_controlled` in an async worker, which ignores SIGINT: Ctrl-C in a terminal reaches the whole process
+    group, and the training process, not the worker, decides what to do (save, then stop the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _controlled(make, index)
+
+
 def make_envs(make: Callable[[], gym.Env], num: int, kind: str = "sync") -> gym.vector.VectorEnv:
     """`num` envs from `make`, each in an `EpisodeControl`, stepped together: `sync` in this process, `async`
     one subprocess each. The vector env never resets an env itself: `Collector` resets each episode's env."""
-    fns = [partial(_controlled, make, i) for i in range(num)]
+    fns = [partial(_controlled_in_worker if kind == "async" else _controlled, make, i) for i in range(num)]
     mode = gym.vector.AutoresetMode.DISABLED
     if kind == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)

@@ -184,10 +184,11 @@ def refused(cfg, run_dir: Path, message: str, *unchanged: Path) -> None:
 # Configs under which the run cannot work, or would train nothing and exit 0.
 @pytest.mark.parametrize("override, message", [
     ("trainer.eval_episodes=0", "trainer.eval_episodes must be > 0, got 0"),
-    ("wm.lr=inf", "wm.lr must be a finite number, got inf"),
-    ("agent.gamma=nan", "agent.gamma must be a finite number, got nan"),
-    ("trainer.train_ratio=inf", "trainer.train_ratio must be a finite number, got inf"),
-    ("trainer.stop_return=-inf", "trainer.stop_return must be a finite number, got -inf"),
+    ("wm.lr=inf", "wm.lr must be a finite float32 number, got inf"),
+    ("agent.gamma=nan", "agent.gamma must be a finite float32 number, got nan"),
+    ("trainer.train_ratio=inf", "trainer.train_ratio must be a finite float32 number, got inf"),
+    ("trainer.stop_return=-inf", "trainer.stop_return must be a finite float32 number, got -inf"),
+    ("wm.lr=1e300", "wm.lr must be a finite float32 number, got 1e+300"),  # torch.optim raised on it
     ("trainer.train_ratio=0", "trainer.train_ratio must be > 0, got 0"),
     ("trainer.train_ratio=0.1", "trainer.train_ratio=0.1 makes 0.625 updates due in the 200 env steps after"),
     ("replay.capacity=7", "the replay holds 7 steps per env (replay.capacity / env.num_envs), fewer than one "
@@ -498,6 +499,25 @@ def test_sigkill_at_random_moments_then_resume(compose_config, tmp_path):
           run_dir)
     assert needed_chunks_exist(run_dir, 8) == final and (run_dir / "model.pt").exists()
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_ctrl_c_to_the_process_group_of_an_async_run_keeps_its_episodes(tmp_path, cli_environ):
+    """A terminal's Ctrl-C reaches every process of the group, async env workers too: they ignore it, so no env
+    fails, and the checkpoint holds the episodes under way."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rssm.train", *DEBUG, "agent=world_model", "env.num_envs=2",
+                             "env.vector=async", "trainer.steps=100000", "trainer.checkpoint_every=100",
+                             f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_environ, cwd=tmp_path, start_new_session=True)  # its own process group
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT).exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert one_line(stderr).startswith("rssm-train: stopped by SIGINT at env step ") and "warning" not in stderr
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    assert state["collector"]["failures"] == 0 and any(e is not None for e in state["collector"]["under_way"])
 
 
 def test_a_second_signal_during_the_save_does_not_interrupt_it(tmp_path, env_dir, cli_environ):

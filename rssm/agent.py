@@ -150,7 +150,7 @@ class Agent:
 
         Args:
             transitions: the observation keys (N, ...), action a_{t-1} (N, A), is_first (N,), from
-                `rssm.envs.Collector`.
+                `rssm.collector.Collector`.
             state: the model state after the previous transitions, or None at the start.
             explore: sample from the actor (True) or take its mode (False).
         Returns:

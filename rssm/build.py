@@ -8,8 +8,9 @@ from omegaconf import DictConfig
 
 from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
+from rssm.collector import make_envs
 from rssm.config import UserError
-from rssm.envs import EnvSpec, atari_id, make_env, make_envs
+from rssm.envs import EnvSpec, atari_id, make_env
 from rssm.world_model import LossScales, WorldModel, select_obs_keys
 
 

@@ -23,7 +23,7 @@ from rssm.files import atomic_write
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
     from rssm.agent import Agent
-    from rssm.envs import Collector
+    from rssm.collector import Collector
     from rssm.replay import Replay
 
 CHECKPOINT = "checkpoint.pt"

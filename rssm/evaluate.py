@@ -19,8 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 from rssm.agent import NonFiniteModel
 from rssm.build import build_agent, build_env, build_envs, env_id, resolve_device
 from rssm.checkpoint import CHECKPOINT
+from rssm.collector import Collector
 from rssm.config import Config, UserError, validate
-from rssm.envs import Collector, EnvSpec
+from rssm.envs import EnvSpec
 from rssm.files import atomic_write
 from rssm.logging import encode_gif
 

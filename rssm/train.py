@@ -37,8 +37,9 @@ from rssm.cli import (
     resumed_config,
     with_general_env,
 )
+from rssm.collector import Collector, EnvFailing, blank_transition
 from rssm.config import UserError, check_changes, register_configs, validate
-from rssm.envs import Collector, EnvFailing, EnvSpec, blank_transition, random_action
+from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import run_episodes
 from rssm.files import atomic_write, lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker

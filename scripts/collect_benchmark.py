@@ -22,8 +22,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 from rssm.build import build_agent, build_envs
+from rssm.collector import Collector
 from rssm.config import register_configs, validate
-from rssm.envs import Collector, random_action
+from rssm.envs import random_action
 from rssm.replay import Replay
 
 

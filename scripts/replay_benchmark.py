@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError
-from rssm.envs import Collector, atari_id, make_env, make_envs, random_action
+from rssm.envs import atari_id, make_env, random_action
 from rssm.files import atomic_write
 from rssm.replay import Replay, read_chunk, write_chunk
 

@@ -11,8 +11,9 @@ import torch
 import rssm.checkpoint
 from rssm.build import build_agent
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, restore_run, save_run
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError
-from rssm.envs import Collector, make_env, make_envs, random_action
+from rssm.envs import make_env, random_action
 from rssm.replay import Replay
 from rssm.train import Progress, RunStopped, train
 

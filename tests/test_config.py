@@ -7,8 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from rssm.build import build_env, build_world_model
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError, config_changes, validate
-from rssm.envs import Collector, make_envs, random_action
+from rssm.envs import random_action
 
 CONFIGS = importlib.resources.files("rssm.configs")
 ENVS = sorted(p.name[:-5] for p in CONFIGS.joinpath("env").iterdir() if p.name.endswith(".yaml"))

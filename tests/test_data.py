@@ -2,8 +2,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError
-from rssm.envs import Collector, make_env, make_envs, random_action, to_env_action
+from rssm.envs import make_env, random_action, to_env_action
 from rssm.replay import Replay
 
 

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from rssm.build import build_env, build_world_model, env_id
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError, config_changes, validate
-from rssm.envs import Collector, atari_id, make_env, make_envs, random_action
+from rssm.envs import atari_id, make_env, random_action
 from rssm.evaluate import main as eval_main
 from rssm.train import train
 

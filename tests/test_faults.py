@@ -36,7 +36,7 @@ from gymnasium.envs.classic_control import CartPoleEnv
 
 NAN_LEFT, MADE = [1], {}  # per mode: faults that happen once in a process, envs made
 # The reset seed of the first evaluation episode: the evaluation's collector has the seed 10,000 (run seed 0), and
-# its env 0 starts episode 0 of seed stream 0 (rssm.envs.Collector).
+# its env 0 starts episode 0 of seed stream 0 (rssm.collector.Collector).
 EVAL_SEED = int(np.random.SeedSequence([10_000, 0, 0, 0]).generate_state(1)[0])
 
 
@@ -95,10 +95,10 @@ import signal
 
 import torch
 
-import rssm.envs
+import rssm.collector
 import rssm.train
 
-real_save, real_step, stopping = torch.save, rssm.envs.Collector.step, []
+real_save, real_step, stopping = torch.save, rssm.collector.Collector.step, []
 
 
 def step(self, actions):
@@ -116,7 +116,7 @@ def save(obj, f):
     real_save(obj, f)
 
 
-rssm.envs.Collector.step, torch.save = step, save
+rssm.collector.Collector.step, torch.save = step, save
 rssm.train.main()
 '''
 

@@ -13,8 +13,9 @@ from test_train import EXPECTED_TAGS, read_scalars
 
 from rssm.build import build_world_model
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
+from rssm.collector import Collector, blank_transition, make_envs
 from rssm.config import UserError, config_changes
-from rssm.envs import Collector, blank_transition, env_spec, make_env, make_envs, random_action
+from rssm.envs import env_spec, make_env, random_action
 from rssm.evaluate import main as eval_main
 from rssm.networks import ConvDecoder, ConvEncoder, image_stages
 from rssm.openloop import open_loop_errors

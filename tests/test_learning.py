@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from rssm.agent import Agent, OptimSettings, to_torch
-from rssm.envs import Collector, make_env, make_envs, random_action
+from rssm.collector import Collector, make_envs
+from rssm.envs import make_env, random_action
 from rssm.replay import Replay
 from rssm.world_model import LossScales, WorldModel
 

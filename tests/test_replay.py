@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
+from rssm.collector import Collector, make_envs
 from rssm.config import UserError, config_changes
 from rssm.dream import main as dream_main
-from rssm.envs import Collector, make_env, make_envs, random_action
+from rssm.envs import make_env, random_action
 from rssm.replay import Replay, read_chunk, write_chunk
 from rssm.train import RunStopped, train
 

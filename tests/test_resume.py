@@ -14,7 +14,8 @@ from test_checkpoint import assert_same_state
 
 from rssm.build import build_agent
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from rssm.envs import Collector, make_env, make_envs, random_action
+from rssm.collector import Collector, make_envs
+from rssm.envs import make_env, random_action
 from rssm.replay import Replay
 from rssm.train import RunStopped, evaluate, open_loop_metrics, train
 

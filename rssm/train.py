@@ -1,6 +1,6 @@
-"""Composition root: turns the config into objects and runs the training loop.
+"""The training loop, and `rssm-train [overrides]` (or `python -m rssm.train`), the hydra app that runs it.
 
-`rssm-train [overrides]` (or `python -m rssm.train`) is the hydra entry point.
+`rssm.build` turns the config into objects; `rssm.cli` holds what the app adds to hydra.
 """
 
 from __future__ import annotations
@@ -197,7 +197,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     try:
         resumed = resume_checkpoint(cfg) if cfg.resume else None
         if not resumed and (run_dir / CHECKPOINT).exists():
-            raise UserError(f"{run_dir} already holds a run: continue it with resume={run_dir} or pick another dir")
+            raise UserError(f"{run_dir} already holds a run: continue it with {PROG} "
+                            f"resume={shlex.quote(str(run_dir))} or pick another dir")
         remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
         return _train(cfg, run_dir, resumed, overrides)
     except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed

@@ -128,7 +128,7 @@ def test_full_disk_keeps_the_previous_checkpoint(compose_config, tmp_path, monke
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 100
     assert not list(tmp_path.glob("*.tmp"))
     monkeypatch.undo()
-    with pytest.raises(UserError, match="already holds a run: continue it with resume="):
+    with pytest.raises(UserError, match="already holds a run: continue it with rssm-train resume="):
         train(cfg, tmp_path)  # a new run never overwrites an old one
 
 

@@ -211,7 +211,7 @@ def test_run_directories_that_cannot_be_used(compose_config, tmp_path, finished)
     refused(cfg, a_file, f"run directory {a_file} is a file", tmp_path)
     refused(cfg, a_file / "run", f"run directory {a_file / 'run'} lies under {a_file}, which is a file", tmp_path)
     run_dir = copy_run(finished, tmp_path / "run")
-    refused(cfg, run_dir, f"{run_dir} already holds a run: continue it with resume={run_dir}", run_dir)
+    refused(cfg, run_dir, f"{run_dir} already holds a run: continue it with rssm-train resume={run_dir}", run_dir)
     refused(compose_config(*RUN, f"resume={tmp_path / 'nowhere'}"), run_dir, f"no checkpoint at {tmp_path / 'nowhere'}",
             run_dir)
     assert not (tmp_path / "nowhere").exists()

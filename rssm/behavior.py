@@ -69,7 +69,8 @@ class ReturnNormalizer(nn.Module):
 class Actor(nn.Module):
     """Policy over model features. Discrete and multi-discrete actions are one-hot segments of the action
     vector, each a categorical with `unimix`; continuous actions are a Normal with tanh-squashed mean and
-    std in [min_std, max_std], sampled values clipped to [-1, 1] (rescaled to the env's bounds outside).
+    std in [min_std, max_std], sampled values clipped to [-1, 1] (rescaled to the env's bounds outside) with a
+    straight-through gradient.
 
     Args:
         feat_dim, units, layers: network sizes.
@@ -104,7 +105,9 @@ class ActionDist:
     std: torch.Tensor | None = None
 
     def sample(self) -> torch.Tensor:
-        """A sample with gradients: straight-through for one-hots, reparameterised for Normals."""
+        """A sample with gradients: straight-through for one-hots, reparameterised for Normals. A Normal sample is
+        clipped to [-1, 1], the range the env gets, with the gradient of the unclipped sample: a clipped sample
+        still tells the actor which way to move (a plain clamp gives it none)."""
         if self.logits is not None:
             parts = []
             for logits in self.logits:
@@ -112,7 +115,8 @@ class ActionDist:
                 probs = logits.exp()
                 parts.append(F.one_hot(index, logits.shape[-1]).to(probs.dtype) + (probs - probs.detach()))
             return torch.cat(parts, -1)
-        return (self.mean + self.std * torch.randn_like(self.mean)).clamp(-1.0, 1.0)
+        sample = self.mean + self.std * torch.randn_like(self.mean)  # (..., A)
+        return sample + (sample.clamp(-1.0, 1.0) - sample).detach()
 
     def mode(self) -> torch.Tensor:
         if self.logits is not None:
@@ -193,8 +197,9 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
 
     with torch.set_grad_enabled(backprop and torch.is_grad_enabled()):
         def policy(state):
-            feat = features(state)
-            return actor(feat if backprop else feat.detach()).sample()
+            # The actor's input carries no gradient: with backprop the return reaches the actor through its
+            # actions and the dynamics they drive, not back through the states it acted on (DreamerV1 and V2).
+            return actor(features(state).detach()).sample()
 
         traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
         feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
@@ -224,7 +229,7 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
     # Weight of state t: the discounted probability that the episode is still running there.
     weight = (torch.cumprod(discount, 1) / s.gamma).detach()[:, :H]  # (N, H)
     scale = normalizer.update(returns)
-    dist = actor(feat[:, :H] if s.backprop else feat[:, :H].detach())
+    dist = actor(feat[:, :H].detach())  # the entropy and log-probabilities reach the actor alone
     entropy = dist.entropy()  # (N, H)
     if s.backprop:
         objective = returns / scale

@@ -221,3 +221,39 @@ def test_rssm_eval_on_a_missing_run_is_one_line_with_status_2(tmp_path, cli_envi
     proc = subprocess.run([sys.executable, "-m", "rssm.evaluate", str(tmp_path / "nothing")], capture_output=True,
                           text=True, timeout=120, env=cli_environ)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
+
+
+def test_a_clipped_continuous_sample_still_has_a_gradient():
+    actor = Actor(feat_dim=3, units=8, layers=1, action_dims=[2], discrete=False)
+    with torch.no_grad():
+        actor.net.out.bias.copy_(torch.tensor([5.0, -5.0, 3.0, 3.0]))  # means near +1 and -1, std near max_std
+    torch.manual_seed(0)
+    sample = actor(torch.zeros(4096, 3)).sample()  # (N, 2)
+    clipped = sample.detach().abs() == 1.0
+    assert 0.2 < clipped.float().mean() < 0.8 and sample.detach().abs().max() == 1.0  # clipped to the env's range
+    grads = torch.autograd.grad(sample[clipped].sum(), list(actor.parameters()))
+    assert sum(g.abs().sum() for g in grads) > 0  # a clamp alone would give these samples none
+
+
+@pytest.mark.parametrize("backprop", [True, False])
+def test_the_actor_gradient_goes_where_its_variant_says(backprop):
+    """Backprop: the imagined return reaches the actor through its actions and the dynamics, never back through
+    the features it acted on. REINFORCE: through the log-probabilities of its actions alone."""
+    from rssm.behavior import BehaviorSettings, behavior_losses, imagine
+    from rssm.rssm import RSSMState
+
+    torch.manual_seed(0)
+    wm = WorldModel({"obs": (4,)}, action_dim=2, deter=16, units=16, layers=1, groups=4, classes=4)
+    actor, critic = Actor(wm.rssm.feat_dim, 16, 1, [2], False), Critic(wm.rssm.feat_dim, 16, 1)
+    seen = []
+    actor.register_forward_pre_hook(lambda module, args: seen.append(args[0].requires_grad))
+    N = 8
+    start = RSSMState(torch.randn(N, 16), torch.zeros(N, 4, 4), torch.zeros(N, 4, 4))
+    feat, actions, cont = imagine(wm, actor, start, torch.ones(N), 5, backprop)
+    assert seen and not any(seen)  # the actor never sees features with a gradient
+    assert actions.requires_grad == backprop
+    s = BehaviorSettings(horizon=5, backprop=backprop)
+    actor_loss, *_ = behavior_losses(wm, actor, critic, ReturnNormalizer(), feat, actions, cont, s)
+    assert not any(seen)
+    grads = torch.autograd.grad(actor_loss, list(actor.parameters()))
+    assert sum(g.abs().sum() for g in grads) > 0

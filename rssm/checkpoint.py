@@ -44,13 +44,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely. Raises UserError for a missing, truncated, corrupted, foreign or unsafe file."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely. With `mmap`, tensors are mapped from the file rather than read (for a reader
+    that needs only the config). Raises UserError for a missing, truncated, corrupted, foreign or unsafe file."""
     path = Path(path)
     try:
         with warnings.catch_warnings():  # torch warns before raising; the error below says it in one line
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}") from None
     except IsADirectoryError:

@@ -165,7 +165,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
     whose value differs, and the keys it names. Returns the config, the run's overrides from now on, and each
     change as 'key: old -> new'. Raises UserError if a change is neither free nor allowed."""
     path = checkpoint_path(cfg.resume)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, mmap=True)  # its config only: the weights and replay tail stay on disk
     if "config" not in state:
         raise UserError(f"cannot load checkpoint {path}: it lacks config")
     saved_config = state.pop("config")

@@ -15,8 +15,10 @@ Per parameter tensor p with gradient g, at its t-th update (t = 1, 2, ...):
 optax evaluates the schedule at the count of updates made before this one, so the first update has lr_t = 0:
 it moves nothing but fills nu and mu, and lr_t reaches lr at update warmup + 1.
 
-Upstream keeps one count for the whole module tree; here each tensor keeps its own, so a tensor whose `.grad` is
-None is skipped and its count does not advance. The two agree when every tensor steps every time.
+With AGC on, `step()` leaves each `.grad` holding its clipped gradient (scaled in place, as torch's
+`clip_grad_norm_` does). Upstream keeps one count for the whole module tree; here each tensor keeps its own, so
+a tensor whose `.grad` is None is skipped and its count does not advance. The two agree when every tensor steps
+every time.
 """
 
 from __future__ import annotations
@@ -69,57 +71,53 @@ class LaProp(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One update of every parameter that has a gradient; parameters whose `.grad` is None are left alone."""
+        """One update of every parameter that has a gradient; parameters whose `.grad` is None are left alone.
+        With AGC on, each `.grad` is left holding the clipped gradient (scaled in place, as `clip_grad_norm_`
+        does): a copy would cost a tensor the size of the parameters in every step."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            # foreach ops need one device and dtype per call.
-            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+            # foreach ops need one device and dtype per call, and one step count gives one scalar per call.
+            buckets: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("LaProp does not support sparse gradients")
-                buckets.setdefault((p.device, p.dtype), []).append(p)
-            for params in buckets.values():
-                self._update(params, group)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["nu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["mu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                buckets.setdefault((p.device, p.dtype, state["step"]), []).append(p)
+            for (_, _, t), params in buckets.items():
+                self._update(params, group, t)
         return loss
 
-    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
-        """The update of one group's tensors that share a device and dtype, with foreach ops over them all."""
+    def _update(self, params: list[torch.Tensor], group: dict[str, Any], t: int) -> None:
+        """Update `t` of tensors of one group that share a device and dtype: foreach ops over them all, in place
+        but for one temporary (the RMS denominator), as torch's foreach Adam."""
         b1, b2 = group["betas"]
         grads = [p.grad for p in params]
-        nus, mus, steps = [], [], []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["nu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["mu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            nus.append(state["nu"])
-            mus.append(state["mu"])
-            steps.append(state["step"])
-
+        nus = [self.state[p]["nu"] for p in params]
+        mus = [self.state[p]["mu"] for p in params]
         if group["agc"] > 0:
             # Per-tensor norms stay on the device: (N,) vectors, no host sync.
             gnorm = torch.stack(torch._foreach_norm(grads))  # (N,)
             upper = group["agc"] * torch.stack(torch._foreach_norm(params)).clamp(min=group["agc_floor"])  # (N,)
             scale = 1 / (gnorm / upper).clamp(min=1.0)  # (N,)
-            grads = torch._foreach_mul(grads, list(scale.unbind(0)))  # new tensors: p.grad is not changed
+            torch._foreach_mul_(grads, list(scale.unbind(0)))
         torch._foreach_mul_(nus, b2)
         torch._foreach_addcmul_(nus, grads, grads, value=1 - b2)
-        denom = torch._foreach_div(nus, [1 - b2**t for t in steps])
+        denom = torch._foreach_div(nus, 1 - b2**t)
         torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, group["eps"])
-        updates = torch._foreach_div(grads, denom)
         torch._foreach_mul_(mus, b1)
-        torch._foreach_add_(mus, updates, alpha=1 - b1)
-        # Bias correction and the learning rate in one scalar per tensor; the counts are host ints.
-        step_sizes = [-warmup_lr(group["lr"], group["warmup"], t) / (1 - b1**t) for t in steps]
-        torch._foreach_add_(params, torch._foreach_mul(mus, step_sizes))
+        torch._foreach_addcdiv_(mus, grads, denom, value=1 - b1)
+        torch._foreach_add_(params, mus, alpha=-warmup_lr(group["lr"], group["warmup"], t) / (1 - b1**t))
 
 
 def _check_settings(lr: float, betas: tuple[float, float], eps: float, agc: float, agc_floor: float,

@@ -17,35 +17,60 @@ from rssm.behavior import (
     imagine,
     replay_value_loss,
 )
+from rssm.optim import LaProp
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
 
 
 @dataclass(frozen=True)
 class OptimSettings:
+    """One module's optimizer. `adam`: Adam (DreamerV3 2023). `laprop`: LaProp with adaptive per-tensor gradient
+    clipping and a linear learning-rate warm-up (`rssm.optim.LaProp`, now)."""
+
     lr: float
     eps: float
-    grad_clip: float  # global gradient-norm clip
+    grad_clip: float  # global gradient-norm clip of the module; 0: none
+    name: str = "adam"
+    agc: float = 0.0  # laprop: per-tensor clip, ||update|| <= agc * max(1e-3, ||param||); 0: none
+    warmup: int = 0  # laprop: updates over which the learning rate rises from 0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], o: OptimSettings) -> torch.optim.Optimizer:
+    if o.name == "laprop":
+        return LaProp(params, lr=o.lr, betas=o.betas, eps=o.eps, agc=o.agc, warmup=o.warmup)
+    return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
-          clip: float) -> tuple[torch.Tensor, bool]:
-    """One optimizer step that fills only `params`' gradients, whatever else the loss depends on.
+Part = tuple[str, torch.optim.Optimizer, list[torch.nn.Parameter], float]  # name, optimizer, its params, clip
 
-    The step is skipped, leaving parameters and optimizer state untouched, when the loss or the gradient
-    norm is not finite. Returns the gradient norm (before clipping) and whether the step was taken.
+
+def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]]) -> tuple[dict, bool]:
+    """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
+    else the loss depends on (an actor's return computed through the world model does not train the model).
+
+    The step is skipped, leaving parameters and optimizer states untouched, when a loss or a gradient norm is not
+    finite. Returns the gradient norms before clipping (`grad_norm/<part>`) and whether the step was taken.
     """
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))  # one device sync per step
+    for _, opt, _, _ in parts:
+        opt.zero_grad(set_to_none=True)
+    for loss, params in losses:
+        loss.backward(inputs=params)
+    norms = {}
+    for name, _, params, clip in parts:
+        grads = [p.grad for p in params if p.grad is not None]
+        norms[f"grad_norm/{name}"] = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
+                                      else torch.nn.utils.get_total_norm(grads))
+    checks = [loss.detach() for loss, _ in losses] + list(norms.values())
+    finite = bool(torch.isfinite(torch.stack(checks)).all())  # one device sync per step
     if finite:
-        opt.step()
-    return grad_norm, finite
+        for _, opt, _, _ in parts:
+            opt.step()
+    return norms, finite
 
 
 class Agent:
@@ -56,23 +81,26 @@ class Agent:
         scales: world-model loss weights.
         wm_optim: world-model optimizer settings.
         actor, critic, behavior, actor_optim, critic_optim: all None for a world model alone (random policy).
+        joint: every module's loss from one forward pass, then one step of all optimizers (DreamerV3 now); else
+            the world model steps first and imagination starts from the stepped model (2023).
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
                  actor: Actor | None = None, critic: Critic | None = None,
                  behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
-                 critic_optim: OptimSettings | None = None):
+                 critic_optim: OptimSettings | None = None, joint: bool = False):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
         self.actor, self.critic, self.behavior = actor, critic, behavior
-        self.actor_optim, self.critic_optim = actor_optim, critic_optim
+        self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
+        assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
         self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
-        self.wm_opt = torch.optim.Adam(self.wm_params, lr=wm_optim.lr, eps=wm_optim.eps)
+        self.wm_opt = make_optimizer(self.wm_params, wm_optim)
         if actor is not None:
             self.normalizer = ReturnNormalizer().to(self.device)
             self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
-            self.actor_opt = torch.optim.Adam(self.actor_params, lr=actor_optim.lr, eps=actor_optim.eps)
-            self.critic_opt = torch.optim.Adam(self.critic_params, lr=critic_optim.lr, eps=critic_optim.eps)
+            self.actor_opt = make_optimizer(self.actor_params, actor_optim)
+            self.critic_opt = make_optimizer(self.critic_params, critic_optim)
         self.skipped = 0  # updates with a non-finite loss or gradient, in all
         self.skipped_in_a_row = 0
 
@@ -81,20 +109,48 @@ class Agent:
 
         An update whose world-model loss or gradient is not finite changes nothing (the behaviour step is
         skipped with it) and returns an empty dict; so does a behaviour step whose actor or critic loss or
-        gradient is not finite, for that step alone. Either counts in `skipped` and `skipped_in_a_row`.
+        gradient is not finite: with `joint`, the whole step is skipped then, else the behaviour step alone.
+        Either counts in `skipped` and `skipped_in_a_row`.
         """
         data = to_torch(batch, self.device)
         loss, metrics, post = self.wm.loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()
-        metrics["grad_norm/wm"], finite = _step(self.wm_opt, loss, self.wm_params, self.wm_optim.grad_clip)
-        if finite and self.actor is not None:
-            behavior, finite = self._update_behavior(post, data)
+        wm_part = ("wm", self.wm_opt, self.wm_params, self.wm_optim.grad_clip)
+        if self.actor is not None and self.joint:
+            actor_loss, critic_loss, behavior = self._behavior_losses(post, data)
             metrics.update(behavior)
+            norms, finite = _step([wm_part, *self._behavior_parts()],
+                                  [(actor_loss, self.actor_params),
+                                   (loss + critic_loss, self.wm_params + self.critic_params)])
+            if finite:
+                self.critic.update_slow(self.behavior.slow_rate)
+        else:
+            norms, finite = _step([wm_part], [(loss, self.wm_params)])
+            if finite and self.actor is not None:
+                behavior, finite = self._update_behavior(post, data)
+                metrics.update(behavior)
+        metrics.update(norms)
         self.skipped += not finite
         self.skipped_in_a_row = 0 if finite else self.skipped_in_a_row + 1
         return metrics if finite else {}
 
     def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+        """The actor's and critic's step after the world model's (not `joint`)."""
+        actor_loss, critic_loss, metrics = self._behavior_losses(post, data)
+        norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
+                                                       (critic_loss, self.critic_params)])
+        if finite:
+            self.critic.update_slow(self.behavior.slow_rate)
+        return {**metrics, **norms}, finite
+
+    def _behavior_parts(self) -> list[Part]:
+        return [("actor", self.actor_opt, self.actor_params, self.actor_optim.grad_clip),
+                ("critic", self.critic_opt, self.critic_params, self.critic_optim.grad_clip)]
+
+    def _behavior_losses(self, post: RSSMState,
+                         data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Actor and critic losses in imagination from every posterior state, and the critic's loss on the replayed
+        states (`replay_value`), whose gradient reaches the world model through `post` with `replay_value_grad`."""
         s = self.behavior
         B, T = data["is_first"].shape
         start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
@@ -104,17 +160,11 @@ class Agent:
             self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
         if s.replay_value > 0:
             loss, replay_metrics = replay_value_loss(
-                self.critic, feat[:, 0].unflatten(0, (B, T)), data["reward"], data["is_first"], data["is_terminal"],
-                returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam)  # features and returns of the start states
+                self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
+                returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
             critic_loss = critic_loss + s.replay_value * loss
             metrics.update(replay_metrics)
-        metrics["grad_norm/actor"], actor_ok = _step(self.actor_opt, actor_loss, self.actor_params,
-                                                     self.actor_optim.grad_clip)
-        metrics["grad_norm/critic"], critic_ok = _step(self.critic_opt, critic_loss, self.critic_params,
-                                                       self.critic_optim.grad_clip)
-        if critic_ok:
-            self.critic.update_slow(s.slow_rate)
-        return metrics, actor_ok and critic_ok
+        return actor_loss, critic_loss, metrics
 
     def state_dict(self) -> dict:
         """Weights, optimizer states, the return normaliser and the skip counters."""

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import symlog_bins, twohot_log_prob, twohot_mean, unimix_logits
-from rssm.networks import MLP, zero_output
+from rssm.distributions import twohot_bins, twohot_log_prob, twohot_mean, unimix_logits
+from rssm.networks import ARCH_2023, MLP, Arch, zero_output
 
 
 def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor,
@@ -40,14 +40,15 @@ def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Te
 
 
 class ReturnNormalizer(nn.Module):
-    """Scale of returns: an EMA of their 5th-95th percentile range, never below `floor`."""
+    """Scale of returns: an EMA of their 5th-95th percentile range, never below `floor`. Both ends start at 0
+    and move by `rate` toward each batch's percentiles, with no bias correction (DreamerV3, both versions), so the
+    scale stays at the floor until the range has grown past it."""
 
-    def __init__(self, decay: float = 0.99, floor: float = 1.0, low: float = 0.05, high: float = 0.95):
+    def __init__(self, rate: float = 0.01, floor: float = 1.0, low: float = 0.05, high: float = 0.95):
         super().__init__()
-        self.decay, self.floor, self.low, self.high = decay, floor, low, high
+        self.rate, self.floor, self.low, self.high = rate, floor, low, high
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
@@ -56,11 +57,13 @@ class ReturnNormalizer(nn.Module):
         flat = returns.detach().flatten().float()
         finite = torch.isfinite(flat).all()
         lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
-        rate = torch.where(self.initialized, 1.0 - self.decay, 1.0)  # the first batch sets the range
-        self.lo.copy_(torch.where(finite, self.lo.lerp(lo, rate), self.lo))
-        self.hi.copy_(torch.where(finite, self.hi.lerp(hi, rate), self.hi))
-        self.initialized.logical_or_(finite)
+        self.lo.copy_(torch.where(finite, self.lo.lerp(lo, self.rate), self.lo))
+        self.hi.copy_(torch.where(finite, self.hi.lerp(hi, self.rate), self.hi))
         return self.scale()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "initialized", None)  # a flag of older runs, whose first batch set the range
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def scale(self) -> torch.Tensor:
         return torch.clamp(self.hi - self.lo, min=self.floor)
@@ -69,22 +72,26 @@ class ReturnNormalizer(nn.Module):
 class Actor(nn.Module):
     """Policy over model features. Discrete and multi-discrete actions are one-hot segments of the action
     vector, each a categorical with `unimix`; continuous actions are a Normal with tanh-squashed mean and
-    std in [min_std, max_std], sampled values clipped to [-1, 1] (rescaled to the env's bounds outside) with a
-    straight-through gradient.
+    std in [min_std, max_std] (the env gets samples clipped to [-1, 1], rescaled to its bounds; the model gets
+    them through `rssm.rssm.normalize_action`).
 
     Args:
         feat_dim, units, layers: network sizes.
         action_dims: sizes of the one-hot segments (discrete), or [A] (continuous).
         discrete: which of the two.
+        unimix: uniform mix of the categoricals (2023: 0.01; now 0: upstream's categorical policy head takes none).
+        outscale: scale of the output layer's initial weights (2023: 1, now: 0.01).
+        arch: norm and initial weights.
     """
 
     def __init__(self, feat_dim: int, units: int, layers: int, action_dims: list[int], discrete: bool,
-                 unimix: float = 0.01, min_std: float = 0.1, max_std: float = 1.0):
+                 unimix: float = 0.01, min_std: float = 0.1, max_std: float = 1.0, outscale: float = 1.0,
+                 arch: Arch = ARCH_2023):
         super().__init__()
         self.action_dims, self.discrete, self.unimix = list(action_dims), discrete, unimix
         self.min_std, self.max_std = min_std, max_std
         out = sum(action_dims) if discrete else 2 * action_dims[0]
-        self.net = MLP(feat_dim, units, layers, out)
+        self.net = MLP(feat_dim, units, layers, out, arch, outscale)
 
     def forward(self, feat: torch.Tensor) -> ActionDist:
         out = self.net(feat)
@@ -106,8 +113,8 @@ class ActionDist:
 
     def sample(self) -> torch.Tensor:
         """A sample with gradients: straight-through for one-hots, reparameterised for Normals. A Normal sample is
-        clipped to [-1, 1], the range the env gets, with the gradient of the unclipped sample: a clipped sample
-        still tells the actor which way to move (a plain clamp gives it none)."""
+        not clipped: the env clips it, and the model divides it by max(1, |a|) without a gradient through the
+        divisor (`rssm.rssm.normalize_action`), so a sample beyond the range still carries a gradient."""
         if self.logits is not None:
             parts = []
             for logits in self.logits:
@@ -115,8 +122,7 @@ class ActionDist:
                 probs = logits.exp()
                 parts.append(F.one_hot(index, logits.shape[-1]).to(probs.dtype) + (probs - probs.detach()))
             return torch.cat(parts, -1)
-        sample = self.mean + self.std * torch.randn_like(self.mean)  # (..., A)
-        return sample + (sample.clamp(-1.0, 1.0) - sample).detach()
+        return self.mean + self.std * torch.randn_like(self.mean)  # (..., A)
 
     def mode(self) -> torch.Tensor:
         if self.logits is not None:
@@ -138,24 +144,31 @@ class ActionDist:
 
 
 class Critic(nn.Module):
-    """Value as a two-hot distribution over symlog bins, with a slow EMA copy used as a regulariser."""
+    """Value as a two-hot distribution over bins (`twohot`: symlog (2023) or symexp (now), see
+    `rssm.distributions.twohot_log_prob`), with a slow EMA copy used as a regulariser."""
 
-    def __init__(self, feat_dim: int, units: int, layers: int, bins: int = 255):
+    def __init__(self, feat_dim: int, units: int, layers: int, bins: int = 255, twohot: str = "symlog",
+                 arch: Arch = ARCH_2023):
         super().__init__()
-        self.net = MLP(feat_dim, units, layers, bins)
+        self.net = MLP(feat_dim, units, layers, bins, arch)
         zero_output(self.net.out)
         self.slow = copy.deepcopy(self.net).requires_grad_(False)
-        self.register_buffer("bins", symlog_bins(bins), persistent=False)
+        self.twohot = twohot
+        self.register_buffer("bins", twohot_bins(bins, twohot), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """Value logits (..., K)."""
         return self.net(feat)
 
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """The value that logits (..., K) predict: (...)."""
+        return twohot_mean(logits, self.bins, self.twohot)
+
     def value(self, feat: torch.Tensor) -> torch.Tensor:
-        return twohot_mean(self.net(feat), self.bins)
+        return self.mean(self.net(feat))
 
     def slow_value(self, feat: torch.Tensor) -> torch.Tensor:
-        return twohot_mean(self.slow(feat), self.bins)
+        return self.mean(self.slow(feat))
 
     @torch.no_grad()
     def update_slow(self, rate: float) -> None:
@@ -166,13 +179,13 @@ class Critic(nn.Module):
         """Two-hot cross-entropy of value logits (..., K) toward the return and toward the slow critic's
         value: (...)."""
         log_probs = F.log_softmax(logits, dim=-1)  # (..., K)
-        return -(twohot_log_prob(log_probs, target.detach(), self.bins)
-                 + twohot_log_prob(log_probs, slow_target.detach(), self.bins))
+        return -(twohot_log_prob(log_probs, target.detach(), self.bins, self.twohot)
+                 + twohot_log_prob(log_probs, slow_target.detach(), self.bins, self.twohot))
 
 
 @dataclass(frozen=True)
 class BehaviorSettings:
-    """Imagination and actor-critic settings (DreamerV3 defaults)."""
+    """Imagination and actor-critic settings (defaults: DreamerV3 2023, where the two versions differ)."""
 
     horizon: int = 15
     gamma: float = 1.0 - 1.0 / 333.0
@@ -181,7 +194,13 @@ class BehaviorSettings:
     slow_rate: float = 0.02
     backprop: bool = False  # actor gradient through the dynamics (True) or REINFORCE (False)
     replay_value: float = 0.0  # weight of the critic's loss on replayed states (`replay_value_loss`); 0: none
-    cont_prob: bool = False  # discount imagined steps by the continue probability (True) or its mode (False)
+    replay_value_grad: bool = False  # that loss also trains the world model through the replayed states (now)
+    # Imagined steps weighted by the continue head's probability at every state, the start included (now), or by
+    # its mode after the start's recorded flag (2023).
+    cont_prob: bool = False
+    # The continue head learned the discount (its target is `gamma` at a non-terminal step), so imagined returns
+    # are discounted by its output alone (now); else by `gamma` times its output (2023).
+    contdisc: bool = False
 
 
 def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, backprop: bool,
@@ -189,9 +208,8 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
     """Roll the prior forward under the actor from N start states.
 
     Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), and
-    the continue flags of states 0 .. H (N, H + 1) with the start's own flag first: the continue head's mode
-    (DreamerV3), or with `cont_prob` its probability (DreamerV2), which lets a risk the head gives less than even
-    odds count.
+    the continue values of states 0 .. H (N, H + 1): the start's recorded flag `start_cont` and then the continue
+    head's mode (DreamerV3 2023), or with `cont_prob` the head's probability at every state (now).
     """
     from rssm.rssm import features  # the world model's state layout
 
@@ -203,9 +221,11 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
 
         traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
         feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
-        logits = wm.cont(feat[:, 1:]).squeeze(-1)  # (N, H)
-        cont = torch.sigmoid(logits) if cont_prob else (logits > 0).to(feat.dtype)
-        cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
+        if cont_prob:
+            cont = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (N, H + 1)
+        else:
+            cont = (wm.cont(feat[:, 1:]).squeeze(-1) > 0).to(feat.dtype)  # (N, H)
+            cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
     return feat, actions, cont
 
 
@@ -222,12 +242,13 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
     critic_logits = critic(critic_feat)  # (N, H + 1, K): for the critic's loss, and the values under REINFORCE
     # REINFORCE needs no gradient of the returns, so no graph is built for them.
     with torch.set_grad_enabled(s.backprop and torch.is_grad_enabled()):
-        reward = twohot_mean(wm.reward(feat[:, 1:]), wm.bins)  # (N, H): reward on arriving at states 1 .. H
-        discount = s.gamma * cont  # (N, H + 1)
-        value = critic.value(feat) if s.backprop else twohot_mean(critic_logits.detach(), critic.bins)  # (N, H + 1)
+        reward = wm.predicted_reward(feat[:, 1:])  # (N, H): reward on arriving at states 1 .. H
+        gamma = 1.0 if s.contdisc else s.gamma
+        discount = gamma * cont  # (N, H + 1)
+        value = critic.value(feat) if s.backprop else critic.mean(critic_logits.detach())  # (N, H + 1)
         returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
     # Weight of state t: the discounted probability that the episode is still running there.
-    weight = (torch.cumprod(discount, 1) / s.gamma).detach()[:, :H]  # (N, H)
+    weight = (torch.cumprod(discount, 1) / gamma).detach()[:, :H]  # (N, H)
     scale = normalizer.update(returns)
     dist = actor(feat[:, :H].detach())  # the entropy and log-probabilities reach the actor alone
     entropy = dist.entropy()  # (N, H)
@@ -274,18 +295,19 @@ def replay_returns(reward: torch.Tensor, is_first: torch.Tensor, is_terminal: to
 
 
 def replay_value_loss(critic: Critic, feat: torch.Tensor, reward: torch.Tensor, is_first: torch.Tensor,
-                      is_terminal: torch.Tensor, boot: torch.Tensor, gamma: float, lam: float):
+                      is_terminal: torch.Tensor, boot: torch.Tensor, gamma: float, lam: float, grad: bool = False):
     """The critic's loss on replayed states toward `replay_returns` that bootstrap from the imagined return of
     each state (DreamerV3's replay value loss). Real trajectories carry a failure many steps ahead back to the
     states that led to it, where imagination sees `horizon` steps.
 
     Args:
         feat: posterior features (B, T, F); reward, is_first, is_terminal, boot: (B, T), see `replay_returns`.
+        grad: the loss's gradient also reaches whatever computed `feat` (the world model), as DreamerV3 now does.
     Returns:
         The loss (scalar) and metrics.
     """
     returns, weight = replay_returns(reward, is_first, is_terminal, boot.detach(), gamma, lam)  # (B, T - 1)
-    states = feat[:, :-1].detach()  # (B, T - 1, F)
+    states = feat[:, :-1] if grad else feat[:, :-1].detach()  # (B, T - 1, F)
     loss = critic.loss(critic(states), returns, critic.slow_value(states))  # (B, T - 1)
     metrics = {"behavior/replay_return_mean": (returns * weight).sum() / weight.sum().clamp(min=1.0)}
     return (weight * loss).mean(), metrics

@@ -11,7 +11,8 @@ from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.collector import make_envs
 from rssm.config import UserError
 from rssm.envs import EnvSpec, atari_id, make_env
-from rssm.world_model import LossScales, WorldModel, select_obs_keys
+from rssm.networks import Arch
+from rssm.world_model import LossScales, Variant, WorldModel, select_obs_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,22 +47,37 @@ def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], a
     """The world model for the observation keys `model.cnn_keys` and `model.mlp_keys` select."""
     m = cfg.model
     shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
+    variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, m.head_layers,
+                      m.twohot)
     return WorldModel(shapes, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins,
-                      m.cnn_depth)
+                      m.cnn_depth, variant)
+
+
+def optim_settings(cfg: DictConfig) -> dict[str, OptimSettings]:
+    """The optimizer settings of the world model, actor and critic."""
+    o, a, w = cfg.optim, cfg.agent, cfg.wm
+    extra = {"name": o.name, "agc": o.agc, "warmup": o.warmup, "betas": (o.beta1, o.beta2)}
+    return {"wm": OptimSettings(w.lr, w.eps, w.grad_clip, **extra),
+            "actor": OptimSettings(a.actor_lr, a.eps, a.grad_clip, **extra),
+            "critic": OptimSettings(a.critic_lr, a.eps, a.grad_clip, **extra)}
 
 
 def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`."""
     w, a, m = cfg.wm, cfg.agent, cfg.model
     wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
-    scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits)
-    wm_optim = OptimSettings(w.lr, w.eps, w.grad_clip)
+    cont_target = a.gamma if a.contdisc and a.kind == "dreamer" else 1.0
+    scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,
+                        cont_target)
+    opt = optim_settings(cfg)
     if a.kind == "world_model":
-        return Agent(wm, scales, wm_optim)
-    actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, m.unimix).to(device)
-    critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins).to(device)
+        return Agent(wm, scales, opt["wm"])
+    arch = Arch(m.norm, m.fan)
+    actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
+                  outscale=a.actor_outscale, arch=arch).to(device)
+    critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins, m.twohot, arch).to(device)
     grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
     behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
-                                replay_value=a.replay_value, cont_prob=a.cont_prob)
-    return Agent(wm, scales, wm_optim, actor, critic, behavior, OptimSettings(a.actor_lr, a.eps, a.grad_clip),
-                 OptimSettings(a.critic_lr, a.eps, a.grad_clip))
+                                replay_value=a.replay_value, replay_value_grad=a.replay_value_grad,
+                                cont_prob=a.cont_prob, contdisc=a.contdisc)
+    return Agent(wm, scales, opt["wm"], actor, critic, behavior, opt["actor"], opt["critic"], joint=cfg.optim.joint)

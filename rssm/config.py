@@ -46,6 +46,15 @@ class ModelConfig:
     cnn_depth: int = 32  # channels of the image encoder's first stage, doubling with each stage
     cnn_keys: str = ".*"  # regex: image keys (H x W x C uint8) whose whole name matches go to the CNN
     mlp_keys: str = ".*"  # regex: vector keys (1-D float) whose whole name matches go to the MLP
+    # How the networks are built: set by `algo=` (configs/algo/), where DreamerV3 2023 and now differ.
+    norm: str = "rms"  # rms: RMSNorm, biased layers (now) | layer: LayerNorm, bias-free layers (2023)
+    fan: str = "in"  # initial weights' variance 1 / fan: in: fan-in (now) | avg: mean of fan-in and fan-out (2023)
+    blocks: int = 8  # block-diagonal GRU over this many groups of h (now) | 0: one GRU over Linear(z, a) (2023)
+    dyn_layers: int = 1  # with blocks: block-diagonal hidden layers before the GRU layer
+    prior_layers: int = 2  # hidden layers of the prior (now: 2, 2023: 1)
+    learned_initial: bool = False  # learned initial state (2023) | zeros at each episode start (now)
+    head_layers: int | None = 1  # hidden layers of the reward and continue heads; null: `layers` (2023)
+    twohot: str = "symexp"  # two-hot bins of reward and critic: symexp, in value space (now) | symlog (2023)
 
 
 @dataclass
@@ -53,12 +62,12 @@ class WorldModelConfig:
     rec_scale: float = 1.0
     reward_scale: float = 1.0
     cont_scale: float = 1.0
-    kl_dyn_scale: float = 0.5
+    kl_dyn_scale: float = 1.0
     kl_rep_scale: float = 0.1
     free_bits: float = 1.0
-    lr: float = 1e-4
-    eps: float = 1e-8
-    grad_clip: float = 1000.0
+    lr: float = 4e-5
+    eps: float = 1e-20
+    grad_clip: float = 0.0  # global gradient-norm clip; 0: none
 
 
 @dataclass
@@ -69,14 +78,28 @@ class AgentConfig:
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # actor entropy bonus
     slow_rate: float = 0.02  # EMA rate of the slow critic
-    replay_value: float = 0.0  # weight of the critic's loss on replayed states toward real returns (DreamerV3: 0.3)
-    cont_prob: bool = False  # imagination discounts by the continue head's probability (DreamerV2), not its mode
+    replay_value: float = 0.3  # weight of the critic's loss on replayed states toward real returns; 0: none
+    replay_value_grad: bool = True  # that loss also trains the world model (now; needs optim.joint)
+    cont_prob: bool = True  # imagined steps weighted by the continue probability, start included (now) | its mode
+    contdisc: bool = True  # the continue head's target is gamma at non-terminal steps and discounts alone (now)
     actor_grad_discrete: str = "reinforce"  # reinforce | backprop
-    actor_grad_continuous: str = "backprop"  # reinforce | backprop
-    actor_lr: float = 3e-5
-    critic_lr: float = 3e-5
-    eps: float = 1e-5
-    grad_clip: float = 100.0
+    actor_grad_continuous: str = "reinforce"  # reinforce (now) | backprop (2023)
+    actor_unimix: float = 0.0  # uniform mix of a discrete policy (now: 0, upstream's categorical head; 2023: 0.01)
+    actor_outscale: float = 0.01  # scale of the actor's initial output weights (now: 0.01, 2023: 1)
+    actor_lr: float = 4e-5
+    critic_lr: float = 4e-5
+    eps: float = 1e-20
+    grad_clip: float = 0.0  # global gradient-norm clip of actor and of critic; 0: none
+
+
+@dataclass
+class OptimConfig:
+    name: str = "laprop"  # laprop: LaProp with per-tensor clipping and warm-up (now) | adam (2023)
+    joint: bool = True  # one forward pass and one step of every module (now) | world model first (2023)
+    agc: float = 0.3  # laprop: a tensor's update norm at most agc * max(1e-3, its norm); 0: none
+    warmup: int = 1000  # laprop: updates over which the learning rates rise linearly from 0
+    beta1: float = 0.9
+    beta2: float = 0.999
 
 
 @dataclass
@@ -114,6 +137,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     resume: str = ""  # run directory (or its checkpoint.pt) to continue
@@ -130,21 +154,24 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "env.image_size", "env.num_envs", "model.deter", "model.units", "model.groups",
       "model.classes", "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
       "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
-      "trainer.train_ratio", "trainer.eval_episodes", "wm.lr", "wm.eps", "wm.grad_clip", "agent.horizon",
-      "agent.actor_lr", "agent.critic_lr", "agent.eps", "agent.grad_clip"),
+      "trainer.train_ratio", "trainer.eval_episodes", "wm.lr", "wm.eps", "agent.horizon",
+      "agent.actor_lr", "agent.critic_lr", "agent.eps", "model.dyn_layers"),
      lambda v: v > 0, "> 0"),
-    (("env.time_limit", "env.noop_max", "model.layers", "trainer.prefill", "trainer.eval_every",
-      "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
-      "agent.slow_rate", "agent.replay_value", "threads", *_WM_KEYS),
+    (("env.time_limit", "env.noop_max", "model.layers", "model.blocks", "model.prior_layers", "trainer.prefill",
+      "trainer.eval_every", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
+      "agent.slow_rate", "agent.replay_value", "agent.grad_clip", "agent.actor_outscale", "optim.agc",
+      "optim.warmup", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
-    (("model.unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    (("model.head_layers",), lambda v: v is None or v >= 0, ">= 0 or null"),
+    (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     (("env.game",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a game name such as ms_pacman"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
 ]
 _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_model"),
             "agent.actor_grad_discrete": ("reinforce", "backprop"),
-            "agent.actor_grad_continuous": ("reinforce", "backprop")}
+            "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
+            "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "optim.name": ("laprop", "adam")}
 
 
 def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -189,6 +216,15 @@ def _check_updates(cfg: DictConfig) -> None:
                         f"replay.batch_length = {r.batch_size * r.batch_length} steps): at least 1 is needed")
 
 
+def _check_algo(cfg: DictConfig) -> None:
+    m = cfg.model
+    if m.blocks and m.deter % m.blocks:
+        raise UserError(f"model.deter ({m.deter}) must be a multiple of model.blocks ({m.blocks})")
+    if cfg.agent.replay_value_grad and cfg.agent.replay_value > 0 and not cfg.optim.joint:
+        raise UserError("agent.replay_value_grad trains the world model from the critic's replay loss, which needs "
+                        "optim.joint=true (the world model steps before the critic otherwise)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
@@ -206,6 +242,7 @@ def validate(cfg: DictConfig) -> None:
             re.compile(OmegaConf.select(cfg, key))
         except re.error as e:
             raise UserError(f"{key} is not a regular expression: {e}") from None
+    _check_algo(cfg)
     horizons = list(cfg.trainer.openloop_horizons)
     if not horizons or horizons[0] < 1 or any(a >= b for a, b in pairwise(horizons)):
         raise UserError(f"trainer.openloop_horizons must be increasing and >= 1, got {horizons}")
@@ -231,8 +268,14 @@ FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress",
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
+# The algorithm switches (configs/algo/) came later still: a run without them ran DreamerV3 2023.
 ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False,
-                "replay.save": True}
+                "replay.save": True, "model.norm": "layer", "model.fan": "avg", "model.blocks": 0,
+                "model.dyn_layers": 1, "model.prior_layers": 1, "model.learned_initial": True,
+                "model.head_layers": None, "model.twohot": "symlog", "agent.replay_value_grad": False,
+                "agent.contdisc": False, "agent.actor_unimix": 0.01, "agent.actor_outscale": 1.0,
+                "optim.name": "adam", "optim.joint": False, "optim.agc": 0.0, "optim.warmup": 0, "optim.beta1": 0.9,
+                "optim.beta2": 0.999}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

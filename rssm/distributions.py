@@ -100,8 +100,21 @@ def straight_through(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 
 def symlog_bins(num_bins: int, low: float = -20.0, high: float = 20.0, device=None) -> torch.Tensor:
-    """Bin centres in symlog space for two-hot regression, shape (num_bins,)."""
+    """Bin centres in symlog space for two-hot regression, shape (num_bins,) (DreamerV3 2023)."""
     return torch.linspace(low, high, num_bins, device=device)
+
+
+def symexp_bins(num_bins: int, limit: float = 20.0) -> torch.Tensor:
+    """Bin centres in the value's own space, symexp of points evenly spaced in [-limit, limit], exactly
+    symmetric around 0 and with 0 itself for an odd count (DreamerV3 now). Shape (num_bins,)."""
+    half = symexp(torch.linspace(-limit, 0.0, (num_bins + 1) // 2, dtype=torch.float64))  # (-limit .. 0]
+    upper = -half.flip(0)[1:] if num_bins % 2 else -half.flip(0)  # mirror, without a second 0 for an odd count
+    return torch.cat([half, upper]).float()
+
+
+def twohot_bins(num_bins: int, space: str) -> torch.Tensor:
+    """The bins of a two-hot head: `space` symlog (2023) or symexp (now); see `TwoHotSpace`."""
+    return symlog_bins(num_bins) if space == "symlog" else symexp_bins(num_bins)
 
 
 def _twohot_weights(x: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,22 +146,35 @@ def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def twohot_log_prob(log_probs: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """log-likelihood of two-hot(symlog(target)) under log-probabilities over bins: (..., K), (...) -> (...).
+def twohot_log_prob(log_probs: torch.Tensor, target: torch.Tensor, bins: torch.Tensor,
+                    space: str = "symlog") -> torch.Tensor:
+    """log-likelihood of the two-hot encoding of `target` under log-probabilities over bins: (..., K), (...) ->
+    (...). With `space` symlog the target is encoded as symlog(target) on symlog bins (2023), with symexp as
+    itself on symexp bins (now).
 
     Only the two bins next to each target carry weight, so they are gathered rather than multiplied densely.
     """
-    below, above, w_hi = _twohot_weights(symlog(target), bins)
+    below, above, w_hi = _twohot_weights(symlog(target) if space == "symlog" else target, bins)
     lp_lo = log_probs.gather(-1, below.unsqueeze(-1)).squeeze(-1)
     lp_hi = log_probs.gather(-1, above.unsqueeze(-1)).squeeze(-1)
     return (1.0 - w_hi) * lp_lo + w_hi * lp_hi
 
 
-def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of two-hot(symlog(target)) under softmax(logits): (..., K), (...) -> (...)."""
-    return -twohot_log_prob(F.log_softmax(logits, dim=-1), target, bins)
+def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, space: str = "symlog") -> torch.Tensor:
+    """Cross-entropy of the two-hot target (`twohot_log_prob`) under softmax(logits): (..., K), (...) -> (...)."""
+    return -twohot_log_prob(F.log_softmax(logits, dim=-1), target, bins, space)
 
 
-def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Expected value in the original space: symexp(sum_k softmax(logits)_k * bins_k): (..., K) -> (...)."""
-    return symexp(torch.softmax(logits, dim=-1) @ bins)
+def twohot_mean(logits: torch.Tensor, bins: torch.Tensor, space: str = "symlog") -> torch.Tensor:
+    """Expected value in the original space: (..., K) -> (...). symlog: symexp(sum_k p_k * bins_k) (2023).
+    symexp: sum_k p_k * bins_k, summed from the outside in by mirrored pairs (now): the bins reach +-5e8, and a
+    plain left-to-right sum of uniform probabilities would leave an error of order 1 where the mean is 0."""
+    probs = torch.softmax(logits, dim=-1)
+    if space == "symlog":
+        return symexp(probs @ bins)
+    K = bins.shape[0]
+    m = K // 2
+    terms = probs * bins  # (..., K)
+    pairs = terms[..., :m].flip(-1) + terms[..., K - m:]  # (..., m): each bin with its mirror image
+    middle = terms[..., m] if K % 2 else 0.0
+    return pairs.sum(-1) + middle

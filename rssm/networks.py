@@ -1,52 +1,123 @@
-"""Building blocks: MLP, image encoder and decoder, GRU cell with LayerNorm, and a linear layer for loops.
+"""Building blocks: MLP, image encoder and decoder, GRU cells, and linear layers for loops.
 
-Nothing here reads a config: every size is an explicit argument.
+Nothing here reads a config: every size is an explicit argument. `Arch` holds the two ways of building a layer that
+DreamerV3's 2023 release and its current code differ in (its norm and its initial weights).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_EPS = 1e-3
+NORM_EPS = 1e-3  # LayerNorm's epsilon (DreamerV3 2023)
+RMS_EPS = 1e-4  # RMSNorm's epsilon (DreamerV3 now)
+_TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
 
 
-def init_weights(module: nn.Module) -> None:
-    """Truncated-normal init scaled by the average fan, as DreamerV3 initialises its dense layers."""
+@dataclass(frozen=True)
+class Arch:
+    """How a layer is built.
+
+    norm: `layer` (DreamerV3 2023): LayerNorm, the linear layer before it without a bias (LayerNorm's shift takes
+        its place). `rms` (now): RMSNorm with a scale and no shift, the linear layer before it with a bias.
+    fan: initial weights from a normal truncated at 2 std with variance 1 / fan: `avg`, the mean of fan-in and
+        fan-out (2023), or `in`, the fan-in (now).
+    """
+
+    norm: str = "layer"
+    fan: str = "avg"
+
+    @property
+    def bias(self) -> bool:
+        return self.norm == "rms"
+
+
+ARCH_2023 = Arch()  # the default of every builder below
+
+
+def make_norm(arch: Arch, dim: int) -> nn.Module:
+    return nn.RMSNorm(dim, eps=RMS_EPS) if arch.norm == "rms" else nn.LayerNorm(dim, eps=NORM_EPS)
+
+
+def _fans(weight: torch.Tensor, transposed: bool = False) -> tuple[int, int]:
+    """Fan-in and fan-out as DreamerV3 counts them: a (out, in, k, k) kernel has k*k*in and k*k*out; a block
+    kernel (G, in, out) counts all G blocks, G*in and G*out."""
+    if weight.dim() == 3:  # BlockLinear
+        G, i, o = weight.shape
+        return G * i, G * o
+    field = weight[0][0].numel()
+    fan_in, fan_out = weight.shape[1] * field, weight.shape[0] * field
+    return (fan_out, fan_in) if transposed else (fan_in, fan_out)
+
+
+def init_weights(module: nn.Module, fan: str = "avg") -> None:
+    """Truncated-normal weights with variance 1 / fan (`Arch.fan`) and zero biases, for every dense, block and
+    convolution layer in `module`."""
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            fan_in = m.weight[0].numel()
-            fan_out = m.weight.shape[0] * m.weight[0][0].numel()
-            std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, BlockLinear)):
+            fan_in, fan_out = _fans(m.weight, isinstance(m, nn.ConvTranspose2d))
+            std = math.sqrt(2.0 / (fan_in + fan_out) if fan == "avg" else 1.0 / fan_in) / _TRUNC_STD
             nn.init.trunc_normal_(m.weight, 0.0, std, -2.0 * std, 2.0 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
 
+def scale_output(layer: nn.Module, scale: float) -> None:
+    """Scale an output layer's initial weights (DreamerV3's `outscale`); 0 zeroes it, bias included, so that a
+    head starts by predicting 0 (reward and critic heads)."""
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        if layer.bias is not None and scale == 0.0:
+            layer.bias.zero_()
+
+
 def zero_output(layer: nn.Linear) -> None:
     """Zero an output layer so that a head starts by predicting 0 (reward and critic heads)."""
-    nn.init.zeros_(layer.weight)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
+    scale_output(layer, 0.0)
+
+
+class BlockLinear(nn.Module):
+    """A block-diagonal linear layer: the input (..., G * i) and output (..., G * o) split into G blocks, block g
+    of the output a linear function of block g of the input alone (DreamerV3's `BlockLinear`).
+
+    Shapes: (..., G * i) -> (..., G * o); weight (G, i, o).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, blocks: int, bias: bool = True):
+        super().__init__()
+        assert in_dim % blocks == 0 and out_dim % blocks == 0, (in_dim, out_dim, blocks)
+        self.blocks = blocks
+        self.weight = nn.Parameter(torch.empty(blocks, in_dim // blocks, out_dim // blocks))
+        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.blocks, x.shape[-1] // self.blocks).transpose(0, 1)  # (G, N, i)
+        y = torch.bmm(x, self.weight).transpose(0, 1).reshape(*lead, -1)  # (G, N, o) -> (..., G * o)
+        return y + self.bias if self.bias is not None else y
 
 
 class MLP(nn.Module):
-    """`layers` x (Linear -> LayerNorm -> SiLU), then an optional linear output layer."""
+    """`layers` x (Linear -> norm -> SiLU), then an optional linear output layer whose initial weights are
+    scaled by `outscale` (0: a head that starts at 0)."""
 
-    def __init__(self, in_dim: int, units: int, layers: int, out_dim: int | None = None):
+    def __init__(self, in_dim: int, units: int, layers: int, out_dim: int | None = None, arch: Arch = ARCH_2023,
+                 outscale: float = 1.0):
         super().__init__()
         blocks: list[nn.Module] = []
         for i in range(layers):
-            blocks += [nn.Linear(in_dim if i == 0 else units, units, bias=False),
-                       nn.LayerNorm(units, eps=NORM_EPS), nn.SiLU()]
+            blocks += [nn.Linear(in_dim if i == 0 else units, units, bias=arch.bias), make_norm(arch, units), nn.SiLU()]
         self.hidden = nn.Sequential(*blocks)
         last = units if layers > 0 else in_dim
         self.out = nn.Linear(last, out_dim) if out_dim is not None else None
         self.out_dim = out_dim if out_dim is not None else last
-        init_weights(self)
+        init_weights(self, arch.fan)
+        if self.out is not None and outscale != 1.0:
+            scale_output(self.out, outscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hidden(x)
@@ -73,6 +144,17 @@ class ChannelNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class ChannelRMSNorm(nn.RMSNorm):
+    """RMSNorm over the channels of each pixel: (N, C, H, W) -> (N, C, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def channel_norm(arch: Arch, channels: int) -> nn.Module:
+    return ChannelRMSNorm(channels, eps=RMS_EPS) if arch.norm == "rms" else ChannelNorm(channels, eps=NORM_EPS)
+
+
 class ConvEncoder(nn.Module):
     """DreamerV3's image encoder: stages of Conv(4x4, stride 2) -> channel LayerNorm -> SiLU, each halving the
     side (64 -> 32 -> 16 -> 8 -> 4) while the channels double from `depth`; the last stage is flattened.
@@ -83,18 +165,18 @@ class ConvEncoder(nn.Module):
         (N, H, W, C) float, centred on 0 -> (N, out_dim), out_dim = channels of the last stage x its pixels.
     """
 
-    def __init__(self, size: int, channels: int, depth: int):
+    def __init__(self, size: int, channels: int, depth: int, arch: Arch = ARCH_2023):
         super().__init__()
         stages = image_stages(size)
         blocks: list[nn.Module] = []
         width = channels
         for i in range(stages):
-            blocks += [nn.Conv2d(width, depth * 2**i, 4, 2, 1, bias=False), ChannelNorm(depth * 2**i, eps=NORM_EPS),
+            blocks += [nn.Conv2d(width, depth * 2**i, 4, 2, 1, bias=arch.bias), channel_norm(arch, depth * 2**i),
                        nn.SiLU()]
             width = depth * 2**i
         self.net = nn.Sequential(*blocks)
         self.out_dim = width * (size >> stages) ** 2
-        init_weights(self)
+        init_weights(self, arch.fan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.permute(0, 3, 1, 2)).flatten(1)  # (N, C, H, W) -> (N, C' * h * w)
@@ -109,18 +191,18 @@ class ConvDecoder(nn.Module):
         (N, in_dim) -> (N, H, W, C), unbounded (the world model adds the offset of its targets).
     """
 
-    def __init__(self, in_dim: int, size: int, channels: int, depth: int):
+    def __init__(self, in_dim: int, size: int, channels: int, depth: int, arch: Arch = ARCH_2023):
         super().__init__()
         stages = image_stages(size)
         self.top = (depth * 2 ** (stages - 1), size >> stages, size >> stages)  # (C', h, w)
         self.linear = nn.Linear(in_dim, math.prod(self.top))
         blocks: list[nn.Module] = []
         for i in reversed(range(1, stages)):
-            blocks += [nn.ConvTranspose2d(depth * 2**i, depth * 2 ** (i - 1), 4, 2, 1, bias=False),
-                       ChannelNorm(depth * 2 ** (i - 1), eps=NORM_EPS), nn.SiLU()]
+            blocks += [nn.ConvTranspose2d(depth * 2**i, depth * 2 ** (i - 1), 4, 2, 1, bias=arch.bias),
+                       channel_norm(arch, depth * 2 ** (i - 1)), nn.SiLU()]
         blocks.append(nn.ConvTranspose2d(depth, channels, 4, 2, 1))
         self.net = nn.Sequential(*blocks)
-        init_weights(self)
+        init_weights(self, arch.fan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear(x).unflatten(-1, self.top)  # (N, C', h, w)
@@ -128,8 +210,14 @@ class ConvDecoder(nn.Module):
 
 
 def gru_update(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """DreamerV3's GRU given normalised gate pre-activations (B, 3D) and the previous state (B, D)."""
+    """DreamerV3's GRU given gate pre-activations (B, 3D), laid out as [reset, candidate, update], and the
+    previous state (B, D)."""
     reset, cand, update = gates.chunk(3, dim=-1)
+    return gru_gates(reset, cand, update, h)
+
+
+def gru_gates(reset: torch.Tensor, cand: torch.Tensor, update: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The GRU's new state from its three gate pre-activations and the previous state h, each (B, D)."""
     cand = torch.tanh(torch.sigmoid(reset) * cand)
     update = torch.sigmoid(update - 1.0)  # biased towards keeping the old state
     return torch.lerp(h, cand, update)  # update * cand + (1 - update) * h, in one op

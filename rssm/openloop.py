@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from rssm.distributions import twohot_mean
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
@@ -48,7 +47,7 @@ def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context
     start = RSSMState(*(x[:, -1] for x in post))  # (B, ...): the state that has seen obs[context - 1]
     imagined, _ = wm.rssm.imagine(start, horizon, actions=action[:, context:context + horizon])
     feat = features(imagined)  # (B, H, F)
-    out = {"obs": wm.decode(feat), "reward": twohot_mean(wm.reward(feat), wm.bins),
+    out = {"obs": wm.decode(feat), "reward": wm.predicted_reward(feat),
            "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
     if reconstruct:
         out["recon"] = wm.decode(features(post))  # (B, context, ...) per key

@@ -32,7 +32,7 @@ from rssm.distributions import (
     unimix_categorical,
     unimix_logits,
 )
-from rssm.networks import MLP, NORM_EPS, LoopLinear, gru_update, init_weights
+from rssm.networks import ARCH_2023, MLP, Arch, BlockLinear, LoopLinear, gru_gates, gru_update, init_weights, make_norm
 
 
 class RSSMState(NamedTuple):
@@ -46,6 +46,12 @@ def features(state: RSSMState) -> torch.Tensor:
     return torch.cat([state.deter, state.stoch.flatten(-2)], -1)
 
 
+def normalize_action(action: torch.Tensor) -> torch.Tensor:
+    """a / max(1, |a|) per dimension, the divisor without gradient: a continuous sample beyond the env's range
+    [-1, 1] enters the model at the edge of that range (DreamerV3, both versions). One-hot actions pass unchanged."""
+    return action / torch.clamp(action.detach().abs(), min=1.0)
+
+
 class RSSM(nn.Module):
     """Args:
         action_dim: size of the action vector.
@@ -54,33 +60,65 @@ class RSSM(nn.Module):
         units: width of the hidden layers.
         groups, classes: the stochastic state has `groups` categoricals of `classes` classes.
         unimix: share of the uniform distribution mixed into prior and posterior.
+        arch: norm and initial weights of every layer.
+        blocks: 0: the sequence model of DreamerV3 2023, Linear(concat(z, a)) -> norm -> SiLU, then one GRU over
+            concat(that, h) whose gate pre-activations are normalised. > 0: that of DreamerV3 now: h, z and a each
+            embedded by Linear -> norm -> SiLU, then `dyn_layers` block-diagonal layers (norm, SiLU) and a
+            block-diagonal GRU layer over `blocks` groups of h, each group seeing its own part of h and all three
+            embeddings. D must be a multiple of `blocks`.
+        prior_layers: hidden layers of the prior (2023: 1, now: 2).
+        learned_initial: the state before an episode's first step is learned (2023: h = tanh(w), z the prior's
+            mode at h), or zeros (now: h, z and the previous action are zero at an episode start).
     """
 
     def __init__(self, action_dim: int, embed_dim: int, deter: int, units: int, groups: int,
-                 classes: int, unimix: float = 0.01):
+                 classes: int, unimix: float = 0.01, *, arch: Arch = ARCH_2023, blocks: int = 0, dyn_layers: int = 1,
+                 prior_layers: int = 1, learned_initial: bool = True):
         super().__init__()
+        assert blocks == 0 or deter % blocks == 0, (deter, blocks)
         self.deter, self.groups, self.classes, self.unimix = deter, groups, classes, unimix
+        self.blocks, self.learned_initial = blocks, learned_initial
         stoch = groups * classes
         self.feat_dim = deter + stoch
-        # Sequence model input: Linear(concat(z, a)) is split into a z part used inside the loop and an
-        # a part applied to the whole sequence at once.
-        self.img_in_z = LoopLinear(stoch, units)
-        self.img_in_a = nn.Linear(action_dim, units, bias=False)
-        self.img_in_norm = nn.LayerNorm(units, eps=NORM_EPS)
-        self.gru = LoopLinear(units + deter, 3 * deter)
-        self.gru_norm = nn.LayerNorm(3 * deter, eps=NORM_EPS)
+        if blocks == 0:
+            # Sequence model input: Linear(concat(z, a)) is split into a z part used inside the loop and an
+            # a part applied to the whole sequence at once.
+            self.img_in_z = LoopLinear(stoch, units)
+            self.img_in_a = nn.Linear(action_dim, units, bias=arch.bias)
+            self.img_in_norm = make_norm(arch, units)
+            self.gru = LoopLinear(units + deter, 3 * deter)
+            self.gru_norm = make_norm(arch, 3 * deter)
+        else:
+            self.dyn_h = LoopLinear(deter, units)
+            self.dyn_z = LoopLinear(stoch, units)
+            self.dyn_a = nn.Linear(action_dim, units, bias=arch.bias)
+            self.dyn_bias = nn.Parameter(torch.zeros(2, units)) if arch.bias else None  # of dyn_h and dyn_z
+            self.dyn_norms = nn.ModuleList(make_norm(arch, units) for _ in range(3))  # of h, z and a
+            group = deter // blocks
+            self.dyn_hidden = nn.ModuleList(
+                BlockLinear(deter + blocks * 3 * units if i == 0 else deter, deter, blocks, bias=arch.bias)
+                for i in range(dyn_layers))
+            self.dyn_hidden_norms = nn.ModuleList(make_norm(arch, deter) for _ in range(dyn_layers))
+            self.dyn_gru = BlockLinear(deter, 3 * deter, blocks, bias=arch.bias)
+            self._group = group
         # Posterior: Linear(concat(h, embed)) split the same way; the embed part is batched.
         self.post_h = LoopLinear(deter, units)
-        self.post_e = nn.Linear(embed_dim, units, bias=False)
-        self.post_norm = nn.LayerNorm(units, eps=NORM_EPS)
+        self.post_e = nn.Linear(embed_dim, units, bias=arch.bias)
+        self.post_norm = make_norm(arch, units)
         self.post_out = LoopLinear(units, stoch)
         self.post_bias = nn.Parameter(torch.zeros(stoch))
-        self.prior = MLP(deter, units, 1, stoch)
-        self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
-        init_weights(self)
+        self.prior = MLP(deter, units, prior_layers, stoch, arch)
+        if learned_initial:
+            self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
+        init_weights(self, arch.fan)
 
     def initial(self, batch_size: int) -> RSSMState:
-        """Learned initial state: h = tanh(w), z = mode of the prior at h."""
+        """The state before an episode's first step: learned (h = tanh(w), z = mode of the prior at h), or zeros."""
+        if not self.learned_initial:
+            ref = self.post_bias
+            deter = ref.new_zeros(batch_size, self.deter)
+            stoch = ref.new_zeros(batch_size, self.groups, self.classes)
+            return RSSMState(deter, stoch, stoch)
         deter = torch.tanh(self.initial_deter)[None]  # (1, D)
         logits = self._prior_logits(deter)  # (1, G, C)
         stoch = mode_onehot(logits)
@@ -94,9 +132,50 @@ class RSSM(nn.Module):
         """Prior logits from h alone: (..., D) -> (..., G, C)."""
         return self._prior_logits(deter)
 
-    def _sequence_input(self, stoch_proj: torch.Tensor, action_proj: torch.Tensor) -> torch.Tensor:
-        """GRU input from the two halves of Linear(concat(z, a)): (B, units) each -> (B, units)."""
-        return F.silu(self.img_in_norm(stoch_proj + action_proj))
+    def _action_inputs(self, action: torch.Tensor) -> torch.Tensor:
+        """The sequence model's action part, for any leading shape: (..., A) -> (..., units)."""
+        action = normalize_action(action)
+        if self.blocks == 0:
+            return self.img_in_a(action)
+        return F.silu(self.dyn_norms[2](self.dyn_a(action)))
+
+    def _loop_weights(self) -> dict[str, torch.Tensor]:
+        """The weights of the `LoopLinear` layers that the sequence model applies at each step, by name."""
+        names = ("img_in_z", "gru") if self.blocks == 0 else ("dyn_h", "dyn_z")
+        return {name: getattr(self, name).weight for name in names}
+
+    def _bind(self, steps: int, rows: int) -> dict:
+        """The loop's linear layers bound for `steps` steps of `rows` rows (`LoopLinear.bind`)."""
+        names = (*self._loop_weights(), "post_h", "post_out")
+        return {name: getattr(self, name).bind(steps, rows) for name in names}
+
+    def _sequence(self, deter: torch.Tensor, stoch: torch.Tensor, action_in: torch.Tensor, loop: dict,
+                  t: int) -> torch.Tensor:
+        """h_t from h_{t-1} (B, D), z_{t-1} (B, G, C) and the action part a_{t-1} (B, units)."""
+        if self.blocks == 0:
+            x = F.silu(self.img_in_norm(loop["img_in_z"](stoch.flatten(-2), t) + action_in))  # (B, units)
+            return gru_update(self.gru_norm(loop["gru"](torch.cat([x, deter], -1), t)), deter)  # (B, D)
+        bias = self.dyn_bias if self.dyn_bias is not None else (0.0, 0.0)
+        x = torch.cat([F.silu(self.dyn_norms[0](loop["dyn_h"](deter, t) + bias[0])),
+                       F.silu(self.dyn_norms[1](loop["dyn_z"](stoch.flatten(-2), t) + bias[1])), action_in], -1)
+        B, G = deter.shape[0], self.blocks
+        x = self._first_block_layer(deter, x)  # (B, D)
+        x = F.silu(self.dyn_hidden_norms[0](x))
+        for layer, norm in zip(self.dyn_hidden[1:], self.dyn_hidden_norms[1:], strict=True):
+            x = F.silu(norm(layer(x)))
+        gates = self.dyn_gru(x).view(B, G, 3, self._group)  # (B, G, 3, D / G): each group's [reset, cand, update]
+        reset, cand, update = (gates[:, :, i].reshape(B, self.deter) for i in range(3))
+        return gru_gates(reset, cand, update, deter)
+
+    def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`dyn_hidden[0]` on the groups' inputs concat(h_g, x) without forming them: (B, D), (B, 3 * units) ->
+        (B, D). The part of each block that reads x is the same matrix for every row, so it is one product."""
+        layer, G, B = self.dyn_hidden[0], self.blocks, deter.shape[0]
+        w_h, w_x = layer.weight[:, :self._group], layer.weight[:, self._group:]  # (G, D/G, D/G), (G, 3u, D/G)
+        y = torch.bmm(deter.view(B, G, self._group).transpose(0, 1), w_h).transpose(0, 1)  # (B, G, D/G)
+        y = y + (x @ w_x.transpose(0, 1).reshape(x.shape[-1], -1)).view(B, G, self._group)  # (B, G, D/G)
+        y = y.reshape(B, self.deter)
+        return y + layer.bias if layer.bias is not None else y
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: RSSMState | None = None) -> tuple[RSSMState, torch.Tensor]:
@@ -117,14 +196,14 @@ class RSSM(nn.Module):
         action = action * (1.0 - first.to(action.dtype)).unsqueeze(-1)  # (B, T, A): no action before a start
         # Everything that does not depend on h_{t-1} is computed for all steps before the loop; unbind
         # makes per-step views whose backward is one stack, not T zero-filled (B, T, units) gradients.
-        action_proj = self.img_in_a(action).unbind(1)  # T x (B, units)
+        action_in = self._action_inputs(action).unbind(1)  # T x (B, units)
         embed_proj = self.post_e(embed).unbind(1)  # T x (B, units)
         # One uniform number per categorical for inverse-CDF sampling, drawn for all steps at once (on CPU
         # the same numbers as T per-step draws of `sample_onehot`).
         uniform = torch.rand(T, B, self.groups, 1, device=embed.device, dtype=embed.dtype)  # (T, B, G, 1)
         resets = first.any(0).tolist()  # one host sync, so that steps without a start skip the reset
-        img_in_z, gru = self.img_in_z.bind(T, B), self.gru.bind(T, B)
-        post_h, post_out = self.post_h.bind(T, B), self.post_out.bind(T, B)
+        loop = self._bind(T, B)
+        post_h, post_out = loop["post_h"], loop["post_out"]
         deter, stoch = state.deter, state.stoch
         deters, stochs, logits_all = [], [], []
         for t in range(T):
@@ -132,8 +211,7 @@ class RSSM(nn.Module):
                 reset = first[:, t, None]  # (B, 1)
                 deter = torch.where(reset, init.deter, deter)  # (B, D)
                 stoch = torch.where(reset[..., None], init.stoch, stoch)  # (B, G, C)
-            x = self._sequence_input(img_in_z(stoch.flatten(-2), t), action_proj[t])  # (B, units)
-            deter = gru_update(self.gru_norm(gru(torch.cat([x, deter], -1), t)), deter)  # (B, D)
+            deter = self._sequence(deter, stoch, action_in[t], loop, t)  # (B, D)
             u = F.silu(self.post_norm(post_h(deter, t) + embed_proj[t]))  # (B, units)
             logits = (post_out(u, t) + self.post_bias).unflatten(-1, (self.groups, self.classes))
             probs, logits = unimix_categorical(logits, self.unimix)  # (B, G, C) each
@@ -144,8 +222,8 @@ class RSSM(nn.Module):
 
     def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True) -> RSSMState:
         """One prior step: (B, ...) state and (B, A) action -> next (B, ...) state."""
-        x = self._sequence_input(self.img_in_z(state.stoch.flatten(-2)), self.img_in_a(action))
-        deter = gru_update(self.gru_norm(self.gru(torch.cat([x, state.deter], -1))), state.deter)
+        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in self._loop_weights().items()}
+        deter = self._sequence(state.deter, state.stoch, self._action_inputs(action), plain, 0)
         logits = self._prior_logits(deter)
         stoch = sample_onehot(logits) if sample else mode_onehot(logits)
         return RSSMState(deter, stoch, logits)

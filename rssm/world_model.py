@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rssm.config import UserError
-from rssm.distributions import categorical_kl, symlog, symlog_bins, twohot_loss, twohot_mean
-from rssm.networks import MLP, ConvDecoder, ConvEncoder, image_stages, zero_output
+from rssm.distributions import categorical_kl, symlog, twohot_bins, twohot_loss, twohot_mean
+from rssm.networks import MLP, Arch, ConvDecoder, ConvEncoder, image_stages, zero_output
 from rssm.rssm import RSSM, RSSMState, features
 
 
@@ -31,6 +31,26 @@ class LossScales:
     kl_dyn: float = 0.5
     kl_rep: float = 0.1
     free_bits: float = 1.0
+    cont_target: float = 1.0  # the continue head's target at a non-terminal step: 1, or the discount (`contdisc`)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The world model's switches where DreamerV3's 2023 release and its current code differ (defaults: 2023).
+
+    arch: norm and initial weights of every layer (`rssm.networks.Arch`).
+    blocks, dyn_layers, prior_layers, learned_initial: the sequence model, prior and initial state (`RSSM`).
+    head_layers: hidden layers of the reward and continue heads; None: `layers`, as the other MLPs (2023); 1 now.
+    twohot: bins of the reward head (`rssm.distributions.twohot_log_prob`): symlog (2023) or symexp (now).
+    """
+
+    arch: Arch = Arch()
+    blocks: int = 0
+    dyn_layers: int = 1
+    prior_layers: int = 1
+    learned_initial: bool = True
+    head_layers: int | None = None
+    twohot: str = "symlog"
 
 
 def kl_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn_scale: float, rep_scale: float,
@@ -98,12 +118,15 @@ class WorldModel(nn.Module):
         unimix: uniform mix of the latent distributions.
         bins: number of two-hot bins of the reward head.
         cnn_depth: channels of the CNN's first stage (doubling with each stage); unused without images.
+        variant: the switches where DreamerV3 2023 and now differ (`Variant`).
     """
 
     def __init__(self, obs_shapes: Mapping[str, tuple[int, ...]], action_dim: int, deter: int, units: int,
                  layers: int, groups: int, classes: int, unimix: float = 0.01, bins: int = 255,
-                 cnn_depth: int = 32):
+                 cnn_depth: int = 32, variant: Variant = Variant()):
         super().__init__()
+        v, arch = variant, variant.arch
+        self.twohot = v.twohot
         assert obs_shapes and all(len(s) in (1, 3) for s in obs_shapes.values()), obs_shapes
         self.vector_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 1)
         self.image_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 3)
@@ -115,22 +138,28 @@ class WorldModel(nn.Module):
         self.encoder = self.decoder = self.image_encoder = self.image_decoder = None
         embed = 0
         if self.vector_keys:
-            self.encoder = MLP(sum(self.vector_dims), units, layers)
+            self.encoder = MLP(sum(self.vector_dims), units, layers, arch=arch)
             embed += self.encoder.out_dim
         if self.image_keys:
             size = obs_shapes[self.image_keys[0]][0]
-            self.image_encoder = ConvEncoder(size, sum(self.image_channels), cnn_depth)
+            self.image_encoder = ConvEncoder(size, sum(self.image_channels), cnn_depth, arch)
             embed += self.image_encoder.out_dim
-        self.rssm = RSSM(action_dim, embed, deter, units, groups, classes, unimix)
+        self.rssm = RSSM(action_dim, embed, deter, units, groups, classes, unimix, arch=arch, blocks=v.blocks,
+                         dyn_layers=v.dyn_layers, prior_layers=v.prior_layers, learned_initial=v.learned_initial)
         feat = self.rssm.feat_dim
         if self.vector_keys:
-            self.decoder = MLP(feat, units, layers, sum(self.vector_dims))
+            self.decoder = MLP(feat, units, layers, sum(self.vector_dims), arch)
         if self.image_keys:
-            self.image_decoder = ConvDecoder(feat, size, sum(self.image_channels), cnn_depth)
-        self.reward = MLP(feat, units, layers, bins)
+            self.image_decoder = ConvDecoder(feat, size, sum(self.image_channels), cnn_depth, arch)
+        head_layers = layers if v.head_layers is None else v.head_layers
+        self.reward = MLP(feat, units, head_layers, bins, arch)
         zero_output(self.reward.out)
-        self.cont = MLP(feat, units, layers, 1)
-        self.register_buffer("bins", symlog_bins(bins), persistent=False)
+        self.cont = MLP(feat, units, head_layers, 1, arch)
+        self.register_buffer("bins", twohot_bins(bins, v.twohot), persistent=False)
+
+    def predicted_reward(self, feat: torch.Tensor) -> torch.Tensor:
+        """The reward head's mean at features (..., F): (...)."""
+        return twohot_mean(self.reward(feat), self.bins, self.twohot)
 
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Embed the observation keys of `obs` (other keys are ignored): (B, T, ...) each -> (B, T, E)."""
@@ -193,8 +222,8 @@ class WorldModel(nn.Module):
         rec_keys = self.rec_errors(feat, batch)  # (B, T) per key
         rec = sum(rec_keys.values())  # (B, T)
         reward_logits = self.reward(feat)  # (B, T, K)
-        rew = twohot_loss(reward_logits, reward, self.bins)  # (B, T)
-        cont_target = 1.0 - batch["is_terminal"].to(feat.dtype)
+        rew = twohot_loss(reward_logits, reward, self.bins, self.twohot)  # (B, T)
+        cont_target = (1.0 - batch["is_terminal"].to(feat.dtype)) * scales.cont_target
         cont_logits = self.cont(feat).squeeze(-1)  # (B, T)
         cont = F.binary_cross_entropy_with_logits(cont_logits, cont_target, reduction="none")  # (B, T)
         kl, kl_metrics = kl_loss(post.logits, prior_logits, scales.kl_dyn, scales.kl_rep, scales.free_bits)
@@ -204,8 +233,8 @@ class WorldModel(nn.Module):
             metrics = {
                 "loss/rec": rec.mean(), "loss/reward": rew.mean(), "loss/cont": cont.mean(),
                 **kl_metrics,
-                "wm/reward_error": (twohot_mean(reward_logits, self.bins) - reward).abs().mean(),
-                "wm/cont_accuracy": ((cont_logits > 0).to(feat.dtype) == cont_target).to(feat.dtype).mean(),
+                "wm/reward_error": (twohot_mean(reward_logits, self.bins, self.twohot) - reward).abs().mean(),
+                "wm/cont_accuracy": ((cont_logits > 0) == (cont_target > 0)).to(feat.dtype).mean(),
             }
             if len(rec_keys) > 1:
                 metrics.update({f"loss/rec_{k}": v.mean() for k, v in rec_keys.items()})

@@ -92,13 +92,19 @@ def test_lambda_returns_hand_values():
 
 
 def test_return_normalizer_hand_values():
-    norm = ReturnNormalizer(decay=0.99, floor=1.0)
-    returns = torch.arange(101.0)  # percentiles 5 and 95 are 5 and 95
+    norm = ReturnNormalizer(rate=0.01, floor=1.0)
+    returns = torch.arange(101.0) * 100  # percentiles 5 and 95 are 500 and 9500
+    # Both ends start at 0, as upstream's EMA does: lo = 0.01 * 500 = 5, hi = 0.01 * 9500 = 95.
     assert norm.update(returns).item() == pytest.approx(90.0)
-    # EMA: lo = 0.99 * 5 + 0.01 * 10 = 5.05; hi = 0.99 * 95 + 0.01 * 190 = 95.95
-    assert norm.update(returns * 2).item() == pytest.approx(95.95 - 5.05)
+    # lo = 0.99 * 5 + 0.01 * 1000 = 14.95; hi = 0.99 * 95 + 0.01 * 19000 = 284.05
+    assert norm.update(returns * 2).item() == pytest.approx(284.05 - 14.95)
     small = ReturnNormalizer()
-    assert small.update(torch.full((10,), 3.0)).item() == 1.0  # floored
+    assert small.update(torch.arange(101.0)).item() == 1.0  # 0.01 * 90 = 0.9: floored
+    assert small.update(torch.tensor([float("nan"), 1.0])).item() == 1.0 and torch.isfinite(small.lo)
+    # A run saved when the first batch set the range had a flag for it; its state still loads.
+    older = {"lo": torch.tensor(2.0), "hi": torch.tensor(9.0), "initialized": torch.tensor(True)}
+    small.load_state_dict(older)
+    assert small.scale().item() == 7.0
 
 
 def test_critic_targets_are_two_hot_in_symlog_space():
@@ -175,9 +181,10 @@ def test_imagined_continue_is_the_heads_mode_or_its_probability():
     for prob in (False, True):
         torch.manual_seed(1)  # the same imagined trajectories
         feat, _, cont = imagine(wm, actor, start, start_cont, 5, backprop=False, cont_prob=prob)
-        assert cont.shape == (8, 6) and torch.equal(cont[:, 0], start_cont)
-        p = torch.sigmoid(wm.cont(feat[:, 1:]).squeeze(-1))
-        torch.testing.assert_close(cont[:, 1:], p if prob else (p > 0.5).float())
+        assert cont.shape == (8, 6)
+        p = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (8, 6)
+        # The mode after the start's recorded flag (2023), or the probability everywhere, the start too (now).
+        torch.testing.assert_close(cont, p if prob else torch.cat([start_cont[:, None], (p[:, 1:] > 0.5).float()], 1))
         flags[prob] = cont[:, 1:]
     assert ((flags[True] > 0) & (flags[True] < 1)).all() and not torch.equal(flags[True], flags[False])
 
@@ -223,16 +230,24 @@ def test_rssm_eval_on_a_missing_run_is_one_line_with_status_2(tmp_path, cli_envi
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
 
 
-def test_a_clipped_continuous_sample_still_has_a_gradient():
+def test_a_continuous_sample_beyond_the_range_enters_the_model_normalised_with_a_gradient():
+    from rssm.rssm import normalize_action
+
+    a = torch.tensor([2.0, -4.0, 0.5, 1.0], requires_grad=True)
+    out = normalize_action(a)
+    torch.testing.assert_close(out, torch.tensor([1.0, -1.0, 0.5, 1.0]))
+    (grad,) = torch.autograd.grad(out.sum(), a)
+    torch.testing.assert_close(grad, torch.tensor([0.5, 0.25, 1.0, 1.0]))  # 1 / max(1, |a|): the divisor is constant
+
     actor = Actor(feat_dim=3, units=8, layers=1, action_dims=[2], discrete=False)
     with torch.no_grad():
         actor.net.out.bias.copy_(torch.tensor([5.0, -5.0, 3.0, 3.0]))  # means near +1 and -1, std near max_std
     torch.manual_seed(0)
-    sample = actor(torch.zeros(4096, 3)).sample()  # (N, 2)
-    clipped = sample.detach().abs() == 1.0
-    assert 0.2 < clipped.float().mean() < 0.8 and sample.detach().abs().max() == 1.0  # clipped to the env's range
-    grads = torch.autograd.grad(sample[clipped].sum(), list(actor.parameters()))
-    assert sum(g.abs().sum() for g in grads) > 0  # a clamp alone would give these samples none
+    sample = actor(torch.zeros(4096, 3)).sample()  # (N, 2): not clipped, the env clips
+    beyond = sample.detach().abs() > 1.0
+    assert 0.2 < beyond.float().mean() < 0.8
+    grads = torch.autograd.grad(normalize_action(sample)[beyond].sum(), list(actor.parameters()))
+    assert sum(g.abs().sum() for g in grads) > 0  # a clamp would give these samples none
 
 
 @pytest.mark.parametrize("backprop", [True, False])

@@ -1,7 +1,11 @@
 """DeepMind Control Suite tasks through dm-control (the `dmc` extra): spaces, rewards, episode ends, seeding, the
 camera DreamerV3 picks, errors, and a tiny training run."""
 
+import gzip
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import dm_env
 import numpy as np
@@ -197,3 +201,21 @@ def test_a_wrong_task_on_the_command_line_is_one_line_and_status_2(tmp_path, run
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("rssm-train: error: unknown DeepMind Control task 'walker_wlak'")
     assert "MuJoCo" not in proc.stdout  # dm_control's import logs are held back
+
+
+def test_the_scores_script_averages_each_seed_in_bins_then_the_seeds(tmp_path):
+    runs = [{"task": "dmc_a", "method": "dreamerv3", "seed": 0, "xs": [8002, 8004, 20000], "ys": [1.0, 3.0, 10.0]},
+            {"task": "dmc_a", "method": "dreamerv3", "seed": 1, "xs": [9000, 16000], "ys": [6.0, 20.0]},
+            {"task": "dmc_b", "method": "dreamerv3", "seed": 0, "xs": [10000], "ys": [5.0]}]
+    with gzip.open(tmp_path / "s.json.gz", "wt") as f:
+        json.dump(runs, f)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dreamerv3_scores.py"
+    proc = subprocess.run([sys.executable, script, tmp_path / "s.json.gz", "--tasks", "dmc_a", "--source", "here"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "# source: here; mean over seeds in bins of 10000 env steps (agent steps x action repeat)",
+        "task,step,score", "dmc_a,10000,4.0", "dmc_a,20000,15.0"]  # (mean(1, 3) + 6) / 2; (10 + 20) / 2
+    bad = subprocess.run([sys.executable, script, tmp_path / "s.json.gz", "--tasks", "dmc_c"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no task dmc_c" in bad.stderr

@@ -86,7 +86,7 @@ class DMCEnv(gym.Env):
         render_mode: None or "rgb_array" (`render()` returns a VIDEO_SIZE frame from the same camera).
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+    metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str, pixels: bool = False, image_size: int = 64, keep_state: bool = False,
                  grayscale: bool = False, camera: int = -1, render_mode: str | None = None):
@@ -101,6 +101,7 @@ class DMCEnv(gym.Env):
             raise UserError(f"cannot load DeepMind Control task '{task}': {type(e).__name__}: {e} ({INSTALL} "
                             f"installs versions that fit)") from None
         self.render_mode, self.camera = render_mode, camera_id(domain, camera)
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self._env.control_timestep())}  # real time
         self.pixels, self.image_size, self.keep_state, self.grayscale = pixels, image_size, keep_state, grayscale
         # Empty arrays are dropped, as DreamerV3 does: there is nothing in them to model.
         self._keys = [k for k, spec in self._env.observation_spec().items() if int(np.prod(spec.shape)) > 0]

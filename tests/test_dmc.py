@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rssm.build import build_env, env_id
+from rssm.cli import with_general_env
 from rssm.config import UserError, config_changes, validate
 from rssm.dmc import DMCEnv, camera_id, make_dmc_env, split_task
 
@@ -75,6 +76,7 @@ def test_pixels_can_keep_the_vectors_be_gray_and_render_videos(skip_without_egl)
     assert spec.obs_shapes == {"image": (16, 16, 1), "position": (3,), "velocity": (2,)}
     assert obs["image"].dtype == np.uint8 and obs["position"].dtype == np.float32
     assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
+    assert env.metadata["render_fps"] == 100  # cartpole's control step is 0.01 s
 
 
 def test_the_dmc_config_makes_1000_control_step_episodes_of_500_agent_steps(compose_config):
@@ -219,3 +221,9 @@ def test_the_scores_script_averages_each_seed_in_bins_then_the_seeds(tmp_path):
     bad = subprocess.run([sys.executable, script, tmp_path / "s.json.gz", "--tasks", "dmc_c"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no task dmc_c" in bad.stderr
+
+
+def test_a_task_on_the_command_line_implies_the_dmc_config():
+    assert with_general_env(["env.task=cheetah_run", "seed=1"]) == ["env=dmc", "env.task=cheetah_run", "seed=1"]
+    assert with_general_env(["env=dmc_vision", "env.task=cheetah_run"]) == ["env=dmc_vision", "env.task=cheetah_run"]
+    assert with_general_env(["env.id=Pendulum-v1"]) == ["env=gym", "env.id=Pendulum-v1"]

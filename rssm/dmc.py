@@ -9,6 +9,8 @@ is the last: `terminated` where its discount is 0, `truncated` otherwise (the su
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib.util
 import logging
 import os
 import sys
@@ -42,21 +44,37 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
+def _pick_renderer() -> None:
+    """dm_control picks its renderer once, at import, from MUJOCO_GL: unset, it tries glfw first, which wants a
+    display and warns on a headless machine. On Linux rssm asks for EGL, which draws off-screen, where its library
+    loads, and for no renderer where it does not: tasks observed through vectors need none, and pixels are refused
+    when the env is made. A value the user set wins."""
+    if not sys.platform.startswith("linux") or "MUJOCO_GL" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libEGL.so.1")
+        os.environ["MUJOCO_GL"] = "egl"
+    except OSError:
+        os.environ["MUJOCO_GL"] = "disabled"
+
+
 def _suite():
     """dm_control's suite, imported on first use: rssm works without the package until a task is asked for."""
-    if sys.platform.startswith("linux"):
-        # dm_control picks its renderer at import: glfw first, which wants a display and warns on a headless machine;
-        # EGL renders off-screen. A value the user set wins.
-        os.environ.setdefault("MUJOCO_GL", "egl")
+    if importlib.util.find_spec("dm_control") is None:
+        raise UserError(f"DeepMind Control tasks (env.task) need the dm-control package: {INSTALL}")
+    _pick_renderer()
     try:
         with _quiet():
             from dm_control import suite
-    except ImportError:
-        raise UserError(f"DeepMind Control tasks (env.task) need the dm-control package: {INSTALL}") from None
-    except Exception as e:  # noqa: BLE001 - a dm-control that does not fit the installed mujoco fails at import
-        raise UserError(f"cannot import dm-control ({type(e).__name__}: {e}); {INSTALL} installs a mujoco that fits "
-                        f"it") from None
+    except Exception as e:  # noqa: BLE001 - a renderer that cannot load, a dm-control that does not fit mujoco
+        raise UserError(f"cannot import dm-control with MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}: "
+                        f"{type(e).__name__}: {_first_line(e)} ({INSTALL} installs a dm-control and a mujoco that fit "
+                        f"together)") from None
     return suite
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
 
 
 def task_names(all_tasks) -> dict[str, tuple[str, str]]:
@@ -98,8 +116,8 @@ class DMCEnv(gym.Env):
             with _quiet():
                 self._env = suite.load(domain, name)
         except Exception as e:  # noqa: BLE001 - e.g. a mujoco too new for dm-control (a missing model attribute)
-            raise UserError(f"cannot load DeepMind Control task '{task}': {type(e).__name__}: {e} ({INSTALL} "
-                            f"installs versions that fit)") from None
+            raise UserError(f"cannot load DeepMind Control task '{task}': {type(e).__name__}: {_first_line(e)} "
+                            f"({INSTALL} installs a dm-control and a mujoco that fit together)") from None
         self.render_mode, self.camera = render_mode, camera_id(domain, camera)
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self._env.control_timestep())}  # real time
         self.pixels, self.image_size, self.keep_state, self.grayscale = pixels, image_size, keep_state, grayscale
@@ -117,6 +135,17 @@ class DMCEnv(gym.Env):
         self.action_space = gym.spaces.Box(action.minimum.astype(np.float32), action.maximum.astype(np.float32),
                                            action.shape, np.float32)
         self._closed = False
+        if pixels or render_mode:
+            self._check_rendering()
+
+    def _check_rendering(self) -> None:
+        try:
+            self._env.physics.render(8, 8, camera_id=self.camera)
+        except Exception as e:  # noqa: BLE001 - each renderer fails in its own way (RuntimeError, ImportError, ...)
+            self.close()
+            raise UserError(f"MuJoCo cannot render DeepMind Control frames here (MUJOCO_GL="
+                            f"{os.environ.get('MUJOCO_GL', '')}: {type(e).__name__}: {_first_line(e)}); on Linux it "
+                            f"draws off-screen with EGL (libEGL.so.1)") from None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -227,3 +227,17 @@ def test_a_task_on_the_command_line_implies_the_dmc_config():
     assert with_general_env(["env.task=cheetah_run", "seed=1"]) == ["env=dmc", "env.task=cheetah_run", "seed=1"]
     assert with_general_env(["env=dmc_vision", "env.task=cheetah_run"]) == ["env=dmc_vision", "env.task=cheetah_run"]
     assert with_general_env(["env.id=Pendulum-v1"]) == ["env=gym", "env.id=Pendulum-v1"]
+
+
+def test_without_a_renderer_vectors_work_and_pixels_are_one_user_error(tmp_path, cli_environ):
+    # MUJOCO_GL=disabled is what rssm picks on Linux where libEGL cannot be loaded; dm_control reads it at import.
+    code = ("from rssm.dmc import make_dmc_env\n"
+            "env, spec = make_dmc_env('walker_walk'); env.reset(seed=0); env.step(env.action_space.sample())\n"
+            "print(sorted(spec.obs_shapes))\n"
+            "make_dmc_env('walker_walk', pixels=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**cli_environ, "MUJOCO_GL": "disabled"})
+    assert proc.stdout == "['height', 'orientations', 'velocity']\n"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "rssm.config.UserError: MuJoCo cannot render DeepMind Control frames here (MUJOCO_GL=disabled: RuntimeError: "
+        "No OpenGL rendering backend is available.); on Linux it draws off-screen with EGL (libEGL.so.1)")

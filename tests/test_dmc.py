@@ -132,6 +132,21 @@ def test_a_seed_fixes_the_episode_and_another_seed_changes_it():
     assert not np.array_equal(a["orientations"], other["orientations"])
 
 
+def test_a_seed_and_the_actions_taken_give_the_same_observation():
+    # What resuming an episode under way relies on (rssm/collector.py rebuilds it from its seed and actions).
+    actions = np.random.default_rng(0).uniform(-1, 1, (20, 6))
+    ends = []
+    for _ in range(2):
+        env, _ = make_dmc_env("walker_walk", action_repeat=2)
+        try:
+            env.reset(seed=3)
+            ends.append([env.step(action) for action in actions][-1])
+        finally:
+            env.close()
+    (first, reward, *_), (second, again, *_) = ends
+    assert all(np.array_equal(first[k], second[k]) for k in first) and reward == again
+
+
 def test_camera_minus_1_is_dreamerv3s_choice():
     assert camera_id("quadruped") == 2 and camera_id("walker") == 0 and camera_id("cartpole") == 0
     assert camera_id("quadruped", 1) == 1 and camera_id("walker", 1) == 1  # a camera the user names is kept

@@ -237,10 +237,9 @@ _ABSENT = object()
 FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress", "trainer.log_every",
              "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every",
              "trainer.openloop_context", "trainer.openloop_horizons")
-# Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations and
-# no Atari game or DMC task,
-# which none of their defaults changes, so their absence from its config is no difference. (Pixels on such a run
-# would change the model: the checkpoint's shapes refuse it.)
+# Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
+# no Atari game and no DMC task, which none of their defaults changes, so their absence from its config is no
+# difference. (Pixels on such a run would change the model: the checkpoint's shapes refuse it.)
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
                "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys",
                "env.task", "env.camera")

@@ -10,6 +10,7 @@ from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.collector import make_envs
 from rssm.config import UserError
+from rssm.dmc import make_dmc_env
 from rssm.envs import EnvSpec, atari_id, make_env
 from rssm.networks import Arch
 from rssm.world_model import LossScales, Variant, WorldModel, select_obs_keys
@@ -24,13 +25,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def env_id(cfg: DictConfig) -> str:
-    """The gymnasium id the config names: `env.game`'s Atari id when it is set, else `env.id`."""
+    """The env the config names: dmc/{env.task} for a DeepMind Control task, `env.game`'s Atari id, else `env.id`."""
+    if cfg.env.task:
+        return f"dmc/{cfg.env.task}"
     return atari_id(cfg.env.game) if cfg.env.game else cfg.env.id
 
 
 def build_env(cfg: DictConfig, render_mode: str | None = None):
     """The env the config describes and its EnvSpec. Raises UserError if rssm cannot use it."""
     e = cfg.env
+    if e.task:
+        return make_dmc_env(e.task, e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size,
+                            e.pixels_keep_state, e.grayscale, e.camera)
     return make_env(env_id(cfg), e.action_repeat, e.time_limit, render_mode, e.pixels, e.image_size,
                     e.pixels_keep_state, grayscale=e.grayscale, sticky_actions=e.sticky_actions, noop_max=e.noop_max)
 

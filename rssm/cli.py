@@ -35,15 +35,18 @@ def fail(message: str) -> None:
 # Env configs.
 
 
+_GENERAL_ENVS = {"env.id": "gym", "env.game": "gym", "env.task": "dmc"}  # key -> the env config it implies
+
+
 def with_general_env(argv: list[str]) -> list[str]:
     """An env named by `env.id` (or `env.game`) without an env config gets `env=gym`, rssm's general defaults,
-    rather than the default env config's settings tuned for CartPole. (Placed before that override: hydra's
-    options may follow the overrides.)"""
+    rather than the default env config's settings tuned for CartPole; one named by `env.task` gets `env=dmc`.
+    (Placed before that override: hydra's options may follow the overrides.)"""
     keys = [a.split("=", 1)[0].lstrip("+~") if "=" in a and not a.startswith("-") else None for a in argv]
-    if "env" in keys or not {"env.id", "env.game"} & set(keys):
+    if "env" in keys or not _GENERAL_ENVS.keys() & set(keys):
         return argv
-    at = next(i for i, k in enumerate(keys) if k in ("env.id", "env.game"))
-    return [*argv[:at], "env=gym", *argv[at:]]
+    at = next(i for i, k in enumerate(keys) if k in _GENERAL_ENVS)
+    return [*argv[:at], f"env={_GENERAL_ENVS[keys[at]]}", *argv[at:]]
 
 
 # Hydra's own errors.

@@ -32,6 +32,8 @@ class EnvConfig:
     noop_max: int = 0  # Atari: at most this many no-op frames (random count) after each reset
     num_envs: int = 1  # envs collecting together (gymnasium.vector); each env step counts toward trainer.steps
     vector: str = "sync"  # sync: envs step in this process, one after another | async: one subprocess per env
+    task: str = ""  # DeepMind Control task, domain_task, e.g. walker_walk; when set, the env is DMC's, not env.id
+    camera: int = -1  # DeepMind Control: the camera of pixel frames; -1: DreamerV3's (2 for quadruped, else 0)
 
 
 @dataclass
@@ -166,6 +168,8 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     (("env.game",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a game name such as ms_pacman"),
+    (("env.task",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a task name such as walker_walk"),
+    (("env.camera",), lambda v: v >= -1, ">= -1"),
     (("agent.gamma",), lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
 ]
 _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_model"),
@@ -225,9 +229,17 @@ def _check_algo(cfg: DictConfig) -> None:
                         "optim.joint=true (the world model steps before the critic otherwise)")
 
 
+def _check_env(cfg: DictConfig) -> None:
+    e = cfg.env
+    if e.task and (e.game or e.sticky_actions > 0 or e.noop_max > 0):
+        raise UserError(f"env.task={e.task} names a DeepMind Control task: env.game, env.sticky_actions and "
+                        f"env.noop_max are Atari's, leave them unset")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
+    _check_env(cfg)
     _check_finite(cfg)
     for keys, ok, wanted in _RANGES:
         for key in keys:
@@ -262,11 +274,12 @@ _ABSENT = object()
 FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress", "trainer.log_every",
              "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every",
              "trainer.openloop_context", "trainer.openloop_horizons")
-# Keys added with image observations and Atari: a run saved before them had vector observations and no Atari game,
-# which none of their defaults changes, so their absence from its config is no difference. (Pixels on such a run
-# would change the model: the checkpoint's shapes refuse it.)
+# Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
+# no Atari game and no DMC task, which none of their defaults changes, so their absence from its config is no
+# difference. (Pixels on such a run would change the model: the checkpoint's shapes refuse it.)
 _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.grayscale", "env.game",
-               "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys")
+               "env.sticky_actions", "env.noop_max", "model.cnn_depth", "model.cnn_keys", "model.mlp_keys",
+               "env.task", "env.camera")
 # Keys added later whose absence from a run's config means the value given here (the behaviour before them).
 # The algorithm switches (configs/algo/) came later still: a run without them ran DreamerV3 2023.
 ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False,

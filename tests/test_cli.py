@@ -79,7 +79,7 @@ def test_an_env_named_by_id_gets_the_general_defaults(tmp_path, run_cli):
 
 @pytest.mark.parametrize("args, message", [
     (["env=nosuch"], "Could not find 'env/nosuch'. Available options in 'env': acrobot, atari, breakout, cartpole, "
-                     "cartpole_pixels, gym, halfcheetah"),
+                     "cartpole_pixels, dmc, dmc_vision, gym, halfcheetah"),
     (["-m", "wm.lr=interval(1e-4,x)"], "wm.lr=interval(1e-4,x)"),
     (["wm.lr=interval(1e-4,1e-3)"], "Sweep parameters 'wm.lr=interval(1e-4,1e-3)' requires --multirun"),
     (["-m", "hydra/sweeper=nosuch", "seed=1,2"], "Could not find 'hydra/sweeper/nosuch'"),

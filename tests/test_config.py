@@ -28,7 +28,7 @@ def test_config_groups_are_found():
 def test_every_env_config_composes_and_builds_its_env(compose_config, skip_without_egl, env):
     cfg = compose_config(f"env={env}", "env.image_size=16")
     validate(cfg)
-    if cfg.env.pixels and "mujoco" in gym.spec(cfg.env.id).entry_point:
+    if cfg.env.pixels and (cfg.env.task or "mujoco" in gym.spec(cfg.env.id).entry_point):  # DMC renders with MuJoCo
         skip_without_egl()
     gym_env, spec = build_env(cfg)
     try:

@@ -41,6 +41,21 @@ def test_every_env_config_composes_and_builds_its_env(compose_config, skip_witho
     assert set(spec.obs_shapes) <= set(second) and second["action"].shape == (1, spec.action_dim)
 
 
+@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv3_2023"])
+def test_every_env_config_leaves_the_agent_to_the_algo(compose_config, algo):
+    """One agent for every env: an env config sets env keys, model size, train ratio, run length, evaluation and
+    replay capacity, never the algorithm's settings."""
+    base = compose_config(f"algo={algo}")
+    switches = ("norm", "fan", "blocks", "dyn_layers", "prior_layers", "learned_initial", "head_layers", "twohot",
+                "unimix", "bins")
+    for env in ENVS:
+        cfg = compose_config(f"algo={algo}", f"env={env}")
+        for section in ("agent", "wm", "optim"):
+            assert cfg[section] == base[section], (env, section)
+        assert {k: cfg.model[k] for k in switches} == {k: base.model[k] for k in switches}, env
+        assert (cfg.replay.batch_size, cfg.replay.batch_length) == (base.replay.batch_size, base.replay.batch_length)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(compose_config, experiment):
     validate(compose_config(f"experiment={experiment}"))

@@ -54,7 +54,7 @@ def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], a
     m = cfg.model
     shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
     variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, m.head_layers,
-                      m.twohot)
+                      m.twohot, m.cnn)
     return WorldModel(shapes, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins,
                       m.cnn_depth, variant)
 

@@ -45,7 +45,7 @@ class ModelConfig:
     classes: int = 32  # ... of C classes each
     unimix: float = 0.01
     bins: int = 255  # two-hot bins of the reward head
-    cnn_depth: int = 32  # channels of the image encoder's first stage, doubling with each stage
+    cnn_depth: int = 32  # the CNN's channels: its first stage's (strided: doubling each stage; pooled: x 2, 3, 4, 4)
     cnn_keys: str = ".*"  # regex: image keys (H x W x C uint8) whose whole name matches go to the CNN
     mlp_keys: str = ".*"  # regex: vector keys (1-D float) whose whole name matches go to the MLP
     # How the networks are built: set by `algo=` (configs/algo/), where DreamerV3 2023 and now differ.
@@ -57,6 +57,7 @@ class ModelConfig:
     learned_initial: bool = False  # learned initial state (2023) | zeros at each episode start (now)
     head_layers: int | None = 1  # hidden layers of the reward and continue heads; null: `layers` (2023)
     twohot: str = "symexp"  # two-hot bins of reward and critic: symexp, in value space (now) | symlog (2023)
+    cnn: str = "pooled"  # pooled: 5x5 convs with max-pooling, sigmoid decoder (now) | strided: 4x4 stride 2 (2023)
 
 
 @dataclass
@@ -175,7 +176,8 @@ _RANGES = [  # (keys, test, what the test asks for)
 _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_model"),
             "agent.actor_grad_discrete": ("reinforce", "backprop"),
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
-            "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "optim.name": ("laprop", "adam")}
+            "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
+            "optim.name": ("laprop", "adam")}
 
 
 def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -285,7 +287,8 @@ _ADDED_KEYS = ("env.pixels", "env.pixels_keep_state", "env.image_size", "env.gra
 ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0.0, "agent.cont_prob": False,
                 "replay.save": True, "model.norm": "layer", "model.fan": "avg", "model.blocks": 0,
                 "model.dyn_layers": 1, "model.prior_layers": 1, "model.learned_initial": True,
-                "model.head_layers": None, "model.twohot": "symlog", "agent.replay_value_grad": False,
+                "model.head_layers": None, "model.twohot": "symlog", "model.cnn": "strided",
+                "agent.replay_value_grad": False,
                 "agent.contdisc": False, "agent.actor_unimix": 0.01, "agent.actor_outscale": 1.0,
                 "optim.name": "adam", "optim.joint": False, "optim.agc": 0.0, "optim.warmup": 0, "optim.beta1": 0.9,
                 "optim.beta2": 0.999}

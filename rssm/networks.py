@@ -188,8 +188,10 @@ class ConvDecoder(nn.Module):
     transposed convolution to `channels`.
 
     Shapes:
-        (N, in_dim) -> (N, H, W, C), unbounded (the world model adds the offset of its targets).
+        (N, in_dim) -> (N, H, W, C), unbounded, centred on 0 (the world model adds `offset`).
     """
+
+    offset = 0.5  # of the images in [0, 1] it predicts
 
     def __init__(self, in_dim: int, size: int, channels: int, depth: int, arch: Arch = ARCH_2023):
         super().__init__()
@@ -206,6 +208,80 @@ class ConvDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear(x).unflatten(-1, self.top)  # (N, C', h, w)
+        return self.net(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+
+
+POOLED_MULTS = (2, 3, 4, 4)  # channels of the pooled CNN's stages, times its depth (a fifth stage repeats 4)
+
+
+def _pooled_channels(depth: int, stages: int) -> list[int]:
+    return [depth * POOLED_MULTS[min(i, len(POOLED_MULTS) - 1)] for i in range(stages)]
+
+
+class PooledConvEncoder(nn.Module):
+    """Today's DreamerV3 image encoder: stages of Conv(5x5, stride 1) -> 2x2 max-pool -> channel norm -> SiLU, each
+    halving the side (64 -> 32 -> 16 -> 8 -> 4), with 2, 3, 4, 4 times `depth` channels; the last is flattened.
+
+    Shapes:
+        (N, H, W, C) float, centred on 0 -> (N, out_dim).
+    """
+
+    def __init__(self, size: int, channels: int, depth: int, arch: Arch = ARCH_2023):
+        super().__init__()
+        stages = image_stages(size)
+        blocks: list[nn.Module] = []
+        width = channels
+        for out in _pooled_channels(depth, stages):
+            blocks += [nn.Conv2d(width, out, 5, 1, 2), nn.MaxPool2d(2), channel_norm(arch, out), nn.SiLU()]
+            width = out
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = width * (size >> stages) ** 2
+        init_weights(self, arch.fan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2)).flatten(1)  # (N, C, H, W) -> (N, C' * h * w)
+
+
+class PooledConvDecoder(nn.Module):
+    """Today's DreamerV3 image decoder. The last stage's (C', h, w) grid is the sum of a block-diagonal layer of
+    h (`blocks` groups, each filling C' / blocks channels of every pixel) and an MLP of z (Linear 2 x units -> norm
+    -> SiLU -> Linear), normed and through SiLU; then stages of 2x nearest upsampling -> Conv(5x5) -> channel norm
+    -> SiLU, and a last upsampling and Conv(5x5) to `channels` through a sigmoid. (DreamerV3 uses 8 groups; here
+    fewer where h's size or C' is not a multiple of 8.)
+
+    Shapes:
+        (N, deter + stoch) features [h, z] -> (N, H, W, C) in (0, 1).
+    """
+
+    offset = 0.0
+
+    def __init__(self, deter: int, stoch: int, size: int, channels: int, depth: int, units: int,
+                 arch: Arch = ARCH_2023, blocks: int = 8):
+        super().__init__()
+        stages = image_stages(size)
+        widths = _pooled_channels(depth, stages)
+        side = size >> stages
+        blocks = math.gcd(blocks, deter, widths[-1])  # fewer where h or C' does not split into `blocks`
+        self.deter, self.blocks, self.top = deter, blocks, (widths[-1], side, side)  # (C', h, w)
+        self.space_h = BlockLinear(deter, math.prod(self.top), blocks)
+        self.space_z = nn.Sequential(nn.Linear(stoch, 2 * units, bias=arch.bias), make_norm(arch, 2 * units),
+                                     nn.SiLU(), nn.Linear(2 * units, math.prod(self.top)))
+        self.space_norm = channel_norm(arch, widths[-1])
+        stack: list[nn.Module] = []
+        for i in reversed(range(stages - 1)):
+            stack += [nn.Upsample(scale_factor=2), nn.Conv2d(widths[i + 1], widths[i], 5, 1, 2),
+                      channel_norm(arch, widths[i]), nn.SiLU()]
+        stack += [nn.Upsample(scale_factor=2), nn.Conv2d(widths[0], channels, 5, 1, 2), nn.Sigmoid()]
+        self.net = nn.Sequential(*stack)
+        init_weights(self, arch.fan)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        C, h, w = self.top
+        G, N = self.blocks, feat.shape[0]
+        x_h = self.space_h(feat[:, :self.deter]).view(N, G, h, w, C // G)  # each group's (h, w, C / G) piece
+        x_h = x_h.permute(0, 1, 4, 2, 3).reshape(N, C, h, w)  # channel g * C / G + c
+        x_z = self.space_z(feat[:, self.deter:]).view(N, h, w, C).permute(0, 3, 1, 2)  # (N, C', h, w)
+        x = F.silu(self.space_norm(x_h + x_z))
         return self.net(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
 
 

@@ -17,7 +17,16 @@ from torch import nn
 
 from rssm.config import UserError
 from rssm.distributions import categorical_kl, symlog, twohot_bins, twohot_loss, twohot_mean
-from rssm.networks import MLP, Arch, ConvDecoder, ConvEncoder, image_stages, zero_output
+from rssm.networks import (
+    MLP,
+    Arch,
+    ConvDecoder,
+    ConvEncoder,
+    PooledConvDecoder,
+    PooledConvEncoder,
+    image_stages,
+    zero_output,
+)
 from rssm.rssm import RSSM, RSSMState, features
 
 
@@ -42,6 +51,7 @@ class Variant:
     blocks, dyn_layers, prior_layers, learned_initial: the sequence model, prior and initial state (`RSSM`).
     head_layers: hidden layers of the reward and continue heads; None: `layers`, as the other MLPs (2023); 1 now.
     twohot: bins of the reward head (`rssm.distributions.twohot_log_prob`): symlog (2023) or symexp (now).
+    cnn: `strided` (2023: `ConvEncoder`, `ConvDecoder`) or `pooled` (now: `PooledConvEncoder`, `PooledConvDecoder`).
     """
 
     arch: Arch = Arch()
@@ -51,6 +61,7 @@ class Variant:
     learned_initial: bool = True
     head_layers: int | None = None
     twohot: str = "symlog"
+    cnn: str = "strided"
 
 
 def kl_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn_scale: float, rep_scale: float,
@@ -142,7 +153,8 @@ class WorldModel(nn.Module):
             embed += self.encoder.out_dim
         if self.image_keys:
             size = obs_shapes[self.image_keys[0]][0]
-            self.image_encoder = ConvEncoder(size, sum(self.image_channels), cnn_depth, arch)
+            encoder = PooledConvEncoder if v.cnn == "pooled" else ConvEncoder
+            self.image_encoder = encoder(size, sum(self.image_channels), cnn_depth, arch)
             embed += self.image_encoder.out_dim
         self.rssm = RSSM(action_dim, embed, deter, units, groups, classes, unimix, arch=arch, blocks=v.blocks,
                          dyn_layers=v.dyn_layers, prior_layers=v.prior_layers, learned_initial=v.learned_initial)
@@ -150,7 +162,11 @@ class WorldModel(nn.Module):
         if self.vector_keys:
             self.decoder = MLP(feat, units, layers, sum(self.vector_dims), arch)
         if self.image_keys:
-            self.image_decoder = ConvDecoder(feat, size, sum(self.image_channels), cnn_depth, arch)
+            if v.cnn == "pooled":
+                self.image_decoder = PooledConvDecoder(deter, feat - deter, size, sum(self.image_channels), cnn_depth,
+                                                       units, arch)
+            else:
+                self.image_decoder = ConvDecoder(feat, size, sum(self.image_channels), cnn_depth, arch)
         head_layers = layers if v.head_layers is None else v.head_layers
         self.reward = MLP(feat, units, head_layers, bins, arch)
         zero_output(self.reward.out)
@@ -190,7 +206,8 @@ class WorldModel(nn.Module):
         symlog space, each (..., *shape)."""
         out = {}
         if self.image_keys:
-            x = self.image_decoder(feat.flatten(0, -2)).unflatten(0, feat.shape[:-1]) + 0.5  # (..., H, W, C)
+            x = self.image_decoder(feat.flatten(0, -2)).unflatten(0, feat.shape[:-1])  # (..., H, W, C)
+            x = x + self.image_decoder.offset
             out.update(zip(self.image_keys, x.split(self.image_channels, -1), strict=True))
         if self.vector_keys:
             x = self.decoder(feat)  # (..., D)

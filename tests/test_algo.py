@@ -227,3 +227,45 @@ def test_each_algo_config_builds_its_agent(compose_config, algo):
     assert agent.scales.cont_target == pytest.approx(1 - 1 / 333 if now else 1.0)
     assert len(agent.wm.reward.hidden) == (3 if now else 3 * cfg.model.layers)
     agent.update(batch())  # one step runs
+
+
+def test_pooled_cnn_shapes_and_layout():
+    from rssm.networks import PooledConvDecoder, PooledConvEncoder
+
+    torch.manual_seed(0)
+    arch = Arch("rms", "in")
+    encoder = PooledConvEncoder(16, 3, depth=4, arch=arch)  # 16 -> 8 -> 4: two stages of 8 and 12 channels
+    assert [m.out_channels for m in encoder.net if isinstance(m, torch.nn.Conv2d)] == [8, 12]
+    assert [m.kernel_size for m in encoder.net if isinstance(m, torch.nn.Conv2d)] == [(5, 5), (5, 5)]
+    x = torch.rand(2, 16, 16, 3) - 0.5
+    assert encoder(x).shape == (2, encoder.out_dim) and encoder.out_dim == 12 * 4 * 4
+    decoder = PooledConvDecoder(deter=16, stoch=6, size=16, channels=3, depth=4, units=8, arch=arch, blocks=4)
+    out = decoder(torch.randn(5, 22))
+    assert out.shape == (5, 16, 16, 3) and ((out > 0) & (out < 1)).all()  # through a sigmoid
+    # Block g of h fills channels g * C'/G .. (g + 1) * C'/G - 1 of every pixel of the first grid, and nothing else.
+    captured = []
+    decoder.space_norm.register_forward_hook(lambda m, args, out: captured.append(args[0]))
+    h = torch.zeros(1, 16)
+    decoder(torch.cat([h, torch.zeros(1, 6)], -1))
+    h[0, :4] = torch.randn(4)  # group 0 of 4 (h of 16: 4 units per group)
+    decoder(torch.cat([h, torch.zeros(1, 6)], -1))
+    changed = (captured[1] - captured[0]).abs().sum((0, 2, 3)) > 0  # (C',)
+    assert changed.tolist() == [True] * 3 + [False] * 9  # C' = 12 channels, 3 per group
+
+
+def test_a_world_model_with_the_pooled_cnn_learns_from_images():
+    torch.manual_seed(0)
+    variant = Variant(Arch("rms", "in"), blocks=2, learned_initial=False, head_layers=1, twohot="symexp",
+                      cnn="pooled")
+    wm = WorldModel({"image": (16, 16, 3)}, 2, deter=8, units=8, layers=1, groups=2, classes=3, cnn_depth=4,
+                    variant=variant)
+    B, T = 2, 3
+    data = {"image": torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8), "action": torch.zeros(B, T, 2),
+            "reward": torch.zeros(B, T), "is_first": torch.zeros(B, T, dtype=torch.bool),
+            "is_terminal": torch.zeros(B, T, dtype=torch.bool)}
+    loss, metrics, post = wm.loss(data, LossScales())
+    loss.backward()
+    assert all(p.grad is not None for p in wm.image_encoder.parameters())
+    assert all(p.grad is not None for p in wm.image_decoder.parameters())
+    decoded = wm.decode(torch.randn(4, wm.rssm.feat_dim))["image"]
+    assert decoded.shape == (4, 16, 16, 3) and ((decoded > 0) & (decoded < 1)).all()  # no offset on a sigmoid

@@ -269,3 +269,15 @@ def test_a_world_model_with_the_pooled_cnn_learns_from_images():
     assert all(p.grad is not None for p in wm.image_decoder.parameters())
     decoded = wm.decode(torch.randn(4, wm.rssm.feat_dim))["image"]
     assert decoded.shape == (4, 16, 16, 3) and ((decoded > 0) & (decoded < 1)).all()  # no offset on a sigmoid
+
+
+@pytest.mark.parametrize("model, deter, blocks", [("size1m", 512, 8), ("size12m", 2048, 8)])
+def test_dreamerv3_size_presets_build(compose_config, model, deter, blocks):
+    from rssm.build import build_world_model
+
+    cfg = compose_config("algo=dreamerv3", f"model={model}")
+    validate(cfg)
+    with torch.device("meta"):  # shapes only
+        wm = build_world_model(cfg, {"obs": (17,), "image": (64, 64, 3)}, action_dim=6)
+    assert wm.rssm.deter == deter and wm.rssm.blocks == blocks and len(wm.encoder.hidden) == 3 * 3
+    assert wm.rssm.dyn_gru.weight.shape == (blocks, deter // blocks, 3 * deter // blocks)

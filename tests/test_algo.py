@@ -213,13 +213,15 @@ def test_joint_update_steps_every_module_once_from_one_forward_pass():
     assert {"grad_norm/wm", "grad_norm/actor", "grad_norm/critic", "behavior/replay_return_mean"} <= set(metrics)
 
 
-@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv3_2023"])
+@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv3_cpu", "dreamerv3_2023"])
 def test_each_algo_config_builds_its_agent(compose_config, algo):
     cfg = compose_config(f"algo={algo}", "model=debug")
     validate(cfg)
     spec = EnvSpec({"obs": (4,)}, (2,), discrete=False, low=-torch.ones(2).numpy(), high=torch.ones(2).numpy())
     agent = build_agent(cfg, spec, torch.device("cpu"))
-    now = algo == "dreamerv3"
+    now = algo != "dreamerv3_2023"
+    lr = {"dreamerv3": 4e-5, "dreamerv3_cpu": 3e-4, "dreamerv3_2023": 1e-4}[algo]
+    assert agent.wm_optim.lr == lr and agent.actor_optim.lr == agent.critic_optim.lr == (lr if now else 3e-5)
     assert agent.joint == now and type(agent.wm_opt).__name__ == ("LaProp" if now else "Adam")
     assert (agent.wm.rssm.blocks > 0) == now and agent.wm.twohot == ("symexp" if now else "symlog")
     assert agent.behavior.backprop != now and agent.behavior.contdisc == now and agent.behavior.cont_prob == now

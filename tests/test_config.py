@@ -41,7 +41,7 @@ def test_every_env_config_composes_and_builds_its_env(compose_config, skip_witho
     assert set(spec.obs_shapes) <= set(second) and second["action"].shape == (1, spec.action_dim)
 
 
-@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv3_2023"])
+@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv3_cpu", "dreamerv3_2023"])
 def test_every_env_config_leaves_the_agent_to_the_algo(compose_config, algo):
     """One agent for every env: an env config sets env keys, model size, train ratio, run length, evaluation and
     replay capacity, never the algorithm's settings."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import twohot_bins, twohot_log_prob, twohot_mean, unimix_logits
+from rssm.distributions import inverse_cdf_index, twohot_bins, twohot_log_prob, twohot_mean, unimix_logits
 from rssm.networks import ARCH_2023, MLP, Arch, zero_output
 
 
@@ -118,8 +118,10 @@ class ActionDist:
         if self.logits is not None:
             parts = []
             for logits in self.logits:
-                index = torch.multinomial(logits.exp().flatten(0, -2), 1).view(logits.shape[:-1])
                 probs = logits.exp()
+                # By inverse CDF, which draws some class even from a row of nan (the update that computed such a
+                # row is skipped as not finite; multinomial would raise first).
+                index = inverse_cdf_index(probs, torch.rand_like(probs[..., :1]))
                 parts.append(F.one_hot(index, logits.shape[-1]).to(probs.dtype) + (probs - probs.detach()))
             return torch.cat(parts, -1)
         return self.mean + self.std * torch.randn_like(self.mean)  # (..., A)

@@ -268,6 +268,6 @@ def test_bad_resumes_are_one_line_with_status_2(compose_config, tmp_path, run_cl
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("rssm-train: error: "), proc.stderr
         assert message in lines[0]
-    assert "trainer.steps: 120 -> 500; wm.lr: 0.0001 -> 0.1" in lines[0]
+    assert "trainer.steps: 120 -> 500; wm.lr: 0.0003 -> 0.1" in lines[0]
     assert "allow_changes=[trainer.steps,wm.lr]" in lines[0]
     assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 120  # nothing was touched

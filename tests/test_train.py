@@ -29,7 +29,7 @@ def test_debug_run_end_to_end_from_the_cli(tmp_path, run_cli):
     assert all(np.isfinite(v).all() for v in scalars.values())
     assert scalars["perf/updates"][-1] > 0
     state = torch.load(run_dir / "model.pt", weights_only=True)
-    assert "rssm.gru.weight" in state["world_model"]
+    assert "rssm.post_out.weight" in state["world_model"]
     assert (run_dir / "config.yaml").read_text().count("CartPole-v1") == 1
 
 

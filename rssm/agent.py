@@ -17,7 +17,7 @@ from rssm.behavior import (
     imagine,
     replay_value_loss,
 )
-from rssm.optim import LaProp
+from rssm.optim import Adam, LaProp
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
 
@@ -36,25 +36,26 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], o: OptimSettings) -> torch.optim.Optimizer:
-    if o.name == "laprop":
-        return LaProp(params, lr=o.lr, betas=o.betas, eps=o.eps, agc=o.agc, warmup=o.warmup)
-    return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps)
+def make_optimizer(params: list[torch.nn.Parameter], o: OptimSettings) -> LaProp | Adam:
+    kind = LaProp if o.name == "laprop" else Adam
+    return kind(params, lr=o.lr, betas=o.betas, eps=o.eps, agc=o.agc, warmup=o.warmup)
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
-Part = tuple[str, torch.optim.Optimizer, list[torch.nn.Parameter], float]  # name, optimizer, its params, clip
+Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optimizer, its params, clip
 
 
-def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]]) -> tuple[dict, bool]:
+def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]],
+          finite: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
     else the loss depends on (an actor's return computed through the world model does not train the model).
 
     The step is skipped, leaving parameters and optimizer states untouched, when a loss or a gradient norm is not
-    finite. Returns the gradient norms before clipping (`grad_norm/<part>`) and whether the step was taken.
+    finite, or where `finite` (0-dim bool) is False; decided on the device, with no host sync. Returns the gradient
+    norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor).
     """
     for _, opt, _, _ in parts:
         opt.zero_grad(set_to_none=True)
@@ -66,11 +67,11 @@ def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Para
         norms[f"grad_norm/{name}"] = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                                       else torch.nn.utils.get_total_norm(grads))
     checks = [loss.detach() for loss, _ in losses] + list(norms.values())
-    finite = bool(torch.isfinite(torch.stack(checks)).all())  # one device sync per step
-    if finite:
-        for _, opt, _, _ in parts:
-            opt.step()
-    return norms, finite
+    ok = torch.isfinite(torch.stack(checks)).all()  # () bool, on the device
+    ok = ok if finite is None else ok & finite
+    for _, opt, _, _ in parts:
+        opt.step(finite=ok)
+    return norms, ok
 
 
 class Agent:
@@ -101,16 +102,19 @@ class Agent:
             self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
             self.actor_opt = make_optimizer(self.actor_params, actor_optim)
             self.critic_opt = make_optimizer(self.critic_params, critic_optim)
-        self.skipped = 0  # updates with a non-finite loss or gradient, in all
-        self.skipped_in_a_row = 0
+        # Updates with a non-finite loss or gradient, in all and in a row: () int64 tensors on the device, read
+        # by the caller when it chooses (each read is a host sync).
+        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.skipped_in_a_row = torch.zeros((), dtype=torch.int64, device=self.device)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """One gradient step on a (B, T) batch. Returns detached metric tensors.
+        """One gradient step on a (B, T) batch. Returns detached metric tensors. Nothing in it reads a value back
+        to the host: an update is queued on the device whole.
 
         An update whose world-model loss or gradient is not finite changes nothing (the behaviour step is
-        skipped with it) and returns an empty dict; so does a behaviour step whose actor or critic loss or
-        gradient is not finite: with `joint`, the whole step is skipped then, else the behaviour step alone.
-        Either counts in `skipped` and `skipped_in_a_row`.
+        skipped with it) and returns its metrics as nan (`rssm.logging.MeanTracker` leaves them out); so does a
+        behaviour step whose actor or critic loss or gradient is not finite: with `joint`, the whole step is
+        skipped then, else the behaviour step alone. Either counts in `skipped` and `skipped_in_a_row`.
         """
         data = to_torch(batch, self.device)
         loss, metrics, post = self.wm.loss(data, self.scales)
@@ -122,25 +126,25 @@ class Agent:
             norms, finite = _step([wm_part, *self._behavior_parts()],
                                   [(actor_loss, self.actor_params),
                                    (loss + critic_loss, self.wm_params + self.critic_params)])
-            if finite:
-                self.critic.update_slow(self.behavior.slow_rate)
+            self.critic.update_slow(self.behavior.slow_rate, finite)
         else:
             norms, finite = _step([wm_part], [(loss, self.wm_params)])
-            if finite and self.actor is not None:
-                behavior, finite = self._update_behavior(post, data)
+            if self.actor is not None:
+                behavior, finite = self._update_behavior(post, data, finite)
                 metrics.update(behavior)
         metrics.update(norms)
-        self.skipped += not finite
-        self.skipped_in_a_row = 0 if finite else self.skipped_in_a_row + 1
-        return metrics if finite else {}
+        self.skipped += ~finite
+        self.skipped_in_a_row = (self.skipped_in_a_row + 1) * ~finite
+        nan = torch.tensor(float("nan"), device=self.device)
+        return {k: torch.where(finite, v.float(), nan) for k, v in metrics.items()}
 
-    def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-        """The actor's and critic's step after the world model's (not `joint`)."""
+    def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor],
+                         wm_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The actor's and critic's step after the world model's (not `joint`), skipped with it."""
         actor_loss, critic_loss, metrics = self._behavior_losses(post, data)
         norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
-                                                       (critic_loss, self.critic_params)])
-        if finite:
-            self.critic.update_slow(self.behavior.slow_rate)
+                                                       (critic_loss, self.critic_params)], wm_finite)
+        self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 
     def _behavior_parts(self) -> list[Part]:
@@ -155,9 +159,10 @@ class Agent:
         B, T = data["is_first"].shape
         start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
         start_cont = 1.0 - data["is_terminal"].flatten().to(start.deter.dtype)  # (B * T,)
-        feat, actions, cont = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop, s.cont_prob)
+        feat, actions, cont, policy = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop,
+                                              s.cont_prob)
         actor_loss, critic_loss, returns, metrics = behavior_losses(
-            self.wm, self.actor, self.critic, self.normalizer, feat, actions, cont, s)
+            self.wm, self.critic, self.normalizer, feat, actions, cont, policy, s)
         if s.replay_value > 0:
             loss, replay_metrics = replay_value_loss(
                 self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
@@ -169,7 +174,7 @@ class Agent:
     def state_dict(self) -> dict:
         """Weights, optimizer states, the return normaliser and the skip counters."""
         state = {"world_model": self.wm.state_dict(), "wm_opt": self.wm_opt.state_dict(),
-                 "skipped": self.skipped, "skipped_in_a_row": self.skipped_in_a_row}
+                 "skipped": int(self.skipped), "skipped_in_a_row": int(self.skipped_in_a_row)}
         if self.actor is not None:
             state.update(actor=self.actor.state_dict(), critic=self.critic.state_dict(),
                          normalizer=self.normalizer.state_dict(), actor_opt=self.actor_opt.state_dict(),
@@ -191,7 +196,8 @@ class Agent:
         if self.actor is not None:
             self.actor_opt.load_state_dict(state["actor_opt"])
             self.critic_opt.load_state_dict(state["critic_opt"])
-        self.skipped, self.skipped_in_a_row = int(state["skipped"]), int(state["skipped_in_a_row"])
+        self.skipped.fill_(int(state["skipped"]))
+        self.skipped_in_a_row.fill_(int(state["skipped_in_a_row"]))
 
     @torch.no_grad()
     def act(self, transitions: dict[str, np.ndarray], state: RSSMState | None,

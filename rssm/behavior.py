@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rssm.distributions import inverse_cdf_index, twohot_bins, twohot_log_prob, twohot_mean, unimix_logits
+from rssm.distributions import (
+    inverse_cdf_index,
+    onehot,
+    straight_through,
+    twohot_bins,
+    twohot_log_prob,
+    twohot_mean,
+    unimix_logits,
+)
 from rssm.networks import ARCH_2023, MLP, Arch, zero_output
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor,
@@ -122,13 +133,13 @@ class ActionDist:
                 # By inverse CDF, which draws some class even from a row of nan (the update that computed such a
                 # row is skipped as not finite; multinomial would raise first).
                 index = inverse_cdf_index(probs, torch.rand_like(probs[..., :1]))
-                parts.append(F.one_hot(index, logits.shape[-1]).to(probs.dtype) + (probs - probs.detach()))
+                parts.append(straight_through(index, probs))
             return torch.cat(parts, -1)
         return self.mean + self.std * torch.randn_like(self.mean)  # (..., A)
 
     def mode(self) -> torch.Tensor:
         if self.logits is not None:
-            return torch.cat([F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype) for x in self.logits], -1)
+            return torch.cat([onehot(x.argmax(-1), x) for x in self.logits], -1)
         return self.mean
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
@@ -136,13 +147,14 @@ class ActionDist:
         if self.logits is not None:
             parts = action.detach().split(self.actor.action_dims, -1)
             return sum((a * x).sum(-1) for a, x in zip(parts, self.logits, strict=True))
-        dist = torch.distributions.Normal(self.mean, self.std)
-        return dist.log_prob(action.detach()).sum(-1)
+        # The Normal's density written out: torch.distributions validates its arguments with a host read.
+        z = (action.detach() - self.mean) / self.std
+        return (-0.5 * z.square() - torch.log(self.std) - _HALF_LOG_2PI).sum(-1)
 
     def entropy(self) -> torch.Tensor:
         if self.logits is not None:
             return sum(-(x.exp() * x).sum(-1) for x in self.logits)
-        return torch.distributions.Normal(self.mean, self.std).entropy().sum(-1)
+        return (0.5 + _HALF_LOG_2PI + torch.log(self.std)).sum(-1)
 
 
 class Critic(nn.Module):
@@ -173,9 +185,11 @@ class Critic(nn.Module):
         return self.mean(self.slow(feat))
 
     @torch.no_grad()
-    def update_slow(self, rate: float) -> None:
+    def update_slow(self, rate: float, go: torch.Tensor | None = None) -> None:
+        """Move the slow copy `rate` of the way to the critic; not at all where `go` (0-dim bool) is False."""
+        weight = rate if go is None else rate * go.to(self.bins.dtype)
         for slow, fast in zip(self.slow.parameters(), self.net.parameters(), strict=True):
-            slow.lerp_(fast, rate)
+            slow.lerp_(fast, weight)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor) -> torch.Tensor:
         """Two-hot cross-entropy of value logits (..., K) toward the return and toward the slow critic's
@@ -209,17 +223,25 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
             cont_prob: bool = False):
     """Roll the prior forward under the actor from N start states.
 
-    Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), and
-    the continue values of states 0 .. H (N, H + 1): the start's recorded flag `start_cont` and then the continue
-    head's mode (DreamerV3 2023), or with `cont_prob` the head's probability at every state (now).
+    Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), the
+    continue values of states 0 .. H (N, H + 1): the start's recorded flag `start_cont` and then the continue
+    head's mode (DreamerV3 2023), or with `cont_prob` the head's probability at every state (now); and the actor's
+    distributions at states 0 .. H-1 (fields (N, H, ...)) with their graph to the actor's parameters, which the
+    actor's loss uses: one forward of the actor serves both acting and learning.
     """
     from rssm.rssm import features  # the world model's state layout
 
-    with torch.set_grad_enabled(backprop and torch.is_grad_enabled()):
+    dists, learn = [], torch.is_grad_enabled()
+    with torch.set_grad_enabled(backprop and learn):
+
         def policy(state):
             # The actor's input carries no gradient: with backprop the return reaches the actor through its
             # actions and the dynamics they drive, not back through the states it acted on (DreamerV1 and V2).
-            return actor(features(state).detach()).sample()
+            with torch.set_grad_enabled(learn):
+                dist = actor(features(state).detach())
+            dists.append(dist)
+            action = dist.sample()
+            return action if backprop else action.detach()
 
         traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
         feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
@@ -228,12 +250,21 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
         else:
             cont = (wm.cont(feat[:, 1:]).squeeze(-1) > 0).to(feat.dtype)  # (N, H)
             cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
-    return feat, actions, cont
+    return feat, actions, cont, stack_dists(dists)
 
 
-def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormalizer, feat: torch.Tensor,
-                    actions: torch.Tensor, cont: torch.Tensor, s: BehaviorSettings):
-    """Actor and critic losses on an imagined trajectory (from `imagine`).
+def stack_dists(dists: list[ActionDist]) -> ActionDist:
+    """Per-step distributions with (N, ...) fields as one with (N, H, ...) fields."""
+    first = dists[0]
+    if first.logits is not None:
+        return ActionDist(first.actor, logits=[torch.stack(x, 1) for x in zip(*(d.logits for d in dists), strict=True)])
+    return ActionDist(first.actor, mean=torch.stack([d.mean for d in dists], 1),
+                      std=torch.stack([d.std for d in dists], 1))
+
+
+def behavior_losses(wm, critic: Critic, normalizer: ReturnNormalizer, feat: torch.Tensor, actions: torch.Tensor,
+                    cont: torch.Tensor, policy: ActionDist, s: BehaviorSettings):
+    """Actor and critic losses on an imagined trajectory (from `imagine`, `policy` its actor distributions).
 
     Returns (actor loss, critic loss, the lambda-returns (N, H), metrics). The actor loss reaches the world model
     only through `feat` when `s.backprop`; the caller steps only the actor's and critic's parameters.
@@ -252,13 +283,12 @@ def behavior_losses(wm, actor: Actor, critic: Critic, normalizer: ReturnNormaliz
     # Weight of state t: the discounted probability that the episode is still running there.
     weight = (torch.cumprod(discount, 1) / gamma).detach()[:, :H]  # (N, H)
     scale = normalizer.update(returns)
-    dist = actor(feat[:, :H].detach())  # the entropy and log-probabilities reach the actor alone
-    entropy = dist.entropy()  # (N, H)
+    entropy = policy.entropy()  # (N, H); from detached states, as the log-probabilities: they reach the actor alone
     if s.backprop:
         objective = returns / scale
     else:
         advantage = ((returns - value[:, :H]) / scale).detach()
-        objective = dist.log_prob(actions) * advantage
+        objective = policy.log_prob(actions) * advantage
     actor_loss = -(weight * (objective + s.entropy * entropy)).mean()
     slow_value = critic.slow_value(critic_feat[:, :H])  # (N, H)
     critic_loss = (weight * critic.loss(critic_logits[:, :H], returns, slow_value)).mean()

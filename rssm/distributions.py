@@ -93,10 +93,15 @@ def inverse_cdf_index(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tenso
     return (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+def onehot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One-hot of `index` (...) with the shape (..., C), dtype and device of `like`, without a gradient. Unlike
+    `F.one_hot`, it never reads the indices back to the host to check them."""
+    return torch.zeros_like(like).scatter_(-1, index.unsqueeze(-1), 1.0)
+
+
 def straight_through(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """One-hot of `index` (...) in the forward pass, gradient of `probs` (..., C) in the backward pass."""
-    onehot = torch.zeros_like(probs).scatter_(-1, index.unsqueeze(-1), 1.0)  # (..., C)
-    return onehot + (probs - probs.detach())  # exactly one-hot forward
+    return onehot(index, probs) + (probs - probs.detach())  # exactly one-hot forward
 
 
 def symlog_bins(num_bins: int, low: float = -20.0, high: float = 20.0, device=None) -> torch.Tensor:

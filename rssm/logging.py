@@ -29,7 +29,8 @@ def encode_gif(frames: np.ndarray | Sequence[np.ndarray], fps: float) -> bytes:
 
 
 class MeanTracker:
-    """Accumulates metric values between writes; tensors stay on their device until `means`."""
+    """Accumulates metric values between writes; tensors stay on their device until `means`, which leaves out
+    nan values (the metrics of skipped updates)."""
 
     def __init__(self):
         self._sums: dict[str, list] = defaultdict(list)
@@ -43,7 +44,8 @@ class MeanTracker:
         out = {}
         for k, values in self._sums.items():
             if torch.is_tensor(values[0]):
-                out[k] = torch.stack([v.float() for v in values]).mean().item()
+                # nan marks a skipped update's metrics (`Agent.update`): the mean is over the others, nan if none.
+                out[k] = torch.stack([v.float() for v in values]).nanmean().item()
             else:
                 out[k] = float(sum(values) / len(values))
         self._sums.clear()

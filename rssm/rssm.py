@@ -147,7 +147,20 @@ class RSSM(nn.Module):
     def _bind(self, steps: int, rows: int) -> dict:
         """The loop's linear layers bound for `steps` steps of `rows` rows (`LoopLinear.bind`)."""
         names = (*self._loop_weights(), "post_h", "post_out")
-        return {name: getattr(self, name).bind(steps, rows) for name in names}
+        return {name: getattr(self, name).bind(steps, rows) for name in names} | self._block_weights()
+
+    def _plain(self) -> dict:
+        """The sequence model's per-step layers for prior steps, each a plain linear layer."""
+        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in self._loop_weights().items()}
+        return plain | self._block_weights()
+
+    def _block_weights(self) -> dict[str, torch.Tensor]:
+        """With blocks: the first block layer's weights on the embeddings as one (3 * units, D) matrix, formed once
+        per loop rather than at every step (`_first_block_layer`)."""
+        if self.blocks == 0:
+            return {}
+        w_x = self.dyn_hidden[0].weight[:, self._group:]  # (G, 3u, D/G)
+        return {"block_x": w_x.transpose(0, 1).reshape(w_x.shape[1], -1)}  # (3u, G * D/G)
 
     def _sequence(self, deter: torch.Tensor, stoch: torch.Tensor, action_in: torch.Tensor, loop: dict,
                   t: int) -> torch.Tensor:
@@ -159,7 +172,7 @@ class RSSM(nn.Module):
         x = torch.cat([F.silu(self.dyn_norms[0](loop["dyn_h"](deter, t) + bias[0])),
                        F.silu(self.dyn_norms[1](loop["dyn_z"](stoch.flatten(-2), t) + bias[1])), action_in], -1)
         B, G = deter.shape[0], self.blocks
-        x = self._first_block_layer(deter, x)  # (B, D)
+        x = self._first_block_layer(deter, x, loop.get("block_x"))  # (B, D)
         x = F.silu(self.dyn_hidden_norms[0](x))
         for layer, norm in zip(self.dyn_hidden[1:], self.dyn_hidden_norms[1:], strict=True):
             x = F.silu(norm(layer(x)))
@@ -167,13 +180,15 @@ class RSSM(nn.Module):
         reset, cand, update = (gates[:, :, i].reshape(B, self.deter) for i in range(3))
         return gru_gates(reset, cand, update, deter)
 
-    def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor, w_x: torch.Tensor | None = None) -> torch.Tensor:
         """`dyn_hidden[0]` on the groups' inputs concat(h_g, x) without forming them: (B, D), (B, 3 * units) ->
-        (B, D). The part of each block that reads x is the same matrix for every row, so it is one product."""
+        (B, D). The part of each block that reads x is the same matrix for every row, so it is one product with
+        `w_x` (3 * units, D) from `_block_weights` (formed here if not given)."""
         layer, G, B = self.dyn_hidden[0], self.blocks, deter.shape[0]
-        w_h, w_x = layer.weight[:, :self._group], layer.weight[:, self._group:]  # (G, D/G, D/G), (G, 3u, D/G)
+        w_h = layer.weight[:, :self._group]  # (G, D/G, D/G)
+        w_x = self._block_weights()["block_x"] if w_x is None else w_x  # (3u, D)
         y = torch.bmm(deter.view(B, G, self._group).transpose(0, 1), w_h).transpose(0, 1)  # (B, G, D/G)
-        y = y + (x @ w_x.transpose(0, 1).reshape(x.shape[-1], -1)).view(B, G, self._group)  # (B, G, D/G)
+        y = y + (x @ w_x).view(B, G, self._group)  # (B, G, D/G)
         y = y.reshape(B, self.deter)
         return y + layer.bias if layer.bias is not None else y
 
@@ -201,16 +216,15 @@ class RSSM(nn.Module):
         # One uniform number per categorical for inverse-CDF sampling, drawn for all steps at once (on CPU
         # the same numbers as T per-step draws of `sample_onehot`).
         uniform = torch.rand(T, B, self.groups, 1, device=embed.device, dtype=embed.dtype)  # (T, B, G, 1)
-        resets = first.any(0).tolist()  # one host sync, so that steps without a start skip the reset
         loop = self._bind(T, B)
         post_h, post_out = loop["post_h"], loop["post_out"]
         deter, stoch = state.deter, state.stoch
         deters, stochs, logits_all = [], [], []
         for t in range(T):
-            if resets[t]:
-                reset = first[:, t, None]  # (B, 1)
-                deter = torch.where(reset, init.deter, deter)  # (B, D)
-                stoch = torch.where(reset[..., None], init.stoch, stoch)  # (B, G, C)
+            # Every step, so that no host sync asks which steps hold a start.
+            reset = first[:, t, None]  # (B, 1)
+            deter = torch.where(reset, init.deter, deter)  # (B, D)
+            stoch = torch.where(reset[..., None], init.stoch, stoch)  # (B, G, C)
             deter = self._sequence(deter, stoch, action_in[t], loop, t)  # (B, D)
             u = F.silu(self.post_norm(post_h(deter, t) + embed_proj[t]))  # (B, units)
             logits = (post_out(u, t) + self.post_bias).unflatten(-1, (self.groups, self.classes))
@@ -220,9 +234,11 @@ class RSSM(nn.Module):
         post = RSSMState(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits_all, 1))
         return post, self._prior_logits(post.deter)  # prior batched over (B, T)
 
-    def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True) -> RSSMState:
-        """One prior step: (B, ...) state and (B, A) action -> next (B, ...) state."""
-        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in self._loop_weights().items()}
+    def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True,
+                 plain: dict | None = None) -> RSSMState:
+        """One prior step: (B, ...) state and (B, A) action -> next (B, ...) state. `plain`: `_plain()`, made
+        once by a caller that takes many steps."""
+        plain = self._plain() if plain is None else plain
         deter = self._sequence(state.deter, state.stoch, self._action_inputs(action), plain, 0)
         logits = self._prior_logits(deter)
         stoch = sample_onehot(logits) if sample else mode_onehot(logits)
@@ -238,10 +254,10 @@ class RSSM(nn.Module):
         """
         if (policy is None) == (actions is None):
             raise ValueError("imagine needs exactly one of policy and actions")
-        states, taken = [], []
+        states, taken, plain = [], [], self._plain()
         for t in range(horizon):
             action = policy(state) if policy is not None else actions[:, t]
-            state = self.img_step(state, action)
+            state = self.img_step(state, action, plain=plain)
             states.append(state), taken.append(action)
         stacked = RSSMState(*(torch.stack(x, 1) for x in zip(*states, strict=True)))
         return stacked, torch.stack(taken, 1)

@@ -270,12 +270,14 @@ def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Pr
              steps: int) -> None:
     """The updates owed under the train ratio. Raises RunStopped after `trainer.max_nonfinite` skipped
     updates in a row, before a checkpoint could store a diverged state."""
+    made = 0
     while p.updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
         tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
-        p.updates, p.updates_due = p.updates + 1, p.updates_due - 1.0
-        if agent.skipped_in_a_row >= cfg.trainer.max_nonfinite:
-            raise RunStopped(f"{agent.skipped_in_a_row} updates in a row had a non-finite loss or gradient at "
-                             f"env step {steps}; stopped, the last checkpoint in {run_dir} is kept", 1)
+        p.updates, p.updates_due, made = p.updates + 1, p.updates_due - 1.0, made + 1
+    # Read once after the updates of this env step (a host sync), not inside them.
+    if made and (in_a_row := int(agent.skipped_in_a_row)) >= cfg.trainer.max_nonfinite:
+        raise RunStopped(f"{in_a_row} updates in a row had a non-finite loss or gradient at env step {steps}; "
+                         f"stopped, the last checkpoint in {run_dir} is kept", 1)
 
 
 def _next_actions(agent: Agent, transitions: dict[str, np.ndarray], state: RSSMState | None, spec: EnvSpec,

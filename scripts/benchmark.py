@@ -1,17 +1,25 @@
-"""Speed of one world-model update per size preset, on random data.
+"""Speed of the agent's update and of acting, per size preset, on random data, with the model the config builds.
 
-One update is zero_grad + WorldModel.loss + backward + clip_grad_norm_(1000) + Adam step; with `--agent`,
-a whole `Agent.update` (that, then imagination from every replayed state and the actor and critic steps;
-`params` still counts the world model only). Reports the
-median time after warm-up, parameters, FLOPs of one forward+backward (FlopCounterMode), achieved FLOP/s
-and its share of this machine's float32 matmul rate, and peak memory.
+Each model preset (configs/model/) is composed with the default config (today's DreamerV3 unless `--set algo=...`
+says otherwise) and timed in up to three parts:
 
-    python scripts/benchmark.py --sizes xs s --threads 2 --json bench.json
-    python scripts/benchmark.py --sizes xxs xs --threads 2 --agent --obs-dim 4 --act-dim 2   # CartPole's shapes
-    python scripts/benchmark.py --sizes s --threads 2 --image 64 --iters 5   # 64 x 64 x 3 images, CNN depth 32
+    wm      a world-model update alone (`agent=world_model`: loss, backward, optimizer step)
+    agent   a whole agent update: world model, imagination from every replayed state, actor and critic
+    act     one batched `Agent.act` for `--envs` envs (posterior step, policy, sample)
 
-Peak memory on CPU is the process's peak RSS, which only grows: sizes run in the order given, so list
-them smallest first (or run one size per process) to read each row on its own.
+For each it reports the median time of `--iters` timed calls after `--warmup`, the FLOPs of one call
+(torch.utils.flop_counter: matmuls and convolutions), the FLOP rate and its share of this machine's measured
+float32 matmul rate, and peak memory. `--flops` splits the forward pass of the update's losses by part (world-model
+encoder, RSSM, decoder, reward and continue heads, actor, critic, slow critic, and the RSSM's loop products that
+use its weights outside a module call), and gives imagination's share of it (prior steps, policy, continue head).
+
+    python scripts/benchmark.py --model xxs --part agent --obs-dim 4 --act-dim 2 --threads 1 --flops   # CartPole
+    python scripts/benchmark.py --model xs s --part wm --obs-dim 17 --act-dim 6 --continuous --threads 2
+    python scripts/benchmark.py --model s --part wm --image 64 --iters 5 --warmup 2
+    python scripts/benchmark.py --model s --part agent act --device cuda --json bench.json
+
+Peak memory on CPU is the process's peak RSS, which only grows: rows run in the order given, so list models
+smallest first (or run one per process) to read each row on its own.
 """
 
 from __future__ import annotations
@@ -21,41 +29,17 @@ import json
 import resource
 import statistics
 import time
+from collections import defaultdict
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from hydra import compose, initialize_config_module
 from torch.utils.flop_counter import FlopCounterMode
 
-from rssm.agent import Agent, OptimSettings
-from rssm.behavior import Actor, BehaviorSettings, Critic
-from rssm.world_model import LossScales, WorldModel
-
-# DreamerV3 paper sizes: (deter, units, MLP layers, groups, classes, CNN depth). configs/model/*.yaml hold the same.
-SIZES = {
-    "xxs": (128, 128, 1, 16, 16, 16),
-    "xs": (256, 256, 1, 32, 32, 32),
-    "s": (512, 512, 2, 32, 32, 32),
-    "m": (1024, 640, 3, 32, 32, 48),
-    "l": (2048, 768, 4, 32, 32, 64),
-    "xl": (4096, 1024, 5, 32, 32, 96),
-}
-
-
-def random_batch(B: int, T: int, obs_dim: int, act_dim: int, device: torch.device, gen: torch.Generator,
-                 image: int = 0) -> dict[str, torch.Tensor]:
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen)
-
-    obs = (torch.randint(0, 256, (B, T, image, image, 3), generator=gen, dtype=torch.uint8) if image  # (B, T, H, W, 3)
-           else torch.randn(B, T, obs_dim, generator=gen))  # (B, T, O)
-    batch = {
-        "obs": obs,
-        "action": rand(B, T, act_dim) * 2 - 1,  # (B, T, A) in [-1, 1]
-        "reward": torch.randn(B, T, generator=gen),  # (B, T)
-        "is_first": rand(B, T) < 0.05,  # (B, T)
-        "is_terminal": rand(B, T) < 0.05,  # (B, T)
-    }
-    return {k: v.to(device) for k, v in batch.items()}
+import rssm.agent
+from rssm.build import build_agent
+from rssm.config import register_configs
+from rssm.envs import EnvSpec
 
 
 def sync(device: torch.device) -> None:
@@ -63,7 +47,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 7) -> float:
     """Median float32 FLOP/s of an n x n matmul: the machine's practical peak for dense layers."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up: thread pool, allocator
@@ -83,72 +67,149 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
-def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+def make_spec(args: argparse.Namespace) -> EnvSpec:
+    shapes = {"image": (args.image, args.image, 3)} if args.image else {"obs": (args.obs_dim,)}
+    return EnvSpec(shapes, (args.act_dim,), not args.continuous, -np.ones(args.act_dim), np.ones(args.act_dim))
+
+
+def random_batch(spec: EnvSpec, B: int, T: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A replay batch as `Replay.sample` gives it: observations, actions a_{t-1}, rewards and flags (B, T, ...)."""
+    A = spec.action_dim
+    batch = {k: (rng.integers(0, 256, (B, T, *shape), dtype=np.uint8) if len(shape) == 3
+                 else rng.standard_normal((B, T, *shape)).astype(np.float32)) for k, shape in spec.obs_shapes.items()}
+    batch["action"] = (np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))] if spec.discrete
+                       else rng.uniform(-1, 1, (B, T, A)).astype(np.float32))
+    batch["reward"] = rng.standard_normal((B, T)).astype(np.float32)
+    batch["is_first"] = rng.random((B, T)) < 0.02
+    batch["is_terminal"] = rng.random((B, T)) < 0.02
+    return batch
+
+
+def name_modules(counter: FlopCounterMode, agent) -> None:
+    """Name the agent's modules in the counter's breakdown by their place in the agent (`world_model.rssm`): the
+    world model is never called as a module itself, so its parts would otherwise count under their class names."""
+    known = getattr(getattr(counter, "mod_tracker", None), "_known_modules", None)
+    if known is None:  # another torch: the breakdown falls back to class names
+        return
+    for top, module in agent.modules().items():
+        for name, sub in module.named_modules():
+            known[sub] = f"{top}.{name}" if name else top
+
+
+def flop_parts(counter: FlopCounterMode) -> dict[str, int]:
+    """FLOPs per part of a forward pass: the world model's direct children, the actor, the critic and its slow copy,
+    and what ran outside any module (the RSSM's loop products, which use its weights directly)."""
+    counts = {name: sum(c.values()) for name, c in counter.get_flop_counts().items()}
+
+    def part(name: str) -> str | None:
+        pieces = name.split(".")
+        if pieces[0] == "world_model" and len(pieces) >= 2:
+            return ".".join(pieces[:2])
+        return next((p for p in ("actor", "critic.net", "critic.slow") if name == p or name.startswith(p + ".")), None)
+
+    parts: dict[str, int] = defaultdict(int)
+    for name, flops in counts.items():
+        # Count each module once: at the outermost name of its part that the counter recorded (a part that is
+        # not called as a module itself, such as the RSSM, is the sum of its outermost children).
+        ancestors = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        if (p := part(name)) and not any(a in counts and part(a) == p for a in ancestors):
+            parts[p] += flops
+    parts["outside modules"] = counter.get_total_flops() - sum(parts.values())
+    return dict(parts)
+
+
+def forward_flops(agent, batch: dict[str, np.ndarray]) -> dict[str, int]:
+    """The forward FLOPs of an update's losses, per part (`flop_parts`), and of imagination alone. Only the
+    forward pass is split: the counter's attribution of backward work to modules is not exact."""
+    counter, inner = FlopCounterMode(display=False, depth=None), FlopCounterMode(display=False)
+    name_modules(counter, agent)
+    real = rssm.agent.imagine
+
+    def counted(*a, **k):
+        with inner:
+            return real(*a, **k)
+
+    rssm.agent.imagine = counted
+    try:
+        with counter, torch.no_grad():
+            data = rssm.agent.to_torch(batch, agent.device)
+            _, _, post = agent.wm.loss(data, agent.scales)
+            if agent.actor is not None:
+                agent._behavior_losses(post, data)
+    finally:
+        rssm.agent.imagine = real
+    parts = flop_parts(counter)
+    if agent.actor is not None:
+        parts["imagination"] = inner.get_total_flops()
+    return parts
+
+
+def bench(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
+    overrides = [f"model={model}", *args.set] + (["agent=world_model"] if part == "wm" else [])
+    with initialize_config_module("rssm.configs", version_base=None):
+        cfg = compose("config", overrides=overrides)
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    deter, units, layers, groups, classes, depth = SIZES[name]
-    shape = (args.image, args.image, 3) if args.image else (args.obs_dim,)
-    model = WorldModel({"obs": shape}, args.act_dim, deter, units, layers, groups, classes,
-                       cnn_depth=depth).to(device)
-    scales = LossScales()
-    batch = random_batch(args.batch, args.length, args.obs_dim, args.act_dim, device, gen, args.image)
-    if args.agent:  # world model + actor-critic in imagination, discrete (one-hot) actions
-        batch["action"] = F.one_hot(batch["action"].argmax(-1), args.act_dim).float()
-        actor = Actor(model.rssm.feat_dim, units, layers, [args.act_dim], discrete=True).to(device)
-        critic = Critic(model.rssm.feat_dim, units, layers).to(device)
-        agent = Agent(model, scales, OptimSettings(1e-4, 1e-8, 1000.0), actor, critic, BehaviorSettings(),
-                      OptimSettings(3e-5, 1e-5, 100.0), OptimSettings(3e-5, 1e-5, 100.0))
+    rng = np.random.default_rng(args.seed)
+    spec = make_spec(args)
+    agent = build_agent(cfg, spec, device)
+    B, T = cfg.replay.batch_size, cfg.replay.batch_length
+    if part == "act":
+        steps = [random_batch(spec, args.envs, 1, rng) for _ in range(4)]
+        transitions = [{k: v[:, 0] for k, v in s.items()} for s in steps]
+        state = [None]
 
-        def update() -> None:
-            agent.update(batch)
+        def call() -> None:
+            _, state[0] = agent.act(transitions[call.k % 4], state[0], explore=True)
+            call.k += 1
+        call.k = 0
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
+        batches = [random_batch(spec, B, T, rng) for _ in range(2)]
 
-        def update() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss, _, _ = model.loss(batch, scales)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1000.0)
-            opt.step()
+        def call() -> None:
+            agent.update(batches[call.k % 2])
+            call.k += 1
+        call.k = 0
 
+    call()  # optimizer states and the allocator's first pass, outside the counts
     with FlopCounterMode(display=False) as counter:
-        update()
+        call()
     flops = counter.get_total_flops()
-
+    row = {"model": model, "part": part, "flops": flops,
+           "forward_parts": forward_flops(agent, batches[0]) if part != "act" else {}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
-        update()
+        call()
     times = []
     for _ in range(args.iters):
         sync(device)
         start = time.perf_counter()
-        update()
+        call()
         sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    return {
-        "size": name, "params": sum(p.numel() for p in model.parameters()), "ms": 1e3 * seconds,
-        "ms_min": 1e3 * min(times), "gflop": flops / 1e9, "gflops": flops / seconds / 1e9,
-        "peak_mb": peak_memory_mb(device),
-    }
+    row.update(params=sum(p.numel() for m in agent.modules().values() for p in m.parameters()),
+               ms=1e3 * seconds, ms_min=1e3 * min(times), gflop=flops / 1e9, gflops=flops / seconds / 1e9,
+               peak_mb=peak_memory_mb(device), batch=args.envs if part == "act" else f"{B}x{T}")
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["xs", "s"], choices=list(SIZES))
-    parser.add_argument("--obs-dim", type=int, default=17)
-    parser.add_argument("--act-dim", type=int, default=6)
-    parser.add_argument("--image", type=int, default=0, help="observe SIZE x SIZE x 3 uint8 images (CNN), not vectors")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--model", nargs="+", default=["xxs", "s"], help="size presets (configs/model/)")
+    parser.add_argument("--part", nargs="+", default=["wm", "agent"], choices=["wm", "agent", "act"])
+    parser.add_argument("--set", nargs="*", default=[], help="more config overrides, e.g. algo=dreamerv3_2023")
+    parser.add_argument("--obs-dim", type=int, default=4, help="vector observation size (CartPole's: 4)")
+    parser.add_argument("--act-dim", type=int, default=2)
+    parser.add_argument("--continuous", action="store_true", help="a continuous action vector, not one-hot")
+    parser.add_argument("--image", type=int, default=0, help="observe SIZE x SIZE x 3 uint8 images, not vectors")
+    parser.add_argument("--envs", type=int, default=16, help="envs of one batched act")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--agent", action="store_true",
-                        help="time a whole agent update (world model, imagination from every state, actor, critic)")
+    parser.add_argument("--flops", action="store_true", help="print the FLOPs of each module too")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
@@ -156,20 +217,28 @@ def main() -> None:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    register_configs()
     peak_rate = matmul_rate(device)
-
+    obs = f"{args.image}x{args.image}x3 images" if args.image else f"{args.obs_dim}-dim vectors"
+    print(f"device {device}, threads {args.threads}, obs {obs}, {args.act_dim} "
+          f"{'continuous' if args.continuous else 'discrete'} actions, overrides {args.set or 'none'}; "
+          f"float32 matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
+    print(f"{'model':>8} {'part':>5} {'batch':>6} {'params':>8} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} "
+          f"{'of peak':>7} {'peak MB':>8}")
     results = []
-    print(f"device {device}, threads {args.threads}, batch {args.batch}x{args.length}, "
-          f"obs {f'{args.image}x{args.image}x3 images' if args.image else f'{args.obs_dim}-dim vectors'}, "
-          f"matmul peak {peak_rate / 1e9:.1f} GFLOP/s")
-    print(f"{'size':>4} {'params':>9} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'peak MB':>8}")
-    for name in args.sizes:
-        r = bench_size(name, args, device)
-        r["of_peak"] = r["gflops"] * 1e9 / peak_rate
-        results.append(r)
-        print(f"{name:>4} {r['params'] / 1e6:8.2f}M {r['ms']:8.1f} {r['ms_min']:8.1f} {r['gflop']:7.1f} "
-              f"{r['gflops']:8.1f} {r['of_peak']:7.1%} {r['peak_mb']:8.0f}")
+    for model in args.model:
+        for part in args.part:
+            r = bench(model, part, args, device)
+            r["of_peak"] = r["gflops"] * 1e9 / peak_rate
+            results.append(r)
+            print(f"{model:>8} {part:>5} {r['batch']:>6} {r['params'] / 1e6:7.2f}M {r['ms']:8.1f} {r['ms_min']:8.1f} "
+                  f"{r['gflop']:7.2f} {r['gflops']:8.1f} {r['of_peak']:7.1%} {r['peak_mb']:8.0f}")
+            if args.flops and r["forward_parts"]:
+                forward = sum(v for k, v in r["forward_parts"].items() if k != "imagination")
+                print(f"{'':>15} forward pass of the losses: {forward / 1e9:.3f} GFLOP, "
+                      f"{forward / r['flops']:.0%} of the update's")
+                for name, f in sorted(r["forward_parts"].items(), key=lambda kv: -kv[1]):
+                    print(f"{'':>17} {name:<26} {f / 1e9:8.3f} GFLOP {f / max(forward, 1):6.1%}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "matmul_flops": peak_rate, "results": results}, f, indent=2)

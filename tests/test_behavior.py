@@ -137,7 +137,7 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
         return {k: v.clone() for k, v in module.state_dict().items()}
 
     before = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
-    metrics, finite = agent._update_behavior(post, data)
+    metrics, finite = agent._update_behavior(post, data, torch.tensor(True))
     assert finite
     after = [snapshot(m) for m in (wm, actor, critic.net, critic.slow)]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0]), "world model changed"
@@ -150,9 +150,9 @@ def test_behavior_learning_changes_only_actor_and_critic(discrete, backprop):
     # The actor loss alone fills only actor gradients, the critic loss only critic gradients.
     from rssm.behavior import behavior_losses, imagine
     start = type(post)(*(x.detach().flatten(0, 1) for x in post))
-    feat, actions, cont = imagine(wm, actor, start, torch.ones(B * T), 5, backprop)
-    actor_loss, critic_loss, _, _ = behavior_losses(wm, actor, critic, agent.normalizer, feat, actions, cont,
-                                                 agent.behavior)
+    feat, actions, cont, policy = imagine(wm, actor, start, torch.ones(B * T), 5, backprop)
+    actor_loss, critic_loss, _, _ = behavior_losses(wm, critic, agent.normalizer, feat, actions, cont, policy,
+                                                    agent.behavior)
     params = {"wm": list(wm.parameters()), "actor": list(actor.parameters()), "critic": list(critic.net.parameters())}
     # With backprop the actor's objective is the return itself, which flows through the dynamics and the
     # critic's values; the agent still steps only the actor with it.
@@ -180,13 +180,22 @@ def test_imagined_continue_is_the_heads_mode_or_its_probability():
     flags = {}
     for prob in (False, True):
         torch.manual_seed(1)  # the same imagined trajectories
-        feat, _, cont = imagine(wm, actor, start, start_cont, 5, backprop=False, cont_prob=prob)
+        feat, _, cont, _ = imagine(wm, actor, start, start_cont, 5, backprop=False, cont_prob=prob)
         assert cont.shape == (8, 6)
         p = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (8, 6)
         # The mode after the start's recorded flag (2023), or the probability everywhere, the start too (now).
         torch.testing.assert_close(cont, p if prob else torch.cat([start_cont[:, None], (p[:, 1:] > 0.5).float()], 1))
         flags[prob] = cont[:, 1:]
     assert ((flags[True] > 0) & (flags[True] < 1)).all() and not torch.equal(flags[True], flags[False])
+
+
+def test_continuous_log_prob_and_entropy_match_torch_normal():
+    actor = Actor(feat_dim=5, units=8, layers=1, action_dims=[3], discrete=False)
+    dist = actor(torch.randn(4, 5))
+    action = torch.randn(4, 3) * 2
+    normal = torch.distributions.Normal(dist.mean, dist.std)
+    torch.testing.assert_close(dist.log_prob(action), normal.log_prob(action).sum(-1))
+    torch.testing.assert_close(dist.entropy(), normal.entropy().sum(-1))
 
 
 def test_multi_discrete_actor_samples_one_hot_segments():
@@ -264,11 +273,11 @@ def test_the_actor_gradient_goes_where_its_variant_says(backprop):
     actor.register_forward_pre_hook(lambda module, args: seen.append(args[0].requires_grad))
     N = 8
     start = RSSMState(torch.randn(N, 16), torch.zeros(N, 4, 4), torch.zeros(N, 4, 4))
-    feat, actions, cont = imagine(wm, actor, start, torch.ones(N), 5, backprop)
-    assert seen and not any(seen)  # the actor never sees features with a gradient
+    feat, actions, cont, policy = imagine(wm, actor, start, torch.ones(N), 5, backprop)
+    assert len(seen) == 5 and not any(seen)  # the actor never sees features with a gradient
     assert actions.requires_grad == backprop
     s = BehaviorSettings(horizon=5, backprop=backprop)
-    actor_loss, *_ = behavior_losses(wm, actor, critic, ReturnNormalizer(), feat, actions, cont, s)
-    assert not any(seen)
+    actor_loss, *_ = behavior_losses(wm, critic, ReturnNormalizer(), feat, actions, cont, policy, s)
+    assert len(seen) == 5  # the loss uses the distributions the actor acted from: no second forward
     grads = torch.autograd.grad(actor_loss, list(actor.parameters()))
     assert sum(g.abs().sum() for g in grads) > 0

@@ -1,12 +1,14 @@
-"""LaProp (rssm/optim.py): hand values, a plain per-tensor reference, AGC, the warm-up, skipped tensors, reloading."""
+"""LaProp and Adam (rssm/optim.py): hand values, a plain per-tensor reference, AGC, the warm-up, skipped tensors,
+reloading, torch's Adam as the reference of ours, and a skipped step decided on the device."""
 
+import copy
 import io
 import math
 
 import pytest
 import torch
 
-from rssm.optim import LaProp, warmup_lr
+from rssm.optim import Adam, LaProp, warmup_lr
 
 
 def reference_update(p: torch.Tensor, g: torch.Tensor, state: dict, lr: float, betas: tuple[float, float],
@@ -182,7 +184,7 @@ def test_state_dict_round_trip_continues_identically(step_as_tensor):
     second = [torch.nn.Parameter(p.detach().clone()) for p in first]
     opt2 = LaProp(second, lr=0.05, warmup=3)
     opt2.load_state_dict(saved)
-    assert all(type(s["step"]) is int for s in opt2.state.values())
+    assert all(s["step"].shape == () and s["step"].dtype == torch.float32 for s in opt2.state.values())
     run(first, opt, grads[5:])
     run(second, opt2, grads[5:])
     for p, q in zip(first, second, strict=True):
@@ -198,3 +200,63 @@ def test_bad_settings_are_refused(kwargs):
         LaProp([torch.nn.Parameter(torch.ones(1))], **kwargs)
     with pytest.raises(ValueError, match="LaProp"):  # in a param group too
         LaProp([dict(params=[torch.nn.Parameter(torch.ones(1))], **kwargs)])
+
+
+def random_steps(shapes, steps, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) * 10 ** (k % 3 - 1) for s in shapes] for k in range(steps)]
+    return params, grads
+
+
+def run_steps(opt, params, grads, finite=None):
+    for gs in grads:
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g.clone()
+        opt.step() if finite is None else opt.step(finite=finite)
+
+
+def test_adam_matches_torch_adam_and_resumes_from_its_state():
+    values, grads = random_steps([(5, 3), (3,), (1,)], 30)
+    ours = [torch.nn.Parameter(v.clone()) for v in values]
+    theirs = [torch.nn.Parameter(v.clone()) for v in values]
+    opt, ref = Adam(ours, lr=1e-2, eps=1e-8), torch.optim.Adam(theirs, lr=1e-2, eps=1e-8)
+    run_steps(opt, ours, grads[:20])
+    run_steps(ref, theirs, grads[:20])
+    for p, q in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # A run saved with torch's Adam continues with ours.
+    resumed = [torch.nn.Parameter(q.detach().clone()) for q in theirs]
+    opt2 = Adam(resumed, lr=1e-2, eps=1e-8)
+    opt2.load_state_dict(copy.deepcopy(ref.state_dict()))  # as from a checkpoint: nothing shared with `ref`
+    assert all(s["step"] == 20 for s in opt2.state.values())
+    run_steps(opt2, resumed, grads[20:])
+    run_steps(ref, theirs, grads[20:])
+    for p, q in zip(resumed, theirs, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda ps: LaProp(ps, lr=0.01, warmup=2), lambda ps: Adam(ps, lr=0.01)],
+                         ids=["laprop", "adam"])
+def test_a_step_flagged_not_finite_changes_nothing(make):
+    values, grads = random_steps([(4, 2), (2,)], 4)
+    params = [torch.nn.Parameter(v.clone()) for v in values]
+    opt = make(params)
+    # Skipped before any step: parameters, moments and counts stay at their start, even with nan gradients.
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step(finite=torch.tensor(False))
+    assert all(torch.equal(p, v) for p, v in zip(params, values, strict=True))
+    assert all(s["step"] == 0 and not s["mu"].any() and not s["nu"].any() for s in opt.state.values())
+    # Then a few steps, one more skipped step, and the rest: the same as the steps without the skipped ones.
+    run_steps(opt, params, grads[:2], finite=torch.tensor(True))
+    for p in params:
+        p.grad = torch.full_like(p, float("inf"))
+    opt.step(finite=torch.tensor(False))
+    run_steps(opt, params, grads[2:], finite=torch.tensor(True))
+    plain = [torch.nn.Parameter(v.clone()) for v in values]
+    ref = make(plain)
+    run_steps(ref, plain, grads)
+    for p, q in zip(params, plain, strict=True):
+        torch.testing.assert_close(p, q, rtol=0.0, atol=0.0)
+        assert torch.equal(opt.state[p]["mu"], ref.state[q]["mu"]) and opt.state[p]["step"] == 4

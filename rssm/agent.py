@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,15 +85,20 @@ class Agent:
         actor, critic, behavior, actor_optim, critic_optim: all None for a world model alone (random policy).
         joint: every module's loss from one forward pass, then one step of all optimizers (DreamerV3 now); else
             the world model steps first and imagination starts from the stepped model (2023).
+        precision: None: float32 throughout. torch.bfloat16: the forward passes of learning and acting run under
+            autocast in it, while weights, optimizer states, gradients, the recurrent state, every head's output
+            and every distribution and loss stay float32 (`MLP` and `gru_gates` return float32).
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
                  actor: Actor | None = None, critic: Critic | None = None,
                  behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
-                 critic_optim: OptimSettings | None = None, joint: bool = False):
+                 critic_optim: OptimSettings | None = None, joint: bool = False,
+                 precision: torch.dtype | None = None):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
         self.actor, self.critic, self.behavior = actor, critic, behavior
         self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
+        self.precision = precision
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
         self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
@@ -117,7 +123,8 @@ class Agent:
         skipped then, else the behaviour step alone. Either counts in `skipped` and `skipped_in_a_row`.
         """
         data = to_torch(batch, self.device)
-        loss, metrics, post = self.wm.loss(data, self.scales)
+        with self._autocast():
+            loss, metrics, post = self.wm.loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()
         wm_part = ("wm", self.wm_opt, self.wm_params, self.wm_optim.grad_clip)
         if self.actor is not None and self.joint:
@@ -147,6 +154,12 @@ class Agent:
         self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The forward passes' precision (see `precision`); backward passes and optimizer steps run outside it."""
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
     def _behavior_parts(self) -> list[Part]:
         return [("actor", self.actor_opt, self.actor_params, self.actor_optim.grad_clip),
                 ("critic", self.critic_opt, self.critic_params, self.critic_optim.grad_clip)]
@@ -155,21 +168,22 @@ class Agent:
                          data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Actor and critic losses in imagination from every posterior state, and the critic's loss on the replayed
         states (`replay_value`), whose gradient reaches the world model through `post` with `replay_value_grad`."""
-        s = self.behavior
-        B, T = data["is_first"].shape
-        start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
-        start_cont = 1.0 - data["is_terminal"].flatten().to(start.deter.dtype)  # (B * T,)
-        feat, actions, cont, policy = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop,
-                                              s.cont_prob)
-        actor_loss, critic_loss, returns, metrics = behavior_losses(
-            self.wm, self.critic, self.normalizer, feat, actions, cont, policy, s)
-        if s.replay_value > 0:
-            loss, replay_metrics = replay_value_loss(
-                self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
-                returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
-            critic_loss = critic_loss + s.replay_value * loss
-            metrics.update(replay_metrics)
-        return actor_loss, critic_loss, metrics
+        with self._autocast():
+            s = self.behavior
+            B, T = data["is_first"].shape
+            start = RSSMState(*(x.detach().flatten(0, 1) for x in post))  # every posterior state: (B * T, ...)
+            start_cont = 1.0 - data["is_terminal"].flatten().to(start.deter.dtype)  # (B * T,)
+            feat, actions, cont, policy = imagine(self.wm, self.actor, start, start_cont, s.horizon, s.backprop,
+                                                  s.cont_prob)
+            actor_loss, critic_loss, returns, metrics = behavior_losses(
+                self.wm, self.critic, self.normalizer, feat, actions, cont, policy, s)
+            if s.replay_value > 0:
+                loss, replay_metrics = replay_value_loss(
+                    self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
+                    returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
+                critic_loss = critic_loss + s.replay_value * loss
+                metrics.update(replay_metrics)
+            return actor_loss, critic_loss, metrics
 
     def state_dict(self) -> dict:
         """Weights, optimizer states, the return normaliser and the skip counters."""
@@ -216,9 +230,10 @@ class Agent:
         """
         keys = (*self.wm.obs_keys, "action", "is_first")
         data = to_torch({k: np.asarray(transitions[k])[:, None] for k in keys}, self.device)  # (N, 1, ...)
-        post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
-        state = RSSMState(*(x[:, -1] for x in post))  # (N, ...)
-        dist, finite = _finite_dist(self.actor(features(state)))
+        with self._autocast():
+            post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
+            state = RSSMState(*(x[:, -1] for x in post))  # (N, ...)
+            dist, finite = _finite_dist(self.actor(features(state)))
         action = dist.sample() if explore else dist.mode()  # (N, A)
         # The finite flags come to the host with the actions: one copy, as before.
         out = torch.cat([action.float(), finite[:, None].float()], -1).cpu().numpy()  # (N, A + 1)

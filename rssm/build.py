@@ -24,6 +24,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision=` on `device`, None for float32. Raises UserError where it cannot run."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"precision={precision} was asked for, but this GPU has no bfloat16 support: use "
+                        f"precision=fp32")
+    return torch.bfloat16
+
+
 def env_id(cfg: DictConfig) -> str:
     """The env the config names: dmc/{env.task} for a DeepMind Control task, `env.game`'s Atari id, else `env.id`."""
     if cfg.env.task:
@@ -76,8 +86,9 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,
                         cont_target)
     opt = optim_settings(cfg)
+    precision = autocast_dtype(cfg.precision, device)
     if a.kind == "world_model":
-        return Agent(wm, scales, opt["wm"])
+        return Agent(wm, scales, opt["wm"], precision=precision)
     arch = Arch(m.norm, m.fan)
     actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
                   outscale=a.actor_outscale, arch=arch).to(device)
@@ -86,4 +97,5 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
                                 replay_value=a.replay_value, replay_value_grad=a.replay_value_grad,
                                 cont_prob=a.cont_prob, contdisc=a.contdisc)
-    return Agent(wm, scales, opt["wm"], actor, critic, behavior, opt["actor"], opt["critic"], joint=cfg.optim.joint)
+    return Agent(wm, scales, opt["wm"], actor, critic, behavior, opt["actor"], opt["critic"], joint=cfg.optim.joint,
+                 precision=precision)

@@ -136,6 +136,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    precision: str = "fp32"  # fp32 | bf16: forward passes under autocast in bfloat16 (weights, losses: float32)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
@@ -177,7 +178,7 @@ _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_mo
             "agent.actor_grad_discrete": ("reinforce", "backprop"),
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
             "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
-            "optim.name": ("laprop", "adam")}
+            "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16")}
 
 
 def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -273,7 +274,7 @@ _ABSENT = object()
 # Keys that may differ between a run and its resumption without being allowed explicitly: they change where
 # and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
 # random numbers). Threads and devices may change the last bits of floating-point sums.
-FREE_KEYS = ("resume", "allow_changes", "threads", "device", "trainer.progress", "trainer.log_every",
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "trainer.progress", "trainer.log_every",
              "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every",
              "trainer.openloop_context", "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,

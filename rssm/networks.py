@@ -39,8 +39,16 @@ class Arch:
 ARCH_2023 = Arch()  # the default of every builder below
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in its weight's dtype (float32): under autocast its input may come in bfloat16, which torch's
+    fused kernel refuses beside a float32 weight (LayerNorm autocast already runs in float32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
 def make_norm(arch: Arch, dim: int) -> nn.Module:
-    return nn.RMSNorm(dim, eps=RMS_EPS) if arch.norm == "rms" else nn.LayerNorm(dim, eps=NORM_EPS)
+    return RMSNorm(dim, eps=RMS_EPS) if arch.norm == "rms" else nn.LayerNorm(dim, eps=NORM_EPS)
 
 
 def _fans(weight: torch.Tensor, transposed: bool = False) -> tuple[int, int]:
@@ -121,7 +129,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hidden(x)
-        return self.out(x) if self.out is not None else x
+        # An output layer's result in float32 even under autocast: heads feed distributions and losses.
+        return self.out(x).float() if self.out is not None else x
 
 
 def image_stages(size: int) -> int:
@@ -144,7 +153,7 @@ class ChannelNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class ChannelRMSNorm(nn.RMSNorm):
+class ChannelRMSNorm(RMSNorm):
     """RMSNorm over the channels of each pixel: (N, C, H, W) -> (N, C, H, W)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,7 +302,9 @@ def gru_update(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 def gru_gates(reset: torch.Tensor, cand: torch.Tensor, update: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The GRU's new state from its three gate pre-activations and the previous state h, each (B, D)."""
+    """The GRU's new state from its three gate pre-activations and the previous state h, each (B, D). The state
+    keeps h's dtype (float32) when the gates come from a lower-precision product under autocast."""
+    reset, cand, update = (x.to(h.dtype) for x in (reset, cand, update))
     cand = torch.tanh(torch.sigmoid(reset) * cand)
     update = torch.sigmoid(update - 1.0)  # biased towards keeping the old state
     return torch.lerp(h, cand, update)  # update * cand + (1 - update) * h, in one op
@@ -325,6 +336,7 @@ class _StepLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token, store):
         # Saved rather than copied: autograd then checks that x is not changed in place before backward.
+        x = x.to(store.weight.dtype)  # the loop's dtype (`LoopLinear.bind`)
         ctx.save_for_backward(x, store.weight)
         ctx.store = store
         return x @ store.weight_t
@@ -366,6 +378,9 @@ class LoopLinear(nn.Linear):
         weight = self.weight
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return lambda x, t: F.linear(x, weight)
-        store = _StepStore(weight.detach())
+        # Under autocast the steps multiply in its dtype, as F.linear would: the weight is cast once per loop.
+        device = weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        store = _StepStore(weight.detach().to(dtype))
         token = _Token.apply(weight, store)
         return lambda x, t: _StepLinear.apply(x, token, store)

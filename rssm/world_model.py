@@ -207,7 +207,7 @@ class WorldModel(nn.Module):
         out = {}
         if self.image_keys:
             x = self.image_decoder(feat.flatten(0, -2)).unflatten(0, feat.shape[:-1])  # (..., H, W, C)
-            x = x + self.image_decoder.offset
+            x = x.float() + self.image_decoder.offset  # float32 under autocast too: it feeds the loss
             out.update(zip(self.image_keys, x.split(self.image_channels, -1), strict=True))
         if self.vector_keys:
             x = self.decoder(feat)  # (..., D)

@@ -9,14 +9,15 @@ says otherwise) and timed in up to three parts:
 
 For each it reports the median time of `--iters` timed calls after `--warmup`, the FLOPs of one call
 (torch.utils.flop_counter: matmuls and convolutions), the FLOP rate and its share of this machine's measured
-float32 matmul rate, and peak memory. `--flops` splits the forward pass of the update's losses by part (world-model
-encoder, RSSM, decoder, reward and continue heads, actor, critic, slow critic, and the RSSM's loop products that
-use its weights outside a module call), and gives imagination's share of it (prior steps, policy, continue head).
+matmul rate in the products' precision (float32, or bfloat16 with `--precision bf16`), and peak memory. `--flops`
+splits the forward pass of the update's losses by part (world-model encoder, RSSM, decoder, reward and continue
+heads, actor, critic, slow critic, and the RSSM's loop products that use its weights outside a module call), and
+gives imagination's share of it (prior steps, policy, continue head).
 
     python scripts/benchmark.py --model xxs --part agent --obs-dim 4 --act-dim 2 --threads 1 --flops   # CartPole
     python scripts/benchmark.py --model xs s --part wm --obs-dim 17 --act-dim 6 --continuous --threads 2
     python scripts/benchmark.py --model s --part wm --image 64 --iters 5 --warmup 2
-    python scripts/benchmark.py --model s --part agent act --device cuda --json bench.json
+    python scripts/benchmark.py --model s --part agent act --device cuda --precision bf16 --json bench.json
 
 Peak memory on CPU is the process's peak RSS, which only grows: rows run in the order given, so list models
 smallest first (or run one per process) to read each row on its own.
@@ -47,9 +48,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 7) -> float:
-    """Median float32 FLOP/s of an n x n matmul: the machine's practical peak for dense layers."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7) -> float:
+    """Median FLOP/s of an n x n matmul in `dtype`: the machine's practical peak for dense layers."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up: thread pool, allocator
     times = []
     for _ in range(repeats):
@@ -145,7 +146,8 @@ def forward_flops(agent, batch: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def bench(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
-    overrides = [f"model={model}", *args.set] + (["agent=world_model"] if part == "wm" else [])
+    overrides = [f"model={model}", f"precision={args.precision}", *args.set]
+    overrides += ["agent=world_model"] if part == "wm" else []
     with initialize_config_module("rssm.configs", version_base=None):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(args.seed)
@@ -205,6 +207,8 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=0, help="observe SIZE x SIZE x 3 uint8 images, not vectors")
     parser.add_argument("--envs", type=int, default=16, help="envs of one batched act")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="the config's precision= (bf16: forward passes under bfloat16 autocast)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -218,11 +222,12 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     register_configs()
-    peak_rate = matmul_rate(device)
+    # The share is of the matmul rate in the precision the products run in.
+    peak_rate = matmul_rate(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     obs = f"{args.image}x{args.image}x3 images" if args.image else f"{args.obs_dim}-dim vectors"
-    print(f"device {device}, threads {args.threads}, obs {obs}, {args.act_dim} "
+    print(f"device {device}, threads {args.threads}, precision {args.precision}, obs {obs}, {args.act_dim} "
           f"{'continuous' if args.continuous else 'discrete'} actions, overrides {args.set or 'none'}; "
-          f"float32 matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
+          f"{'bfloat16' if args.precision == 'bf16' else 'float32'} matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':>8} {'part':>5} {'batch':>6} {'params':>8} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} "
           f"{'of peak':>7} {'peak MB':>8}")
     results = []

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +55,8 @@ def test_straight_through_gradient_reaches_posterior_logits():
     assert rssm.post_e.weight.grad.abs().sum() > 0
 
 
-def test_loop_linear_matches_plain_linear_values_and_gradients():
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_loop_linear_matches_plain_linear_values_and_gradients(autocast):
     torch.manual_seed(0)
     layer = LoopLinear(7, 5)
     xs = torch.randn(4, 3, 7, requires_grad=True)
@@ -66,12 +68,19 @@ def test_loop_linear_matches_plain_linear_values_and_gradients():
             h = torch.tanh(step(xs[t] + torch.cat([h, h[:, :2]], -1), t))
         return (h * weights[-1]).sum()
 
-    run(layer.bind(4, 3)).backward()
+    # Under autocast both multiply in bfloat16, the gradients reaching float32 tensors in float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = run(layer.bind(4, 3))
+    loss.backward()
     fast_w, fast_x = layer.weight.grad.clone(), xs.grad.clone()
     layer.weight.grad, xs.grad = None, None
-    run(lambda x, t: F.linear(x, layer.weight)).backward()
-    torch.testing.assert_close(fast_w, layer.weight.grad)
-    torch.testing.assert_close(fast_x, xs.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = run(lambda x, t: F.linear(x, layer.weight))
+    loss.backward()
+    assert fast_w.dtype == fast_x.dtype == torch.float32
+    tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else {}
+    torch.testing.assert_close(fast_w, layer.weight.grad, **tolerance)
+    torch.testing.assert_close(fast_x, xs.grad, **tolerance)
 
 
 def test_world_model_gradients_match_plain_autograd(monkeypatch):

@@ -43,7 +43,11 @@ def make_optimizer(params: list[torch.nn.Parameter], o: OptimSettings) -> LaProp
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
+    """The arrays as tensors on `device`. To a GPU through pinned (page-locked) host memory, from torch's caching
+    allocator: the copies then run asynchronously, and the host goes on queueing the update meanwhile."""
+    if device.type != "cuda":
+        return {k: torch.as_tensor(v) for k, v in batch.items()}
+    return {k: torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optimizer, its params, clip

@@ -54,18 +54,19 @@ Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optim
 
 
 def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]],
-          finite: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+          finite: torch.Tensor | None = None, retain: bool = False) -> tuple[dict, torch.Tensor]:
     """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
     else the loss depends on (an actor's return computed through the world model does not train the model).
 
     The step is skipped, leaving parameters and optimizer states untouched, when a loss or a gradient norm is not
     finite, or where `finite` (0-dim bool) is False; decided on the device, with no host sync. Returns the gradient
-    norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor).
+    norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor). `retain`: the
+    losses share one graph (a compiled forward pass), which every backward pass but the last keeps.
     """
     for _, opt, _, _ in parts:
         opt.zero_grad(set_to_none=True)
-    for loss, params in losses:
-        loss.backward(inputs=params)
+    for i, (loss, params) in enumerate(losses):
+        loss.backward(inputs=params, retain_graph=retain and i < len(losses) - 1)
     norms = {}
     for name, _, params, clip in parts:
         grads = [p.grad for p in params if p.grad is not None]
@@ -92,17 +93,28 @@ class Agent:
         precision: None: float32 throughout. torch.bfloat16: the forward passes of learning and acting run under
             autocast in it, while weights, optimizer states, gradients, the recurrent state, every head's output
             and every distribution and loss stay float32 (`MLP` and `gru_gates` return float32).
+        compile: None: eager. A torch.compile backend ("inductor"): the forward passes of the world model's loss,
+            of the behaviour losses and of acting are compiled (static shapes; the first calls compile); backward
+            passes and optimizer steps stay eager.
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
                  actor: Actor | None = None, critic: Critic | None = None,
                  behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
                  critic_optim: OptimSettings | None = None, joint: bool = False,
-                 precision: torch.dtype | None = None):
+                 precision: torch.dtype | None = None, compile: str | None = None):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
         self.actor, self.critic, self.behavior = actor, critic, behavior
         self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
         self.precision = precision
+        self.compiled = compile is not None
+
+        def compiled(fn):
+            return fn if compile is None else torch.compile(fn, backend=compile, dynamic=False)
+
+        self._wm_loss = compiled(world_model.loss)
+        self._behavior = compiled(self._behavior_losses)
+        self._policy = compiled(self._policy_step)
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
         self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
@@ -128,15 +140,15 @@ class Agent:
         """
         data = to_torch(batch, self.device)
         with self._autocast():
-            loss, metrics, post = self.wm.loss(data, self.scales)
+            loss, metrics, post = self._wm_loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()
         wm_part = ("wm", self.wm_opt, self.wm_params, self.wm_optim.grad_clip)
         if self.actor is not None and self.joint:
-            actor_loss, critic_loss, behavior = self._behavior_losses(post, data)
+            actor_loss, critic_loss, behavior = self._behavior(post, data)
             metrics.update(behavior)
             norms, finite = _step([wm_part, *self._behavior_parts()],
                                   [(actor_loss, self.actor_params),
-                                   (loss + critic_loss, self.wm_params + self.critic_params)])
+                                   (loss + critic_loss, self.wm_params + self.critic_params)], retain=self.compiled)
             self.critic.update_slow(self.behavior.slow_rate, finite)
         else:
             norms, finite = _step([wm_part], [(loss, self.wm_params)])
@@ -152,9 +164,10 @@ class Agent:
     def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor],
                          wm_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The actor's and critic's step after the world model's (not `joint`), skipped with it."""
-        actor_loss, critic_loss, metrics = self._behavior_losses(post, data)
+        actor_loss, critic_loss, metrics = self._behavior(post, data)
         norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
-                                                       (critic_loss, self.critic_params)], wm_finite)
+                                                       (critic_loss, self.critic_params)], wm_finite,
+                              retain=self.compiled)
         self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 
@@ -234,16 +247,22 @@ class Agent:
         """
         keys = (*self.wm.obs_keys, "action", "is_first")
         data = to_torch({k: np.asarray(transitions[k])[:, None] for k in keys}, self.device)  # (N, 1, ...)
+        out, state = self._policy(data, state, explore)
+        out = out.cpu().numpy()  # (N, A + 1): the finite flags come to the host with the actions, one copy
+        if not out[:, -1].all():
+            raise NonFiniteModel("the model's state or policy is not finite (nan or inf): it cannot act")
+        return out[:, :-1], state
+
+    def _policy_step(self, data: dict[str, torch.Tensor], state: RSSMState | None,
+                     explore: bool) -> tuple[torch.Tensor, RSSMState]:
+        """`act` on the device: the actions (N, A) and each row's finite flag as one (N, A + 1) tensor, and the
+        new state."""
         with self._autocast():
             post, _ = self.wm.rssm.observe(self.wm.encode(data), data["action"], data["is_first"], state)
             state = RSSMState(*(x[:, -1] for x in post))  # (N, ...)
             dist, finite = _finite_dist(self.actor(features(state)))
         action = dist.sample() if explore else dist.mode()  # (N, A)
-        # The finite flags come to the host with the actions: one copy, as before.
-        out = torch.cat([action.float(), finite[:, None].float()], -1).cpu().numpy()  # (N, A + 1)
-        if not out[:, -1].all():
-            raise NonFiniteModel("the model's state or policy is not finite (nan or inf): it cannot act")
-        return out[:, :-1], state
+        return torch.cat([action.float(), finite[:, None].float()], -1), state
 
 
 class NonFiniteModel(Exception):

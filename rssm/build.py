@@ -24,6 +24,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's backend with compile=true
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `precision=` on `device`, None for float32. Raises UserError where it cannot run."""
     if precision == "fp32":
@@ -86,9 +89,9 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,
                         cont_target)
     opt = optim_settings(cfg)
-    precision = autocast_dtype(cfg.precision, device)
+    speed = {"precision": autocast_dtype(cfg.precision, device), "compile": COMPILE_BACKEND if cfg.compile else None}
     if a.kind == "world_model":
-        return Agent(wm, scales, opt["wm"], precision=precision)
+        return Agent(wm, scales, opt["wm"], **speed)
     arch = Arch(m.norm, m.fan)
     actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
                   outscale=a.actor_outscale, arch=arch).to(device)
@@ -98,4 +101,4 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
                                 replay_value=a.replay_value, replay_value_grad=a.replay_value_grad,
                                 cont_prob=a.cont_prob, contdisc=a.contdisc)
     return Agent(wm, scales, opt["wm"], actor, critic, behavior, opt["actor"], opt["critic"], joint=cfg.optim.joint,
-                 precision=precision)
+                 **speed)

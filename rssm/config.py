@@ -137,6 +137,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     precision: str = "fp32"  # fp32 | bf16: forward passes under autocast in bfloat16 (weights, losses: float32)
+    compile: bool = False  # torch.compile the forward passes of learning and acting (minutes at the start)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
@@ -273,10 +274,11 @@ def validate(cfg: DictConfig) -> None:
 _ABSENT = object()
 # Keys that may differ between a run and its resumption without being allowed explicitly: they change where
 # and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
-# random numbers). Threads and devices may change the last bits of floating-point sums.
-FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "trainer.progress", "trainer.log_every",
-             "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every", "trainer.openloop_every",
-             "trainer.openloop_context", "trainer.openloop_horizons")
+# random numbers). Threads, devices and compilation may change the last bits of floating-point sums; bfloat16
+# (`precision`) more than that, within the tracking its test checks.
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "trainer.progress",
+             "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every",
+             "trainer.openloop_every", "trainer.openloop_context", "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
 # no Atari game and no DMC task, which none of their defaults changes, so their absence from its config is no
 # difference. (Pixels on such a run would change the model: the checkpoint's shapes refuse it.)

@@ -376,7 +376,9 @@ class LoopLinear(nn.Linear):
 
     def bind(self, steps: int, rows: int):
         weight = self.weight
-        if not (torch.is_grad_enabled() and weight.requires_grad):
+        # Under torch.compile the compiler forms the weight gradient itself; the store's bookkeeping in backward
+        # is Python it cannot trace.
+        if not (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
             return lambda x, t: F.linear(x, weight)
         # Under autocast the steps multiply in its dtype, as F.linear would: the weight is cast once per loop.
         device = weight.device.type

@@ -7,17 +7,18 @@ says otherwise) and timed in up to three parts:
     agent   a whole agent update: world model, imagination from every replayed state, actor and critic
     act     one batched `Agent.act` for `--envs` envs (posterior step, policy, sample)
 
-For each it reports the median time of `--iters` timed calls after `--warmup`, the FLOPs of one call
-(torch.utils.flop_counter: matmuls and convolutions), the FLOP rate and its share of this machine's measured
-matmul rate in the products' precision (float32, or bfloat16 with `--precision bf16`), and peak memory. `--flops`
-splits the forward pass of the update's losses by part (world-model encoder, RSSM, decoder, reward and continue
-heads, actor, critic, slow critic, and the RSSM's loop products that use its weights outside a module call), and
-gives imagination's share of it (prior steps, policy, continue head).
+For each it reports the time of the first call (with `--compile`, mostly compilation), the median time of
+`--iters` timed calls after `--warmup`, the FLOPs of one call (torch.utils.flop_counter: matmuls and
+convolutions, counted on the eager path), the FLOP rate and its share of this machine's measured matmul rate in
+the products' precision (float32, or bfloat16 with `--precision bf16`), and peak memory. `--flops` splits the
+forward pass of the update's losses by part (world-model encoder, RSSM, decoder, reward and continue heads, actor,
+critic, slow critic, and the RSSM's loop products that use its weights outside a module call), and gives
+imagination's share of it (prior steps, policy, continue head).
 
     python scripts/benchmark.py --model xxs --part agent --obs-dim 4 --act-dim 2 --threads 1 --flops   # CartPole
     python scripts/benchmark.py --model xs s --part wm --obs-dim 17 --act-dim 6 --continuous --threads 2
     python scripts/benchmark.py --model s --part wm --image 64 --iters 5 --warmup 2
-    python scripts/benchmark.py --model s --part agent act --device cuda --precision bf16 --json bench.json
+    python scripts/benchmark.py --model s --part agent act --device cuda --precision bf16 --compile --json b.json
 
 Peak memory on CPU is the process's peak RSS, which only grows: rows run in the order given, so list models
 smallest first (or run one per process) to read each row on its own.
@@ -146,7 +147,7 @@ def forward_flops(agent, batch: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def bench(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
-    overrides = [f"model={model}", f"precision={args.precision}", *args.set]
+    overrides = [f"model={model}", f"precision={args.precision}", f"compile={str(args.compile).lower()}", *args.set]
     overrides += ["agent=world_model"] if part == "wm" else []
     with initialize_config_module("rssm.configs", version_base=None):
         cfg = compose("config", overrides=overrides)
@@ -172,11 +173,14 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
             call.k += 1
         call.k = 0
 
-    call()  # optimizer states and the allocator's first pass, outside the counts
-    with FlopCounterMode(display=False) as counter:
+    start = time.perf_counter()
+    call()  # optimizer states, the allocator's first pass and any compilation, outside the counts
+    sync(device)
+    first = time.perf_counter() - start
+    with FlopCounterMode(display=False) as counter, torch.compiler.set_stance("force_eager"):
         call()
     flops = counter.get_total_flops()
-    row = {"model": model, "part": part, "flops": flops,
+    row = {"model": model, "part": part, "flops": flops, "first_s": first,
            "forward_parts": forward_flops(agent, batches[0]) if part != "act" else {}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -207,6 +211,7 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=0, help="observe SIZE x SIZE x 3 uint8 images, not vectors")
     parser.add_argument("--envs", type=int, default=16, help="envs of one batched act")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--compile", action="store_true", help="compile=true: torch.compile (inductor)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="the config's precision= (bf16: forward passes under bfloat16 autocast)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -229,7 +234,7 @@ def main() -> None:
           f"{'continuous' if args.continuous else 'discrete'} actions, overrides {args.set or 'none'}; "
           f"{'bfloat16' if args.precision == 'bf16' else 'float32'} matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':>8} {'part':>5} {'batch':>6} {'params':>8} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} "
-          f"{'of peak':>7} {'peak MB':>8}")
+          f"{'of peak':>7} {'peak MB':>8} {'first s':>8}")
     results = []
     for model in args.model:
         for part in args.part:

@@ -1,0 +1,46 @@
+"""compile=true: the forward passes of learning and acting go through torch.compile and give what eager gives.
+
+The tests use the `aot_eager` backend (the graphs dynamo captures and AOT autograd splits, run op by op): it
+checks the capture, the shared graph of the losses and the static shapes in seconds, where inductor's code
+generation would take minutes on a CPU (scripts/benchmark.py --compile measures inductor)."""
+
+import numpy as np
+import pytest
+import torch
+
+import rssm.build
+from rssm.build import build_agent
+from rssm.envs import EnvSpec
+
+
+def batches(n: int, B: int = 2, T: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    g = np.random.default_rng(seed)
+    return [{"obs": g.standard_normal((B, T, 4)).astype(np.float32),
+             "action": np.eye(2, dtype=np.float32)[g.integers(0, 2, (B, T))],
+             "reward": g.standard_normal((B, T)).astype(np.float32), "is_first": g.random((B, T)) < 0.2,
+             "is_terminal": g.random((B, T)) < 0.1} for _ in range(n)]
+
+
+@pytest.mark.parametrize("overrides", [(), ("algo=dreamerv3_2023",)], ids=["now", "2023"])
+def test_compiled_update_and_act_match_eager(compose_config, monkeypatch, overrides):
+    monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
+    data = batches(2)
+    results = {}
+    for compiled in (False, True):
+        cfg = compose_config("model=debug", "agent.horizon=2", f"compile={str(compiled).lower()}", *overrides)
+        torch.manual_seed(0)
+        agent = build_agent(cfg, EnvSpec({"obs": (4,)}, (2,), True), torch.device("cpu"))
+        assert agent.compiled == compiled
+        metrics = [agent.update(b) for b in data]
+        actions, state = agent.act({k: v[:, 0] for k, v in data[0].items()}, None, explore=False)
+        params = [p.detach().clone() for m in agent.modules().values() for p in m.parameters()]
+        results[compiled] = metrics, actions, state.deter, params
+    (m0, a0, h0, p0), (m1, a1, h1, p1) = results[False], results[True]
+    for eager, compiled in zip(m0, m1, strict=True):
+        assert eager.keys() == compiled.keys()
+        for k in eager:
+            torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6, msg=k)
+    np.testing.assert_array_equal(a1, a0)
+    torch.testing.assert_close(h1, h0)
+    for a, b in zip(p0, p1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -158,8 +158,7 @@ class Agent:
         metrics.update(norms)
         self.skipped += ~finite
         self.skipped_in_a_row = (self.skipped_in_a_row + 1) * ~finite
-        nan = torch.tensor(float("nan"), device=self.device)
-        return {k: torch.where(finite, v.float(), nan) for k, v in metrics.items()}
+        return {k: v.float().masked_fill(~finite, float("nan")) for k, v in metrics.items()}
 
     def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor],
                          wm_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -40,7 +40,9 @@ def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Te
     """
     N, H = reward.shape
     assert discount.shape == (N, H) and value.shape == (N, H + 1)
-    lam = torch.as_tensor(lam, dtype=reward.dtype, device=reward.device).expand(N, H)  # (N, H)
+    if not torch.is_tensor(lam):  # filled on the device: a tensor made from a Python number is a host-to-GPU copy
+        lam = torch.full((N, H), lam, dtype=reward.dtype, device=reward.device)
+    lam = lam.expand(N, H)  # (N, H)
     interm = reward + discount * (1.0 - lam) * value[:, 1:]  # (N, H): the part that needs no recursion
     out = torch.empty_like(reward)
     last = value[:, -1]  # (N,)

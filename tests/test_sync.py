@@ -40,6 +40,9 @@ class HostReads(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in READS:
             self.reads.append(getattr(func, "__name__", str(func)))
+        # A tensor made from Python numbers: on a GPU, a copy from the host that waits for it.
+        if func is torch.tensor or func is torch.as_tensor and args and not torch.is_tensor(args[0]):
+            self.reads.append(f"{func.__name__} from Python data")
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
@@ -65,9 +68,11 @@ def batch(B: int, T: int, spec: EnvSpec, seed: int = 0) -> dict[str, np.ndarray]
 
 def test_the_probe_sees_host_reads():
     x = torch.ones(3)
+    index = torch.tensor([1])
     with HostReads() as probe:
-        bool(x.sum() > 0), x.tolist(), torch.nn.functional.one_hot(torch.tensor([1]), 3), x[x > 0]
+        bool(x.sum() > 0), x.tolist(), torch.nn.functional.one_hot(index, 3), x[x > 0], torch.as_tensor(0.5)
     assert probe.reads.count("__bool__") == 1 and "tolist" in probe.reads
+    assert "as_tensor from Python data" in probe.reads
     assert "aten._local_scalar_dense.default" in probe.reads  # one_hot's check of its indices
     assert "aten.index.Tensor" in probe.reads
 
@@ -85,12 +90,13 @@ def test_an_update_reads_nothing_back(compose_config, overrides, discrete):
     spec = EnvSpec({"obs": (4,)}, (3,), discrete)
     agent = build_agent(cfg, spec, torch.device("cpu"))
     agent.update(batch(4, 8, spec))  # optimizer states are made at the first step
+    data = {k: torch.as_tensor(v) for k, v in batch(4, 8, spec, seed=1).items()}  # as on the device already
     with HostReads() as probe:
-        metrics = agent.update(batch(4, 8, spec, seed=1))
+        metrics = agent.update(data)
     assert probe.reads == []
     assert metrics and all(torch.isfinite(v) for v in metrics.values())
     # A non-finite batch is skipped, still without a read.
-    bad = batch(4, 8, spec, seed=2)
+    bad = {k: torch.as_tensor(v) for k, v in batch(4, 8, spec, seed=2).items()}
     bad["obs"][1, 2] = np.nan
     with HostReads() as probe:
         agent.update(bad)

@@ -136,10 +136,10 @@ class _Moments(Optimizer):
         warm = ((t - 1) / group["warmup"]).clamp(max=1.0) if group["warmup"] > 0 else torch.ones_like(t)
         step_size = group["lr"] * warm * go / correct1  # (N,)
         direction = self._direction(grads, nus, mus, b1, b2, decay1, decay2, correct2, group["eps"])
-        torch._foreach_mul_(direction, list(step_size.unbind(0)))
-        torch._foreach_sub_(params, direction)
+        torch._foreach_sub_(params, torch._foreach_mul(direction, list(step_size.unbind(0))))
 
     def _direction(self, grads, nus, mus, b1, b2, decay1, decay2, correct2, eps) -> list[torch.Tensor]:
+        """Update the moments in place and return the update's direction (read, not changed, by the caller)."""
         raise NotImplementedError
 
 
@@ -164,8 +164,7 @@ class LaProp(_Moments):
         super().__init__(params, lr, betas, eps, agc, agc_floor, warmup)
 
     def _direction(self, grads, nus, mus, b1, b2, decay1, decay2, correct2, eps):
-        """nu <- b2 nu + (1 - b2) g^2; mu <- b1 mu + (1 - b1) g / (sqrt(nu / (1 - b2^t)) + eps); returns a copy of
-        mu (to be scaled by the step size)."""
+        """nu <- b2 nu + (1 - b2) g^2; mu <- b1 mu + (1 - b1) g / (sqrt(nu / (1 - b2^t)) + eps); returns mu."""
         torch._foreach_mul_(nus, [decay2] * len(nus))
         torch._foreach_addcmul_(nus, grads, grads, value=1 - b2)
         denom = torch._foreach_div(nus, list(correct2.unbind(0)))
@@ -173,7 +172,7 @@ class LaProp(_Moments):
         torch._foreach_add_(denom, eps)
         torch._foreach_mul_(mus, [decay1] * len(mus))
         torch._foreach_addcdiv_(mus, grads, denom, value=1 - b1)
-        return torch._foreach_mul(mus, 1.0)
+        return mus
 
 
 class Adam(_Moments):

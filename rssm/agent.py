@@ -18,6 +18,7 @@ from rssm.behavior import (
     imagine,
     replay_value_loss,
 )
+from rssm.distributed import SINGLE, Ranks
 from rssm.optim import Adam, LaProp
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
@@ -54,26 +55,30 @@ Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optim
 
 
 def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]],
-          finite: torch.Tensor | None = None, retain: bool = False) -> tuple[dict, torch.Tensor]:
+          finite: torch.Tensor | None = None, retain: bool = False,
+          ranks: Ranks = SINGLE) -> tuple[dict, torch.Tensor]:
     """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
     else the loss depends on (an actor's return computed through the world model does not train the model).
 
     The step is skipped, leaving parameters and optimizer states untouched, when a loss or a gradient norm is not
     finite, or where `finite` (0-dim bool) is False; decided on the device, with no host sync. Returns the gradient
     norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor). `retain`: the
-    losses share one graph (a compiled forward pass), which every backward pass but the last keeps.
+    losses share one graph (a compiled forward pass), which every backward pass but the last keeps. With several
+    `ranks`, the gradients are averaged over them first, and a loss that is not finite on any rank skips the step
+    on every rank: all ranks take the same step.
     """
     for _, opt, _, _ in parts:
         opt.zero_grad(set_to_none=True)
     for i, (loss, params) in enumerate(losses):
         loss.backward(inputs=params, retain_graph=retain and i < len(losses) - 1)
+    bad = torch.stack([(~torch.isfinite(loss.detach())).float() for loss, _ in losses])  # (losses,)
+    ranks.average([p.grad for _, _, params, _ in parts for p in params if p.grad is not None] + [bad])
     norms = {}
     for name, _, params, clip in parts:
         grads = [p.grad for p in params if p.grad is not None]
         norms[f"grad_norm/{name}"] = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                                       else torch.nn.utils.get_total_norm(grads))
-    checks = [loss.detach() for loss, _ in losses] + list(norms.values())
-    ok = torch.isfinite(torch.stack(checks)).all()  # () bool, on the device
+    ok = torch.isfinite(torch.stack(list(norms.values()))).all() & (bad == 0).all()  # () bool, on the device
     ok = ok if finite is None else ok & finite
     for _, opt, _, _ in parts:
         opt.step(finite=ok)
@@ -102,11 +107,11 @@ class Agent:
                  actor: Actor | None = None, critic: Critic | None = None,
                  behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
                  critic_optim: OptimSettings | None = None, joint: bool = False,
-                 precision: torch.dtype | None = None, compile: str | None = None):
+                 precision: torch.dtype | None = None, compile: str | None = None, ranks: Ranks = SINGLE):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
         self.actor, self.critic, self.behavior = actor, critic, behavior
         self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
-        self.precision = precision
+        self.precision, self.ranks = precision, ranks
         self.compiled = compile is not None
 
         def compiled(fn):
@@ -120,7 +125,7 @@ class Agent:
         self.wm_params = list(world_model.parameters())
         self.wm_opt = make_optimizer(self.wm_params, wm_optim)
         if actor is not None:
-            self.normalizer = ReturnNormalizer().to(self.device)
+            self.normalizer = ReturnNormalizer(gather=ranks.concat).to(self.device)
             self.actor_params, self.critic_params = list(actor.parameters()), list(critic.net.parameters())
             self.actor_opt = make_optimizer(self.actor_params, actor_optim)
             self.critic_opt = make_optimizer(self.critic_params, critic_optim)
@@ -148,10 +153,11 @@ class Agent:
             metrics.update(behavior)
             norms, finite = _step([wm_part, *self._behavior_parts()],
                                   [(actor_loss, self.actor_params),
-                                   (loss + critic_loss, self.wm_params + self.critic_params)], retain=self.compiled)
+                                   (loss + critic_loss, self.wm_params + self.critic_params)], retain=self.compiled,
+                                  ranks=self.ranks)
             self.critic.update_slow(self.behavior.slow_rate, finite)
         else:
-            norms, finite = _step([wm_part], [(loss, self.wm_params)])
+            norms, finite = _step([wm_part], [(loss, self.wm_params)], ranks=self.ranks)
             if self.actor is not None:
                 behavior, finite = self._update_behavior(post, data, finite)
                 metrics.update(behavior)
@@ -166,7 +172,7 @@ class Agent:
         actor_loss, critic_loss, metrics = self._behavior(post, data)
         norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
                                                        (critic_loss, self.critic_params)], wm_finite,
-                              retain=self.compiled)
+                              retain=self.compiled, ranks=self.ranks)
         self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +56,13 @@ def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Te
 class ReturnNormalizer(nn.Module):
     """Scale of returns: an EMA of their 5th-95th percentile range, never below `floor`. Both ends start at 0
     and move by `rate` toward each batch's percentiles, with no bias correction (DreamerV3, both versions), so the
-    scale stays at the floor until the range has grown past it."""
+    scale stays at the floor until the range has grown past it. `gather` turns a batch of returns into the
+    batch whose percentiles count: in a data-parallel job, the returns of every rank (`rssm.distributed`)."""
 
-    def __init__(self, rate: float = 0.01, floor: float = 1.0, low: float = 0.05, high: float = 0.95):
+    def __init__(self, rate: float = 0.01, floor: float = 1.0, low: float = 0.05, high: float = 0.95,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
-        self.rate, self.floor, self.low, self.high = rate, floor, low, high
+        self.rate, self.floor, self.low, self.high, self.gather = rate, floor, low, high, gather
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
 
@@ -68,6 +71,7 @@ class ReturnNormalizer(nn.Module):
         """Fold a batch of returns into the range and return the new scale. A batch with a non-finite return
         is left out (its update is skipped by the agent, and it must not poison the range). No host sync."""
         flat = returns.detach().flatten().float()
+        flat = flat if self.gather is None else self.gather(flat)
         finite = torch.isfinite(flat).all()
         lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
         self.lo.copy_(torch.where(finite, self.lo.lerp(lo, self.rate), self.lo))

@@ -10,6 +10,7 @@ from rssm.agent import Agent, OptimSettings
 from rssm.behavior import Actor, BehaviorSettings, Critic
 from rssm.collector import make_envs
 from rssm.config import UserError
+from rssm.distributed import SINGLE, Ranks
 from rssm.dmc import make_dmc_env
 from rssm.envs import EnvSpec, atari_id, make_env
 from rssm.networks import Arch
@@ -81,17 +82,19 @@ def optim_settings(cfg: DictConfig) -> dict[str, OptimSettings]:
             "critic": OptimSettings(a.critic_lr, a.eps, a.grad_clip, **extra)}
 
 
-def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
-    """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`."""
+def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ranks = SINGLE) -> Agent:
+    """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`; one rank of
+    a data-parallel job with `ranks`."""
     w, a, m = cfg.wm, cfg.agent, cfg.model
     wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
     cont_target = a.gamma if a.contdisc and a.kind == "dreamer" else 1.0
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,
                         cont_target)
     opt = optim_settings(cfg)
-    speed = {"precision": autocast_dtype(cfg.precision, device), "compile": COMPILE_BACKEND if cfg.compile else None}
+    shared = {"precision": autocast_dtype(cfg.precision, device), "compile": COMPILE_BACKEND if cfg.compile else None,
+             "ranks": ranks}
     if a.kind == "world_model":
-        return Agent(wm, scales, opt["wm"], **speed)
+        return Agent(wm, scales, opt["wm"], **shared)
     arch = Arch(m.norm, m.fan)
     actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
                   outscale=a.actor_outscale, arch=arch).to(device)
@@ -101,4 +104,4 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device) -> Agent:
                                 replay_value=a.replay_value, replay_value_grad=a.replay_value_grad,
                                 cont_prob=a.cont_prob, contdisc=a.contdisc)
     return Agent(wm, scales, opt["wm"], actor, critic, behavior, opt["actor"], opt["critic"], joint=cfg.optim.joint,
-                 **speed)
+                 **shared)

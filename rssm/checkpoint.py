@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.config import UserError
+from rssm.distributed import SINGLE, Ranks
 from rssm.files import atomic_write
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
@@ -147,27 +148,57 @@ def to_arrays(value: Any) -> Any:
 
 
 def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collector: Collector, progress: Any,
-             rng: np.random.Generator) -> None:
+             rng: np.random.Generator, ranks: Ranks = SINGLE) -> None:
     """Checkpoint a run: config, agent (weights, optimizers, normaliser), replay counters and its partial
     chunk, the collector's counters and episodes under way (seeds and actions), the loop's `progress`
-    (`progress.state_dict()`) and every RNG. Then delete the replay chunks this checkpoint no longer needs."""
+    (`progress.state_dict()`) and every RNG. Then delete the replay chunks this checkpoint no longer needs.
+
+    In a data-parallel job every rank calls this together: rank 0 writes one file with the agent (equal on every
+    rank) and each rank's own part (`rank_parts`), in rank order under `ranks`. Raises UserError on every rank
+    if rank 0 could not write it."""
     replay_state = replay.state_dict()
     replay_state["tail"] = arrays_to_tensors(replay_state["tail"])
-    save_checkpoint(path, {"config": OmegaConf.to_container(cfg, resolve=True), "agent": agent.state_dict(),
-                           "replay": replay_state, "collector": to_tensors(collector.state_dict()),
-                           "progress": to_tensors(progress.state_dict()),
-                           "rng": {**rng_state(), "actions": rng.bit_generator.state}})
+    mine = {"replay": replay_state, "collector": to_tensors(collector.state_dict()),
+            "progress": to_tensors(progress.state_dict()), "rng": {**rng_state(), "actions": rng.bit_generator.state}}
+    parts = ranks.collect(mine)
+    problem = None
+    if ranks.main:
+        run = {"config": OmegaConf.to_container(cfg, resolve=True), "agent": agent.state_dict()}
+        try:
+            save_checkpoint(path, {**run, **mine} if ranks.world == 1 else {**run, "ranks": parts})
+        except UserError as e:
+            problem = str(e)
+    problem = ranks.share(problem)
+    if problem:
+        raise UserError(problem)
     replay.prune(replay.total)
 
 
+def rank_parts(path: Path, state: dict, world: int) -> list[dict]:
+    """The per-rank parts of a `save_run` checkpoint (replay, collector, progress, rng), one per rank. Raises
+    UserError when the checkpoint lacks them, or was saved by a job of another number of ranks."""
+    parts = state["ranks"] if "ranks" in state else [state]
+    missing = {"replay", "collector", "progress", "rng"} - parts[0].keys()
+    if missing:
+        raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
+    if len(parts) != world:
+        saved = "one process" if len(parts) == 1 else f"{len(parts)} ranks (torchrun --nproc-per-node x --nnodes)"
+        now = "one process" if world == 1 else f"{world} ranks"
+        raise UserError(f"cannot resume {path} with {now}: its run was trained with {saved}, and a run continues "
+                        f"with the ranks it began with")
+    return parts
+
+
 def restore_run(path: Path, state: dict, agent: Agent, replay: Replay, collector: Collector,
-                rng: np.random.Generator) -> dict[str, Any]:
-    """Load a `save_run` checkpoint into freshly built objects; returns the saved progress state (tensors)."""
+                rng: np.random.Generator, ranks: Ranks = SINGLE) -> dict[str, Any]:
+    """Load a `save_run` checkpoint into freshly built objects, this rank's part of it into the replay, collector
+    and RNGs; returns the saved progress state (tensors)."""
     for name, module in agent.modules().items():
         check_shapes(path, name, state["agent"].get(name, {}), module.state_dict())
     agent.load_state_dict(state["agent"])
-    replay.load_state_dict({**state["replay"], "tail": tensors_to_arrays(state["replay"]["tail"])})
-    collector.load_state_dict(to_arrays(state["collector"]))
-    set_rng_state(state["rng"])
-    rng.bit_generator.state = state["rng"]["actions"]
-    return state["progress"]
+    part = rank_parts(path, state, ranks.world)[ranks.rank]
+    replay.load_state_dict({**part["replay"], "tail": tensors_to_arrays(part["replay"]["tail"])})
+    collector.load_state_dict(to_arrays(part["collector"]))
+    set_rng_state(part["rng"])
+    rng.bit_generator.state = part["rng"]["actions"]
+    return part["progress"]

@@ -120,9 +120,12 @@ def run_dir_resolver(resume: str, default: str) -> str:
     return str(path.parent if path.name == CHECKPOINT or path.is_file() else path)
 
 
-def register_resolvers() -> None:
+def register_resolvers(start: datetime | None = None) -> None:
+    """`rssm_run_dir`, and `rssm_now`: the time `start` (default: now, once) in a strftime format, the same in
+    every process of a torchrun job and for every part of a run directory's name."""
+    start = start or datetime.now()
     OmegaConf.register_new_resolver("rssm_run_dir", run_dir_resolver, replace=True)
-    OmegaConf.register_new_resolver("rssm_now", lambda fmt: datetime.now().strftime(fmt), replace=True)
+    OmegaConf.register_new_resolver("rssm_now", lambda fmt: start.strftime(fmt), replace=True)
 
 
 class RunDirCheck(Callback):

@@ -108,11 +108,13 @@ def dream(run_dir: Path, context: int, horizon: int, sequences: int = 4, seed: i
     key = wm.image_keys[0] if key is None else key
     if key not in wm.image_keys:
         raise UserError(f"--key {key} is not an image key of the world model ({', '.join(wm.image_keys)})")
-    if not chunk_files(run_dir / "replay"):
-        raise UserError(f"{run_dir / 'replay'} holds no replay chunks (chunk_*.npz): a run writes one every "
+    replay = run_dir / "replay"
+    replay = replay / "rank_0" if (replay / "rank_0").is_dir() else replay  # a torchrun job's: rank 0's shard
+    if not chunk_files(replay):
+        raise UserError(f"{replay} holds no replay chunks (chunk_*.npz): a run writes one every "
                         f"replay.chunk={cfg.replay.chunk} transitions")
     rng = np.random.default_rng(seed)
-    batch = to_torch(replay_sequences(run_dir / "replay", context + horizon, sequences, rng), agent.device)
+    batch = to_torch(replay_sequences(replay, context + horizon, sequences, rng), agent.device)
     torch.manual_seed(seed)  # the sampled latents
     return key, len(batch["is_first"]), open_loop_video(wm, batch, context, horizon, sequences, key)
 

@@ -67,10 +67,12 @@ def _remove(path: Path) -> None:
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
-    """Delete the temporary files that writers killed mid-write left in `run_dir` and its replay folder
-    (`atomic_write`'s `NAME.PID.tmp`). Only safe while holding the run's lock. Returns the deleted paths."""
-    found = [p for d in (run_dir, run_dir / "replay") if d.is_dir() for p in d.iterdir()
-             if _LEFTOVER.fullmatch(p.name) and p.is_file()]
+    """Delete the temporary files that writers killed mid-write left in `run_dir` and its replay folder (with its
+    ranks' shards, `replay/rank_K/`) (`atomic_write`'s `NAME.PID.tmp`). Only safe while holding the run's lock.
+    Returns the deleted paths."""
+    replay = run_dir / "replay"
+    folders = [run_dir, replay, *(replay.glob("rank_*") if replay.is_dir() else [])]
+    found = [p for d in folders if d.is_dir() for p in d.iterdir() if _LEFTOVER.fullmatch(p.name) and p.is_file()]
     for path in found:
         path.unlink()
     return found

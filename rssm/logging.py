@@ -51,6 +51,24 @@ class MeanTracker:
         self._sums.clear()
         return out
 
+    def totals(self) -> dict[str, tuple[float, int]]:
+        """Each metric's sum and count of values since the last `means` (nan values left out), then reset: what
+        `merge` combines over the ranks of a data-parallel job."""
+        out = {}
+        for k, values in self._sums.items():
+            v = torch.stack([torch.as_tensor(x).float().cpu() for x in values])  # (values,)
+            kept = v[~v.isnan()]
+            out[k] = (kept.sum().item(), kept.numel())
+        self._sums.clear()
+        return out
+
+    @staticmethod
+    def merge(totals: list[dict[str, tuple[float, int]]]) -> dict[str, float]:
+        """The means of the metrics over several `totals` (nan for a metric with no values)."""
+        keys = sorted({k for part in totals for k in part})
+        sums = {k: [part[k] for part in totals if k in part] for k in keys}
+        return {k: sum(s for s, _ in v) / n if (n := sum(c for _, c in v)) else float("nan") for k, v in sums.items()}
+
     def state_dict(self) -> dict[str, list]:
         """The values added since the last `means`, in order (tensors on the CPU), for a checkpoint."""
         return {k: [v.detach().cpu() if torch.is_tensor(v) else v for v in values] for k, values in self._sums.items()}

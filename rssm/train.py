@@ -10,10 +10,9 @@ import random
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -24,9 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from rssm import distributed
 from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, resolve_device
-from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, restore_run, save_run
+from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, rank_parts, restore_run, save_run
 from rssm.cli import (
     OVERRIDES,
     PROG,
@@ -39,6 +39,7 @@ from rssm.cli import (
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
 from rssm.config import UserError, check_changes, register_configs, validate
+from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import run_episodes
 from rssm.files import atomic_write, lock_run_dir, remove_leftovers
@@ -46,6 +47,7 @@ from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
+from rssm.run_state import Progress, RunStopped, StopRequested
 from rssm.world_model import WorldModel
 
 
@@ -53,6 +55,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, ranks: Ranks) -> int:
+    """The seed of this rank's envs, replay sampling and random streams: `seed` itself on rank 0 (so a job of one
+    rank is the single-process run), one drawn from (seed, rank) on the others."""
+    return seed if ranks.main else int(np.random.SeedSequence([seed, ranks.rank]).generate_state(1)[0] >> 1)
+
+
+def replay_dir(run_dir: Path, ranks: Ranks) -> Path:
+    """Where this rank's replay writes its chunks: `replay/`, or its own shard `replay/rank_K/` in a job of
+    several ranks."""
+    return run_dir / "replay" if ranks.world == 1 else run_dir / "replay" / f"rank_{ranks.rank}"
 
 
 def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
@@ -96,80 +110,15 @@ def save_model(agent: Agent, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-@dataclass
-class Progress:
-    """The training loop's own state (the collector and agent keep theirs): its counters, and what it carries
-    from one env step to the next, so that a resumed run goes on as the run that was never stopped."""
-
-    updates: int = 0
-    updates_due: float = 0.0  # fractional updates owed under the train ratio
-    last_return: float = float("nan")
-    actions: np.ndarray | None = None  # the next env step's actions (N, A); None: random ones at the start
-    actor_state: RSSMState | None = None  # the actor's model state after the latest transitions (batch N)
-    tracker: MeanTracker = field(default_factory=MeanTracker)  # metrics since the last log
-    eval_pending: bool = False  # a signal abandoned the evaluation due at this step: the resumed run does it
-
-    def state_dict(self) -> dict:
-        """Numbers, arrays and CPU tensors (`rssm.checkpoint.to_tensors` makes the arrays tensors)."""
-        state = None if self.actor_state is None else {k: v.cpu() for k, v in self.actor_state._asdict().items()}
-        return {"updates": self.updates, "updates_due": self.updates_due, "last_return": self.last_return,
-                "actions": self.actions, "actor_state": state, "tracker": self.tracker.state_dict(),
-                "eval_pending": self.eval_pending}
-
-    @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device) -> Progress:
-        """Rebuild from `state_dict` as a checkpoint holds it; a checkpoint from before the loop's state was
-        saved has the counters only."""
-        progress = cls(state["updates"], state["updates_due"], state["last_return"])
-        progress.eval_pending = bool(state.get("eval_pending", False))
-        if state.get("actions") is not None:
-            progress.actions = np.asarray(state["actions"])
-        if state.get("actor_state") is not None:
-            progress.actor_state = RSSMState(**{k: v.to(device) for k, v in state["actor_state"].items()})
-        progress.tracker.load_state_dict(state.get("tracker", {}), device)
-        return progress
-
-
-class StopRequested:
-    """Turns SIGINT and SIGTERM into a flag the loop and evaluation check between env steps (main thread only).
-    Installed for the whole run, checkpoint save included: a second signal during the save is noted, never
-    raised inside it."""
-
-    def __init__(self):
-        self.signum, self._previous = 0, {}
-
-    def __enter__(self) -> StopRequested:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = self.signum or signum  # the first signal names the stop
-
-    def __call__(self) -> bool:
-        return bool(self.signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class RunStopped(Exception):
-    """The run stopped early (signal, diverging losses); `status` is the process exit status."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
-    """Load the checkpoint `cfg.resume` names and check that `cfg` matches the run's config."""
+def resume_checkpoint(cfg: DictConfig, ranks: Ranks) -> tuple[Path, dict]:
+    """Load the checkpoint `cfg.resume` names and check that `cfg` matches the run's config, and the job's ranks
+    the run's."""
     path = checkpoint_path(cfg.resume)
     state = load_checkpoint(path)
-    missing = {"config", "agent", "replay", "collector", "progress", "rng"} - state.keys()
+    missing = {"config", "agent"} - state.keys()
     if missing:
         raise UserError(f"cannot load checkpoint {path}: it lacks {', '.join(sorted(missing))}")
+    rank_parts(path, state, ranks.world)
     if not state["config"].get("replay", {}).get("save", True):
         raise UserError(f"cannot resume {path}: its run had replay.save=false, so its replay was not saved (its "
                         f"weights are in {path.parent / 'model.pt'} once it stopped or ended)")
@@ -179,11 +128,16 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
     return path, state
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
+          ranks: Ranks = SINGLE) -> dict[str, float]:
     """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/` (unless
     `replay.save` is false), `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read
     when the run is resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's
     directory), holding an exclusive lock on it for the run's life. Returns the last logged metrics.
+
+    In a data-parallel job (`ranks`, every rank calls this together) rank 0 owns `run_dir`: it holds the lock,
+    writes the events, `checkpoint.pt` and `model.pt`, and evaluates; each rank writes its replay shard under
+    `replay/rank_K/`.
 
     Raises:
         UserError: bad config, unusable or busy run directory, a file that cannot be written (full disk).
@@ -193,76 +147,88 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     """
     validate(cfg)
     run_dir = checkpoint_path(cfg.resume).parent if cfg.resume else Path(run_dir)
-    lock = lock_run_dir(run_dir)
+    lock, problem = None, None
     try:
-        resumed = resume_checkpoint(cfg) if cfg.resume else None
-        if not resumed and (run_dir / CHECKPOINT).exists():
-            raise UserError(f"{run_dir} already holds a run: continue it with {PROG} "
-                            f"resume={shlex.quote(str(run_dir))} or pick another dir")
-        remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
-        return _train(cfg, run_dir, resumed, overrides)
+        if ranks.main:
+            try:
+                lock = lock_run_dir(run_dir)
+                if not cfg.resume and (run_dir / CHECKPOINT).exists():
+                    raise UserError(f"{run_dir} already holds a run: continue it with {PROG} "
+                                    f"resume={shlex.quote(str(run_dir))} or pick another dir")
+                remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
+            except UserError as e:
+                problem = str(e)
+        if problem := ranks.share(problem):
+            raise UserError(problem)
+        resumed = resume_checkpoint(cfg, ranks) if cfg.resume else None
+        return _train(cfg, run_dir, resumed, overrides, ranks)
     except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed
         raise RunStopped(f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was written",
                          128 + signal.SIGINT) from None
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
-           overrides: list[str] | None) -> dict[str, float]:
-    seed_everything(cfg.seed)
+           overrides: list[str] | None, ranks: Ranks) -> dict[str, float]:
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = ranks.device(resolve_device(cfg.device))
+    seed = rank_seed(cfg.seed, ranks)
 
     def remake_envs():
         return build_envs(cfg)[0]
 
     envs, spec = build_envs(cfg)
-    agent = build_agent(cfg, spec, device)
-    replay_dir = run_dir / "replay" if cfg.replay.save else None
-    replay = Replay(cfg.replay.capacity, cfg.seed, replay_dir, cfg.replay.chunk, envs.num_envs)
-    collector = Collector(envs, spec, cfg.seed, remake=remake_envs)
-    rng = np.random.default_rng(cfg.seed)
-    progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng), device) if resumed \
-        else Progress()
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
-    if overrides is not None:
-        atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
-    counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
-    sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v is not None)
-    print(f"rssm: {env_id(cfg)} on {device}, agent={cfg.agent.kind}; parameters: {sizes}; run dir {run_dir}",
-          flush=True)
-    print(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}", flush=True)
-    if resumed:
-        print(f"rssm: resumed from {resumed[0]} at env step {collector.env_steps}, update {progress.updates}",
-              flush=True)
+    agent = build_agent(cfg, spec, device, ranks)
+    seed_everything(seed)
+    replay = Replay(cfg.replay.capacity, seed, replay_dir(run_dir, ranks) if cfg.replay.save else None,
+                    cfg.replay.chunk, envs.num_envs)
+    collector = Collector(envs, spec, seed, remake=remake_envs)
+    rng = np.random.default_rng(seed)
+    progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
+                                        collector.env_steps) if resumed else Progress()
+    if ranks.main:
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+        if overrides is not None:
+            atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
+        counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
+        sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
+        job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
+        print(f"rssm: {env_id(cfg)} on {device}{job}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
+              f"{run_dir}", flush=True)
+        print(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}", flush=True)
+        if resumed:
+            print(f"rssm: resumed from {resumed[0]} at env step {progress.env_steps}, update {progress.updates}",
+                  flush=True)
 
     def save() -> None:
-        save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng)
+        save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng, ranks)
 
     with StopRequested() as stop:  # until the end: a signal during the save must not interrupt it
         try:
-            last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop)
+            last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop, ranks)
             save()
-            if not stop.signum or not cfg.replay.save:  # without a saved replay, the weights are all there is
-                save_model(agent, run_dir / "model.pt")
+            if ranks.main and (not stop.signum or not cfg.replay.save):  # without a saved replay, the weights are
+                save_model(agent, run_dir / "model.pt")  # all there is
         except EnvFailing as e:  # the run's state is whole: keep it
             save()
-            raise RunStopped(f"{e}; checkpoint saved at env step {collector.env_steps}, continue with: {PROG} "
-                             f"resume={shlex.quote(str(run_dir))} once the env is fixed", 1) from None
+            raise RunStopped(f"{e}; checkpoint saved at env step {progress.env_steps}, continue with: "
+                             f"{_again(run_dir, ranks)} once the env is fixed", 1) from None
         except NonFiniteModel as e:
-            raise RunStopped(f"{e} at env step {collector.env_steps}; stopped, the last checkpoint in {run_dir} is "
+            raise RunStopped(f"{e} at env step {progress.env_steps}; stopped, the last checkpoint in {run_dir} is "
                              f"kept", 1) from None
         finally:
             collector.envs.close()
     if stop.signum and not cfg.replay.save:
-        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; "
+        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {progress.env_steps}; "
                          f"weights saved to {run_dir / 'model.pt'} (replay.save=false: the run cannot be resumed)",
                          128 + stop.signum)
     if stop.signum:
-        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {collector.env_steps}; checkpoint "
-                         f"saved, continue with: {PROG} resume={shlex.quote(str(run_dir))}", 128 + stop.signum)
+        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {progress.env_steps}; "
+                         f"checkpoint saved, continue with: {_again(run_dir, ranks)}", 128 + stop.signum)
     return last
 
 
@@ -320,73 +286,145 @@ def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
 
 
 def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,
-          rng: np.random.Generator, stop: StopRequested) -> dict[str, float]:
-    """Collect and update until `trainer.steps` env steps or a stop signal; checkpoint on the way."""
+          rng: np.random.Generator, stop: StopRequested, ranks: Ranks) -> dict[str, float]:
+    """Collect and update until `trainer.steps` env steps (of all ranks) or a stop signal; checkpoint on the way.
+    Every rank runs this loop in step with the others: they agree on the env steps after each step of their envs,
+    so that they update, log, evaluate and checkpoint at the same steps."""
     t, spec, p = cfg.trainer, collector.spec, progress
-    replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length
-    logger = Logger(run_dir, t.steps, t.progress, start=collector.env_steps)
+    replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length * ranks.world
+    logger = Logger(run_dir, t.steps, t.progress and ranks.main, start=p.env_steps) if ranks.main else None
     tracker, last, warn_at = p.tracker, {}, collector.failures + 1
-    clock, clock_steps, clock_updates = time.perf_counter(), collector.env_steps, p.updates
+    clock = time.perf_counter(), p.env_steps, p.updates  # when the last log was written, at what step and update
     if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
         p.actions, p.actor_state = random_action(spec, rng, collector.num), None
     try:
-        if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, collector.env_steps):
+        if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, p.env_steps, ranks):
             return last  # the evaluation a signal abandoned, redone at its step
-        while collector.env_steps < t.steps and not stop.signum:
-            before = collector.env_steps
-            transitions, episodes = collector.step(p.actions)
+        while p.env_steps < t.steps and not stop.signum:
+            before = p.env_steps
+            transitions, episodes = _collect(collector, p, stop, ranks)
             replay.add(transitions)
-            if collector.failures >= warn_at:  # at failures 1, 2, 4, 8, ...: a flaky env cannot flood the terminal
-                print(f"rssm: warning: {collector.last_error}; env restarted, episodes dropped (failure "
-                      f"{collector.failures}; the next warning at failure {2 * collector.failures})", file=sys.stderr)
-                warn_at = 2 * collector.failures
+            warn_at = _warn_failures(collector, warn_at, ranks)
             p.actions, p.actor_state = _next_actions(agent, transitions, p.actor_state, spec, rng,
-                                                     collector.env_steps < t.prefill)
+                                                     p.env_steps < t.prefill)
             for episode in episodes:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 p.last_return = episode["return"]
-            steps = collector.env_steps
+            steps = p.env_steps
             if steps == before:
                 continue  # only resets, which are not env steps
             p.updates_due += max(0, steps - max(before, t.prefill)) * t.train_ratio / replayed_per_update
             _updates(cfg, run_dir, agent, replay, p, tracker, steps)
-            if crossed(before, steps, t.openloop_every):
+            if ranks.main and crossed(before, steps, t.openloop_every):
                 scalars, videos = open_loop_metrics(cfg, agent, replay, steps)
                 logger.scalars(scalars, steps)
                 logger.videos(videos, steps)
             eval_due = agent.actor is not None and (crossed(before, steps, t.eval_every) or steps >= t.steps)
             if crossed(before, steps, t.log_every) or steps >= t.steps or eval_due:
-                elapsed = time.perf_counter() - clock
-                last = tracker.means()
-                last.update({"perf/env_steps_per_s": (steps - clock_steps) / elapsed,
-                             "perf/updates_per_s": (p.updates - clock_updates) / elapsed,
-                             "perf/updates": float(p.updates), "train/skipped_updates": float(agent.skipped),
-                             "train/env_failures": float(collector.failures)})
-                logger.scalars(last, steps)
+                last = _log(logger, agent, collector, p, ranks, clock)
                 p.eval_pending = eval_due
-                if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps):
+                if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps, ranks):
                     break
-                clock, clock_steps, clock_updates = time.perf_counter(), steps, p.updates
+                clock = time.perf_counter(), steps, p.updates
             if crossed(before, steps, t.checkpoint_every) and steps < t.steps:
-                save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng)
-            logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
-                            ret=f"{p.last_return:.1f}")
+                save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng, ranks)
+            if logger:
+                logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
+                                ret=f"{p.last_return:.1f}")
     finally:
-        logger.close()
+        if logger:
+            logger.close()
     return last
 
 
-def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequested, logger: Logger,
-                  last: dict[str, float], steps: int) -> bool:
-    """Run the evaluation due at `steps` and log it (into `last` too). Returns whether the run should end: a
-    signal abandoned it (`p.eval_pending` stays set, so the checkpoint's resumed run redoes it), or its mean
-    return reached `trainer.stop_return`."""
-    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop)
-    if metrics is None:
+def _log(logger: Logger | None, agent: Agent, collector: Collector, p: Progress, ranks: Ranks,
+         clock: tuple[float, int, int]) -> dict[str, float]:
+    """The means of the metrics since the last log (`clock`: its time, env step and update), over every rank,
+    with the speed of training; written by rank 0."""
+    _, then_steps, then_updates = clock
+    elapsed = time.perf_counter() - clock[0]
+    metrics, failures = _means(p.tracker, collector, ranks)
+    metrics.update({"perf/env_steps_per_s": (p.env_steps - then_steps) / elapsed,
+                    "perf/updates_per_s": (p.updates - then_updates) / elapsed,
+                    "perf/updates": float(p.updates), "train/skipped_updates": float(agent.skipped),
+                    "train/env_failures": float(failures)})
+    if logger:
+        logger.scalars(metrics, p.env_steps)
+    return metrics
+
+
+def _warn_failures(collector: Collector, warn_at: int, ranks: Ranks) -> int:
+    """Warn of env failures at failures 1, 2, 4, 8, ... (a flaky env cannot flood the terminal); returns the
+    failure count of the next warning."""
+    if collector.failures < warn_at:
+        return warn_at
+    print(f"rssm: warning: {_rank(ranks)}{collector.last_error}; env restarted, episodes dropped (failure "
+          f"{collector.failures}; the next warning at failure {2 * collector.failures})", file=sys.stderr)
+    return 2 * collector.failures
+
+
+def _again(run_dir: Path, ranks: Ranks) -> str:
+    """The command that continues the run in `run_dir`."""
+    launch = f"torchrun with {ranks.world} ranks: " if ranks.world > 1 else ""
+    return f"{launch}{PROG} resume={shlex.quote(str(run_dir))}"
+
+
+def _rank(ranks: Ranks) -> str:
+    """'rank K: ' before what one rank of several reports; nothing in a single process."""
+    return f"rank {ranks.rank}: " if ranks.world > 1 else ""
+
+
+def _collect(collector: Collector, p: Progress, stop: StopRequested,
+             ranks: Ranks) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+    """One step of this rank's envs; `p.env_steps` then counts the env steps of every rank. The ranks agree on
+    it, and on a stop: a signal that reached any rank stops them all (`stop.signum`), as does an env failing on
+    any rank (EnvFailing on every rank)."""
+    before = collector.env_steps
+    try:
+        transitions, episodes, failure = *collector.step(p.actions), None
+    except EnvFailing as e:
+        if ranks.world == 1:
+            raise
+        transitions, episodes, failure = {}, [], f"rank {ranks.rank}: {e}"
+    steps, sigint, sigterm, failing = ranks.sum([collector.env_steps - before, stop.signum == signal.SIGINT,
+                                                 stop.signum == signal.SIGTERM, failure is not None])
+    p.env_steps += steps
+    if failing:
+        raise EnvFailing("; ".join(f for f in ranks.gather(failure) if f))
+    if not stop.signum and (sigint or sigterm):
+        stop.signum = signal.SIGINT if sigint else signal.SIGTERM
+    return transitions, episodes
+
+
+def _means(tracker: MeanTracker, collector: Collector, ranks: Ranks) -> tuple[dict[str, float], int]:
+    """The tracked metrics' means since the last log over every rank's values (each rank's episodes, its own
+    losses), and the env failures of all ranks."""
+    if ranks.world == 1:
+        return tracker.means(), collector.failures
+    parts = ranks.gather((tracker.totals(), collector.failures))
+    return MeanTracker.merge([totals for totals, _ in parts]), sum(failures for _, failures in parts)
+
+
+def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequested, logger: Logger | None,
+                  last: dict[str, float], steps: int, ranks: Ranks) -> bool:
+    """Run the evaluation due at `steps` (rank 0; the others wait for its outcome) and log it (into `last` too).
+    Returns whether the run should end: a signal abandoned it (`p.eval_pending` stays set, so the checkpoint's
+    resumed run redoes it), or its mean return reached `trainer.stop_return`."""
+    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop) if ranks.main else None
+    abandoned, reached = ranks.share((metrics is None, _reached(cfg, metrics, steps) if metrics else False))
+    if abandoned:
+        if not stop.signum:  # the signal reached rank 0 alone: every rank stops with it
+            stop.signum = signal.SIGTERM
         return True
     p.eval_pending = False
-    last.update(metrics)
-    logger.scalars(metrics, steps)
+    if metrics:
+        last.update(metrics)
+        logger.scalars(metrics, steps)
+    return reached
+
+
+def _reached(cfg: DictConfig, metrics: dict[str, float], steps: int) -> bool:
+    """Whether the mean eval return reached `trainer.stop_return` (said in one line)."""
     stop_return = cfg.trainer.stop_return
     if stop_return is not None and metrics["eval/return_mean"] >= stop_return:
         print(f"rssm: mean eval return {metrics['eval/return_mean']:.1f} >= trainer.stop_return at env step "
@@ -402,14 +440,15 @@ def objective(cfg: DictConfig, last: dict[str, float]) -> float:
     return float(last.get(key, float("nan")))
 
 
-def run(cfg: DictConfig, held: HeldStderr) -> float:
+def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
     """The task of `rssm-train`: a new run in hydra's output directory, or with `resume=` the run's own
-    config plus what the command line changes, continued in the run's directory."""
+    config plus what the command line changes, continued in the run's directory. Under torchrun, one rank of
+    the job, in rank 0's directory."""
     held.release()
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        run_dir = Path(hydra_cfg.runtime.output_dir)
         if cfg.resume:
             cfg, overrides, changes = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
             run_dir = checkpoint_path(cfg.resume).parent
@@ -417,11 +456,15 @@ def run(cfg: DictConfig, held: HeldStderr) -> float:
                 print(f"rssm: resuming with changes: {'; '.join(changes)}", flush=True)
         else:
             overrides = merge_overrides([], overrides)
-        last = train(cfg, run_dir, overrides)
+        last = train(cfg, ranks.share(run_dir), overrides, ranks)
     except UserError as e:
-        fail(str(e))
+        fail(f"{_rank(ranks)}{e}")
+    except PeerLost as e:
+        print(f"{PROG}: rank {ranks.rank}: another rank of the job ended ({e}); stopping, the last checkpoint in "
+              f"{run_dir} is kept", file=sys.stderr, flush=True)
+        sys.exit(1)
     except RunStopped as e:
-        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {_rank(ranks)}{e}", file=sys.stderr, flush=True)
         if e.status == 1 and hydra_cfg.mode == RunMode.MULTIRUN:
             return float("nan")  # a diverged trial of a sweep: the sweeper goes on with the next
         sys.exit(e.status)
@@ -430,12 +473,16 @@ def run(cfg: DictConfig, held: HeldStderr) -> float:
 
 def main() -> None:
     """`rssm-train [overrides]`: hydra composes the config from configs/ and the command line."""
-    register_configs()
-    register_resolvers()
-    sys.argv = [sys.argv[0], *with_general_env(sys.argv[1:])]
-    with HeldStderr() as held:
-        hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)(
-            lambda cfg: run(cfg, held))()
+    ranks = distributed.start()  # one rank of a torchrun job, or the single process
+    try:
+        register_configs()
+        register_resolvers(ranks.share(datetime.now()))  # rank 0's start time names the run's directory
+        sys.argv = [sys.argv[0], *with_general_env(sys.argv[1:])]
+        with HeldStderr() as held:
+            hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)(
+                lambda cfg: run(cfg, held, ranks))()
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

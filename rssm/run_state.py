@@ -1,0 +1,85 @@
+"""What the training loop carries from one env step to the next (`Progress`), and how a run stops: a signal
+(`StopRequested`) or a reason to end early (`RunStopped`)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rssm.logging import MeanTracker
+from rssm.rssm import RSSMState
+
+
+@dataclass
+class Progress:
+    """The training loop's own state (the collector and agent keep theirs): its counters, and what it carries
+    from one env step to the next, so that a resumed run goes on as the run that was never stopped."""
+
+    updates: int = 0
+    env_steps: int = 0  # env steps of all ranks together (of the collector, in a single process)
+    updates_due: float = 0.0  # fractional updates owed under the train ratio
+    last_return: float = float("nan")
+    actions: np.ndarray | None = None  # the next env step's actions (N, A); None: random ones at the start
+    actor_state: RSSMState | None = None  # the actor's model state after the latest transitions (batch N)
+    tracker: MeanTracker = field(default_factory=MeanTracker)  # metrics since the last log
+    eval_pending: bool = False  # a signal abandoned the evaluation due at this step: the resumed run does it
+
+    def state_dict(self) -> dict:
+        """Numbers, arrays and CPU tensors (`rssm.checkpoint.to_tensors` makes the arrays tensors)."""
+        state = None if self.actor_state is None else {k: v.cpu() for k, v in self.actor_state._asdict().items()}
+        return {"updates": self.updates, "env_steps": self.env_steps, "updates_due": self.updates_due,
+                "last_return": self.last_return,
+                "actions": self.actions, "actor_state": state, "tracker": self.tracker.state_dict(),
+                "eval_pending": self.eval_pending}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device, env_steps: int) -> Progress:
+        """Rebuild from `state_dict` as a checkpoint holds it; a checkpoint from before the loop's state was
+        saved has the counters only, and one from before the ranks' env steps were counted has the collector's
+        `env_steps`."""
+        progress = cls(state["updates"], int(state.get("env_steps", env_steps)), state["updates_due"],
+                       state["last_return"])
+        progress.eval_pending = bool(state.get("eval_pending", False))
+        if state.get("actions") is not None:
+            progress.actions = np.asarray(state["actions"])
+        if state.get("actor_state") is not None:
+            progress.actor_state = RSSMState(**{k: v.to(device) for k, v in state["actor_state"].items()})
+        progress.tracker.load_state_dict(state.get("tracker", {}), device)
+        return progress
+
+
+class StopRequested:
+    """Turns SIGINT and SIGTERM into a flag the loop and evaluation check between env steps (main thread only).
+    Installed for the whole run, checkpoint save included: a second signal during the save is noted, never
+    raised inside it."""
+
+    def __init__(self):
+        self.signum, self._previous = 0, {}
+
+    def __enter__(self) -> StopRequested:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = self.signum or signum  # the first signal names the stop
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class RunStopped(Exception):
+    """The run stopped early (signal, diverging losses); `status` is the process exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status

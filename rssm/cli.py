@@ -26,9 +26,16 @@ OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its con
 _RESUME_KEYS = ("resume", "allow_changes")
 
 
+def say(line: str) -> None:
+    """Write one line to stderr in one write: the ranks of a torchrun job share it, and a line written in parts
+    (as `print` writes text and newline) can be cut by another rank's."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def fail(message: str) -> None:
     """Print one line and exit with status 2: the user's input was at fault, not the program."""
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    say(f"{PROG}: error: {message}")
     sys.exit(2)
 
 

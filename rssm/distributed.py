@@ -11,6 +11,7 @@ evaluation and checkpoint time (`Ranks.gather`, `Ranks.share`).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -118,6 +119,24 @@ def _reason(error: Exception) -> str:
     """The gist of a backend's error: its first sentence, without the source location gloo puts first."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text.split("] ", 1)[-1].split(". ")[0]
+
+
+def absent(ranks: Ranks, wait: float = 2.0) -> list[int]:
+    """After a collective failed: the ranks that do not answer within `wait` seconds, found through the job's
+    key-value store (torchrun's rendezvous store, which outlives the ranks). Every rank that is still alive marks
+    itself there; the ones missing have ended (or hang). Empty if the store cannot tell."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        key = f"rssm/alive/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        store.set(f"{key}/{ranks.rank}", "1")
+        deadline = time.monotonic() + wait
+        while True:
+            missing = [r for r in range(ranks.world) if not store.check([f"{key}/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the store went with the job: nothing to tell
+        return []
 
 
 def start() -> Ranks:

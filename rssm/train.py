@@ -35,6 +35,7 @@ from rssm.cli import (
     merge_overrides,
     register_resolvers,
     resumed_config,
+    say,
     with_general_env,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
@@ -358,8 +359,8 @@ def _warn_failures(collector: Collector, warn_at: int, ranks: Ranks) -> int:
     failure count of the next warning."""
     if collector.failures < warn_at:
         return warn_at
-    print(f"rssm: warning: {_rank(ranks)}{collector.last_error}; env restarted, episodes dropped (failure "
-          f"{collector.failures}; the next warning at failure {2 * collector.failures})", file=sys.stderr)
+    say(f"rssm: warning: {_rank(ranks)}{collector.last_error}; env restarted, episodes dropped (failure "
+        f"{collector.failures}; the next warning at failure {2 * collector.failures})")
     return 2 * collector.failures
 
 
@@ -460,11 +461,14 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
     except UserError as e:
         fail(f"{_rank(ranks)}{e}")
     except PeerLost as e:
-        print(f"{PROG}: rank {ranks.rank}: another rank of the job ended ({e}); stopping, the last checkpoint in "
-              f"{run_dir} is kept", file=sys.stderr, flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop of the survivors: this one is stopping already
+            signal.signal(sig, signal.SIG_IGN)
+        gone = distributed.absent(ranks)
+        who = f"rank {', '.join(map(str, gone))} of the job ended" if gone else "another rank of the job ended"
+        say(f"{PROG}: rank {ranks.rank}: {who} ({e}); stopping, the last checkpoint in {run_dir} is kept")
         sys.exit(1)
     except RunStopped as e:
-        print(f"{PROG}: {_rank(ranks)}{e}", file=sys.stderr, flush=True)
+        say(f"{PROG}: {_rank(ranks)}{e}")
         if e.status == 1 and hydra_cfg.mode == RunMode.MULTIRUN:
             return float("nan")  # a diverged trial of a sweep: the sweeper goes on with the next
         sys.exit(e.status)

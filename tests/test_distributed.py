@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -85,10 +86,12 @@ def test_metric_totals_merge_into_the_means_over_all_values():
     assert merged == {"loss": 3.0, "episode/return": 10.0}
 
 
-def torchrun(*args: str, cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node=2 --standalone -m rssm.train ARGS`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m",
-               "rssm.train", *args]
+def torchrun(*args: str, cwd: Path, env: dict[str, str], script: bool = False,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node=2 --standalone -m rssm.train ARGS`, or with `script` `... $(which rssm-train)
+    ARGS` (the console script of this Python: a shim on PATH, such as pyenv's, may not be a Python file)."""
+    entry = [str(Path(sysconfig.get_path("scripts")) / "rssm-train")] if script else ["-m", "rssm.train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", *entry, *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
@@ -114,7 +117,7 @@ def test_torchrun_trains_one_run_with_two_ranks_and_resumes_it_as_if_never_stopp
     assert (run_dir / "model.pt").is_file()
 
     proc = torchrun(f"resume={run_dir}", "trainer.steps=300", "allow_changes=[trainer.steps]", cwd=tmp_path,
-                    env=cli_environ)
+                    env=cli_environ, script=True)  # the console script, as `torchrun $(which rssm-train)`
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     # The same run, never stopped, ends with the same weights.
@@ -147,15 +150,22 @@ def _start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]
     return job, run_dir
 
 
+def _rank_of(pid: int) -> int:
+    """The rank torchrun gave the worker process `pid` (its RANK environment variable)."""
+    environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+    return int(environ[b"RANK"])
+
+
 def test_a_rank_that_dies_ends_the_job_with_one_line_and_a_loadable_checkpoint(tmp_path, cli_environ):
     job, run_dir = _start(tmp_path, cli_environ)
-    ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
-    assert len(ranks) == 2
-    os.kill(int(max(ranks, key=int)), signal.SIGKILL)  # the rank started last
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    rank = {_rank_of(int(pid)): int(pid) for pid in workers}
+    assert sorted(rank) == [0, 1]
+    os.kill(rank[1], signal.SIGKILL)
     _, err = job.communicate(timeout=60)
     assert job.returncode != 0
     lines = [line for line in err.splitlines() if line.startswith("rssm-train:")]
-    assert len(lines) == 1 and "another rank of the job ended" in lines[0] and "checkpoint" in lines[0], err[-3000:]
+    assert len(lines) == 1 and "rank 0: rank 1 of the job ended" in lines[0] and "checkpoint" in lines[0], err[-3000:]
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert len(state["ranks"]) == 2
 
@@ -174,15 +184,16 @@ def test_sigterm_to_torchrun_saves_and_stops_every_rank(tmp_path, cli_environ):
 
 
 def test_two_machines_rendezvous_over_loopback_and_train_one_run(tmp_path, cli_environ):
-    run_dir = tmp_path / "run"
     port = 29_000 + np.random.default_rng().integers(0, 1000)
-    args = ("experiment=debug", "trainer.progress=false", "trainer.steps=200", f"hydra.run.dir={run_dir}")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--nnodes=2",
                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rssm-test", "-m", "rssm.train",
-               *args]
+               "experiment=debug", "trainer.progress=false", "trainer.steps=200"]
     nodes = [subprocess.Popen([*command[:3], f"--node-rank={k}", *command[3:]], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=cli_environ) for k in (0, 1)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
-    state = load_checkpoint(run_dir / "checkpoint.pt")
+    # One run directory under hydra's default outputs/<date>/<time>, named by rank 0's start time.
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1, runs
+    state = load_checkpoint(runs[0] / "checkpoint.pt")
     assert [part["collector"]["env_steps"] > 90 for part in state["ranks"]] == [True, True]

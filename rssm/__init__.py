@@ -1,6 +1,29 @@
-"""rssm: a Dreamer-style world-model trainer."""
+"""rssm: a Dreamer-style world-model trainer.
+
+`rssm.load(path)` gives a trained run from Python (`rssm.api`); `rssm.RSSM` and `rssm.kl_divergence` are the model's
+core pieces.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
 
 from rssm.distributions import kl_divergence
 from rssm.rssm import RSSM, RSSMState
 
-__all__ = ["RSSM", "RSSMState", "kl_divergence"]
+try:
+    __version__ = version("rssm")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
+
+_API = ("load", "Loaded", "Policy", "PolicyState")
+
+
+def __getattr__(name: str):
+    """The Python API (`rssm.api`), imported when first used: `import rssm` stays light."""
+    if name in _API:
+        from rssm import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rssm' has no attribute {name!r}")
+
+
+__all__ = ["RSSM", "RSSMState", "__version__", "kl_divergence", *_API]

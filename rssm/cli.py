@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
-from rssm.config import ABSENT_MEANS, Config, UserError, check_changes, config_changes, flatten, validate
+from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
 from rssm.files import check_run_dir
 
 PROG = "rssm-train"
@@ -194,7 +194,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
                         f"{one_line(str(e))}") from None
     named = {_key(o) for o in given if "=" in o}
     touched = {k: v for k, v in new.items() if k in named or old.get(k, _ABSENT) != v}
-    base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(unflatten(ABSENT_MEANS)), saved_config)
+    base = saved_run_config(saved_config)
     for key, value in touched.items():
         OmegaConf.update(base, key, value, force_add=True)
     base.resume, base.allow_changes = cfg.resume, list(cfg.allow_changes)
@@ -204,14 +204,3 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
 
 
 _ABSENT = object()
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out

@@ -306,6 +306,23 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def saved_run_config(saved: dict) -> DictConfig:
+    """A run's config as its checkpoint or config.yaml holds it, over the schema: a key the run's version did not
+    have yet means what it meant then (`ABSENT_MEANS`), or else the schema's default."""
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(unflatten(ABSENT_MEANS)), saved)
+
+
 def config_changes(saved: dict, cfg: DictConfig, everything: bool = False) -> list[str]:
     """Keys whose value in `cfg` differs from the run's `saved` config and that `cfg.allow_changes` does not
     allow (with `everything`: all of them but `resume` and `allow_changes`), each as 'key: saved -> new'."""

@@ -20,7 +20,7 @@ from rssm.agent import NonFiniteModel
 from rssm.build import build_agent, build_env, build_envs, env_id, resolve_device
 from rssm.checkpoint import CHECKPOINT
 from rssm.collector import Collector
-from rssm.config import Config, UserError, validate
+from rssm.config import UserError, saved_run_config, validate
 from rssm.envs import EnvSpec
 from rssm.files import atomic_write
 from rssm.logging import encode_gif
@@ -82,9 +82,9 @@ def load_run(run_dir: Path, device: str, policy: bool = True):
     for path in (config_path, model_path):
         if not path.is_file():
             raise UserError(f"{path} not found: is {run_dir} an rssm run directory?")
-    # Over the schema's defaults: a run saved before a key existed has the key's default behaviour.
+    # A key the run's version did not have means what it meant then (`saved_run_config`).
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
+        cfg = saved_run_config(OmegaConf.to_container(OmegaConf.load(config_path)))
     except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError) as e:
         raise UserError(f"cannot read {config_path}: {_first_line(e)}") from None
     validate(cfg)

@@ -1,0 +1,99 @@
+"""The Python API: `rssm.load` and the policy's `predict`."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rssm
+from rssm.config import UserError
+from rssm.train import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Finished debug runs: CartPole (discrete) and Pendulum (continuous)."""
+    from hydra import compose, initialize_config_module
+
+    from rssm.config import register_configs
+
+    register_configs()
+    root = tmp_path_factory.mktemp("runs")
+    with initialize_config_module("rssm.configs", version_base=None):
+        for env in ("cartpole", "pendulum"):
+            cfg = compose("config", overrides=[f"env={env}", "experiment=debug", "trainer.steps=200",
+                                               "trainer.progress=false"])
+            train(cfg, root / env)
+    return root
+
+
+def test_load_gives_the_config_spec_world_model_and_policy(runs):
+    for where in (str(runs / "cartpole"), runs / "cartpole", runs / "cartpole" / "checkpoint.pt"):
+        run = rssm.load(where)
+        assert run.config.env.id == "CartPole-v1" and run.spec.discrete and run.policy is not None
+        saved = torch.load(runs / "cartpole" / "model.pt", weights_only=True)["world_model"]
+        assert all(torch.equal(v, saved[k]) for k, v in run.world_model.state_dict().items())
+    assert rssm.__version__
+
+
+def test_a_stopped_run_loads_from_its_checkpoint(runs, tmp_path):
+    stopped = tmp_path / "stopped"
+    shutil.copytree(runs / "cartpole", stopped)
+    (stopped / "model.pt").unlink()  # as a run stopped by a signal leaves it
+    run = rssm.load(stopped)
+    assert run.path == stopped / "checkpoint.pt"
+    # And a directory with model.pt and config.yaml alone (a run of replay.save=false, or a copy).
+    (stopped / "checkpoint.pt").unlink()
+    shutil.copy(runs / "cartpole" / "model.pt", stopped / "model.pt")
+    assert rssm.load(stopped).path == stopped / "model.pt"
+
+
+def test_load_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(UserError, match="no rssm run at"):
+        rssm.load(tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        rssm.load(tmp_path / "junk.pt")
+
+
+def test_predict_takes_env_observations_single_or_batched_and_returns_env_actions(runs):
+    run = rssm.load(runs / "cartpole")
+    env = run.make_env()
+    obs, _ = env.reset(seed=0)
+    action, state = run.policy.predict(obs)
+    assert env.action_space.contains(action)
+    # A batch of the same observation gives the same action N times; a new episode_start forgets the state.
+    actions, _ = run.policy.predict(np.stack([obs] * 3))
+    assert actions.shape == (3,) and (actions == action).all()
+    obs, *_ = env.step(action)
+    again, state2 = run.policy.predict(obs, state)
+    fresh, _ = run.policy.predict(obs)
+    restarted, _ = run.policy.predict(obs, state, episode_start=True)
+    assert restarted == fresh
+    assert not torch.equal(state2.model.deter, run.policy.predict(obs)[1].model.deter)  # the state carried on
+    with pytest.raises(ValueError, match="observation 'obs' has shape"):
+        run.policy.predict(np.zeros((2, 3, 4)))
+
+
+def test_predict_plays_a_continuous_env_within_its_bounds(runs):
+    run = rssm.load(runs / "pendulum")
+    env = run.make_env()
+    obs, _ = env.reset(seed=1)
+    state, total = None, 0.0
+    for _ in range(20):
+        action, state = run.policy.predict(obs, state, deterministic=False)
+        assert env.action_space.contains(action.astype(np.float32))
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += reward
+    assert np.isfinite(total)
+
+
+def test_the_readme_example_runs(runs, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    monkeypatch.chdir(runs)
+    exec(compile(code.replace('"outputs/2026-11-29/12-00-00"', '"cartpole"'), "README.md", "exec"), {})

@@ -7,6 +7,7 @@ in any hydra app); rssm validates it inside the task function.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import sys
 from datetime import datetime
@@ -37,6 +38,15 @@ def fail(message: str) -> None:
     """Print one line and exit with status 2: the user's input was at fault, not the program."""
     say(f"{PROG}: error: {message}")
     sys.exit(2)
+
+
+def config_source() -> str:
+    """Where hydra finds the configs: the installed package `rssm.configs`, or, when a source tree's `rssm/`
+    shadows the installed package (`python -m rssm.train` in the repository root after `pip install .`), the
+    tree's own `configs/`."""
+    if importlib.util.find_spec("rssm.configs") is not None:
+        return "pkg://rssm.configs"
+    return str(Path(__file__).resolve().parents[1] / "configs")
 
 
 # Env configs.

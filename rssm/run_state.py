@@ -55,10 +55,23 @@ class Progress:
 class StopRequested:
     """Turns SIGINT and SIGTERM into a flag the loop and evaluation check between env steps (main thread only).
     Installed for the whole run, checkpoint save included: a second signal during the save is noted, never
-    raised inside it."""
+    raised inside it.
 
-    def __init__(self):
-        self.signum, self._previous = 0, {}
+    In a data-parallel job a signal reaches the ranks at different points of their loop, so the loop does not
+    read `signum` there: it reads `agreed`, the signal the ranks agreed on after their last env step (the loop
+    sets it), and every rank leaves the loop at the same step. In a single process `agreed` is `signum`."""
+
+    def __init__(self, shared: bool = False):
+        self.signum, self.shared, self._agreed, self._previous = 0, shared, 0, {}
+
+    @property
+    def agreed(self) -> int:
+        return self._agreed if self.shared else self.signum
+
+    @agreed.setter
+    def agreed(self, signum: int) -> None:
+        self._agreed = signum
+        self.signum = self.signum or signum
 
     def __enter__(self) -> StopRequested:
         if threading.current_thread() is threading.main_thread():

@@ -31,6 +31,7 @@ from rssm.cli import (
     OVERRIDES,
     PROG,
     HeldStderr,
+    config_source,
     fail,
     merge_overrides,
     register_resolvers,
@@ -176,7 +177,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     seed_everything(cfg.seed)  # the same initial weights on every rank
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = ranks.device(resolve_device(cfg.device))
+    device = _device(cfg, ranks)
     seed = rank_seed(cfg.seed, ranks)
 
     def remake_envs():
@@ -208,11 +209,11 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     def save() -> None:
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng, ranks)
 
-    with StopRequested() as stop:  # until the end: a signal during the save must not interrupt it
+    with StopRequested(shared=ranks.world > 1) as stop:  # until the end: a signal during the save must not interrupt it
         try:
             last = _loop(cfg, run_dir, agent, replay, collector, progress, rng, stop, ranks)
             save()
-            if ranks.main and (not stop.signum or not cfg.replay.save):  # without a saved replay, the weights are
+            if ranks.main and (not stop.agreed or not cfg.replay.save):  # without a saved replay, the weights are
                 save_model(agent, run_dir / "model.pt")  # all there is
         except EnvFailing as e:  # the run's state is whole: keep it
             save()
@@ -223,14 +224,23 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
                              f"kept", 1) from None
         finally:
             collector.envs.close()
-    if stop.signum and not cfg.replay.save:
-        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {progress.env_steps}; "
+    if stop.agreed and not cfg.replay.save:
+        raise RunStopped(f"stopped by {signal.Signals(stop.agreed).name} at env step {progress.env_steps}; "
                          f"weights saved to {run_dir / 'model.pt'} (replay.save=false: the run cannot be resumed)",
-                         128 + stop.signum)
-    if stop.signum:
-        raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at env step {progress.env_steps}; "
-                         f"checkpoint saved, continue with: {_again(run_dir, ranks)}", 128 + stop.signum)
+                         128 + stop.agreed)
+    if stop.agreed:
+        raise RunStopped(f"stopped by {signal.Signals(stop.agreed).name} at env step {progress.env_steps}; "
+                         f"checkpoint saved, continue with: {_again(run_dir, ranks)}", 128 + stop.agreed)
     return last
+
+
+def _device(cfg: DictConfig, ranks: Ranks) -> torch.device:
+    """The config's device; in a job of several ranks on a machine with GPUs, this rank's own GPU, made the current
+    one (so that NCCL's own buffers go to it, not to GPU 0)."""
+    device = ranks.device(resolve_device(cfg.device))
+    if device.type == "cuda" and ranks.world > 1:
+        torch.cuda.set_device(device)
+    return device
 
 
 def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Progress, tracker: MeanTracker,
@@ -301,7 +311,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     try:
         if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, p.env_steps, ranks):
             return last  # the evaluation a signal abandoned, redone at its step
-        while p.env_steps < t.steps and not stop.signum:
+        while p.env_steps < t.steps and not stop.agreed:
             before = p.env_steps
             transitions, episodes = _collect(collector, p, stop, ranks)
             replay.add(transitions)
@@ -378,7 +388,7 @@ def _rank(ranks: Ranks) -> str:
 def _collect(collector: Collector, p: Progress, stop: StopRequested,
              ranks: Ranks) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
     """One step of this rank's envs; `p.env_steps` then counts the env steps of every rank. The ranks agree on
-    it, and on a stop: a signal that reached any rank stops them all (`stop.signum`), as does an env failing on
+    it, and on a stop: a signal that reached any rank stops them all (`stop.agreed`), as does an env failing on
     any rank (EnvFailing on every rank)."""
     before = collector.env_steps
     try:
@@ -392,8 +402,8 @@ def _collect(collector: Collector, p: Progress, stop: StopRequested,
     p.env_steps += steps
     if failing:
         raise EnvFailing("; ".join(f for f in ranks.gather(failure) if f))
-    if not stop.signum and (sigint or sigterm):
-        stop.signum = signal.SIGINT if sigint else signal.SIGTERM
+    if sigint or sigterm:
+        stop.agreed = signal.SIGINT if sigint else signal.SIGTERM
     return transitions, episodes
 
 
@@ -413,9 +423,8 @@ def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequeste
     resumed run redoes it), or its mean return reached `trainer.stop_return`."""
     metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop) if ranks.main else None
     abandoned, reached = ranks.share((metrics is None, _reached(cfg, metrics, steps) if metrics else False))
-    if abandoned:
-        if not stop.signum:  # the signal reached rank 0 alone: every rank stops with it
-            stop.signum = signal.SIGTERM
+    if abandoned:  # a signal reached rank 0 in the evaluation: every rank stops with it
+        stop.agreed = stop.signum or signal.SIGTERM
         return True
     p.eval_pending = False
     if metrics:
@@ -461,18 +470,26 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
     except UserError as e:
         fail(f"{_rank(ranks)}{e}")
     except PeerLost as e:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop of the survivors: this one is stopping already
-            signal.signal(sig, signal.SIG_IGN)
+        _ending(ranks)
         gone = distributed.absent(ranks)
         who = f"rank {', '.join(map(str, gone))} of the job ended" if gone else "another rank of the job ended"
         say(f"{PROG}: rank {ranks.rank}: {who} ({e}); stopping, the last checkpoint in {run_dir} is kept")
         sys.exit(1)
     except RunStopped as e:
+        _ending(ranks)
         say(f"{PROG}: {_rank(ranks)}{e}")
         if e.status == 1 and hydra_cfg.mode == RunMode.MULTIRUN:
             return float("nan")  # a diverged trial of a sweep: the sweeper goes on with the next
         sys.exit(e.status)
     return objective(cfg, last)
+
+
+def _ending(ranks: Ranks) -> None:
+    """A rank that is ending ignores further stops: torchrun stops the other ranks once one has exited, and this
+    one's last line must not be cut short by it."""
+    if ranks.world > 1:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def main() -> None:
@@ -483,7 +500,7 @@ def main() -> None:
         register_resolvers(ranks.share(datetime.now()))  # rank 0's start time names the run's directory
         sys.argv = [sys.argv[0], *with_general_env(sys.argv[1:])]
         with HeldStderr() as held:
-            hydra.main(config_path="pkg://rssm.configs", config_name="config", version_base=None)(
+            hydra.main(config_path=config_source(), config_name="config", version_base=None)(
                 lambda cfg: run(cfg, held, ranks))()
     finally:
         distributed.stop()

@@ -3,6 +3,7 @@ that hydra or the run directory cause, each one line."""
 
 import hashlib
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -186,3 +187,13 @@ def test_shell_completion_completes_config_groups_and_keys(tmp_path):
 
     assert complete("rssm-train env=cartp") == ["env=cartpole", "env=cartpole_pixels"]
     assert "trainer.steps=" in complete("rssm-train trainer.st")
+
+
+def test_configs_come_from_the_source_tree_where_its_rssm_shadows_the_installed_package(monkeypatch):
+    import importlib.util
+
+    from rssm.cli import config_source
+
+    assert config_source() == "pkg://rssm.configs"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as from the root of a plain install
+    assert (Path(config_source()) / "config.yaml").is_file()

@@ -170,17 +170,24 @@ def test_a_rank_that_dies_ends_the_job_with_one_line_and_a_loadable_checkpoint(t
     assert len(state["ranks"]) == 2
 
 
-def test_sigterm_to_torchrun_saves_and_stops_every_rank(tmp_path, cli_environ):
+@pytest.mark.parametrize("to", ["torchrun", "rank 1"])
+def test_sigterm_saves_and_stops_every_rank_at_the_same_step(tmp_path, cli_environ, to):
     job, run_dir = _start(tmp_path, cli_environ)
     time.sleep(2)
-    job.send_signal(signal.SIGTERM)
+    if to == "torchrun":  # which passes it on to every rank
+        job.send_signal(signal.SIGTERM)
+    else:  # one rank alone: the ranks agree to stop at its next env step
+        workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(next(int(pid) for pid in workers if _rank_of(int(pid)) == 1), signal.SIGTERM)
     _, err = job.communicate(timeout=60)
     lines = sorted(line for line in err.splitlines() if line.startswith("rssm-train:"))
     assert [line.split(":")[1] for line in lines] == [" rank 0", " rank 1"], err[-3000:]
     assert all("stopped by SIGTERM" in line and "torchrun with 2 ranks: rssm-train resume=" in line for line in lines)
     state = load_checkpoint(run_dir / "checkpoint.pt")
     steps = {part["progress"]["env_steps"] for part in state["ranks"]}
-    assert len(steps) == 1 and f"at env step {steps.pop()};" in lines[0]
+    assert len(steps) == 1
+    step = steps.pop()
+    assert all(f"at env step {step};" in line for line in lines)
 
 
 def test_two_machines_rendezvous_over_loopback_and_train_one_run(tmp_path, cli_environ):

@@ -11,6 +11,7 @@ evaluation and checkpoint time (`Ranks.gather`, `Ranks.share`).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -150,7 +151,16 @@ def start() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def stop() -> None:
-    """Leave the job (at the end of a process that `start` joined)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def stop(together: bool) -> None:
+    """Leave the job (at the end of a process that `start` joined). `together`: after a run that ended well on
+    every rank, the ranks wait for each other and the process ends with status 0 at once."""
+    if not dist.is_initialized():
+        return
+    if together:
+        _collective(dist.barrier)
+        # Every rank is done with the others: end the process here. Tearing down gloo's connections at
+        # interpreter exit aborted a rank now and then (std::terminate, SIGABRT) after a run that had ended well.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    dist.destroy_process_group()

@@ -502,8 +502,10 @@ def main() -> None:
         with HeldStderr() as held:
             hydra.main(config_path=config_source(), config_name="config", version_base=None)(
                 lambda cfg: run(cfg, held, ranks))()
-    finally:
-        distributed.stop()
+    except BaseException:  # an exit with an error status, or a failure: the other ranks may be gone
+        distributed.stop(together=False)
+        raise
+    distributed.stop(together=True)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ try:
 except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
 
-_API = ("load", "Loaded", "Policy", "PolicyState")
+_API = {"load": "api", "Loaded": "api", "Policy": "api", "PolicyState": "api", "EnvModel": "imagination",
+        "Imagined": "imagination", "DreamEnv": "dream_env", "DreamVecEnv": "dream_env"}
 
 
 def __getattr__(name: str):
-    """The Python API (`rssm.api`), imported when first used: `import rssm` stays light."""
+    """The Python API (`rssm.api`, `rssm.imagination`, `rssm.dream_env`), imported when first used: `import rssm`
+    stays light."""
     if name in _API:
-        from rssm import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"rssm.{_API[name]}"), name)
     raise AttributeError(f"module 'rssm' has no attribute {name!r}")
 
 

@@ -31,8 +31,8 @@ from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.collector import transition
 from rssm.config import UserError, saved_run_config, validate
 from rssm.envs import EnvSpec, to_env_action
+from rssm.imagination import EnvModel
 from rssm.rssm import RSSMState
-from rssm.world_model import WorldModel
 
 
 class PolicyState(NamedTuple):
@@ -93,11 +93,12 @@ def _batched(obs: Any, spec: EnvSpec) -> bool:
 
 @dataclass
 class Loaded:
-    """A trained run: its config, env spec, world model and, for `agent=dreamer`, its policy."""
+    """A trained run: its config, env spec, world model (in the env's terms; its torch module is
+    `world_model.module`) and, for `agent=dreamer`, its policy."""
 
     config: DictConfig
     spec: EnvSpec
-    world_model: WorldModel
+    world_model: EnvModel
     policy: Policy | None
     agent: Agent
     path: Path  # the file the weights came from
@@ -143,7 +144,8 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
         raise UserError(f"cannot load the weights in {path}: {str(e).strip().splitlines()[0]}") from None
     for module in agent.modules().values():
         module.eval()
-    return Loaded(cfg, spec, agent.wm, Policy(agent, spec) if agent.actor is not None else None, agent, path)
+    policy = Policy(agent, spec) if agent.actor is not None else None
+    return Loaded(cfg, spec, EnvModel(agent.wm, spec, agent.actor), policy, agent, path)
 
 
 def _config_file(path: Path) -> DictConfig:

@@ -202,3 +202,11 @@ def restore_run(path: Path, state: dict, agent: Agent, replay: Replay, collector
     set_rng_state(part["rng"])
     rng.bit_generator.state = part["rng"]["actions"]
     return part["progress"]
+
+
+def save_model(agent: Agent, path: Path) -> None:
+    """The weights `rssm.load` and `rssm-eval` read: world model, and actor and critic where there are."""
+    state = {"world_model": agent.wm.state_dict()}
+    if agent.actor is not None:
+        state.update(actor=agent.actor.state_dict(), critic=agent.critic.state_dict())
+    atomic_write(path, lambda f: torch.save(state, f))

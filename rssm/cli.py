@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -27,16 +28,29 @@ OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its con
 _RESUME_KEYS = ("resume", "allow_changes")
 
 
-def say(line: str) -> None:
-    """Write one line to stderr in one write: the ranks of a torchrun job share it, and a line written in parts
-    (as `print` writes text and newline) can be cut by another rank's."""
+_LOG = logging.getLogger("rssm")  # rssm-train's job logging writes it to RUN_DIR/train.log (configs/hydra/)
+_LOG.addHandler(logging.NullHandler())  # and elsewhere it goes nowhere, unless the application configures logging
+
+
+def status(line: str) -> None:
+    """A status line: on stdout, and in the run's log (`logging`, INFO)."""
+    print(line, flush=True)
+    _LOG.info(line)
+
+
+def say(line: str, log: bool = True) -> None:
+    """Write one line to stderr in one write (the ranks of a torchrun job share it, and a line written in parts,
+    as `print` writes text and newline, can be cut by another rank's), and with `log` to the run's log (WARNING)."""
     sys.stderr.write(f"{line}\n")
     sys.stderr.flush()
+    if log:
+        _LOG.warning(line)
 
 
 def fail(message: str) -> None:
-    """Print one line and exit with status 2: the user's input was at fault, not the program."""
-    say(f"{PROG}: error: {message}")
+    """Print one line and exit with status 2: the user's input was at fault, not the program. Not logged: a refused
+    run leaves the directory it names as it was (another run's, it may be)."""
+    say(f"{PROG}: error: {message}", log=False)
     sys.exit(2)
 
 

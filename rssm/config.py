@@ -132,6 +132,42 @@ class TrainerConfig:
 
 
 @dataclass
+class WandbConfig:
+    enabled: bool = False  # logger=wandb sets it
+    project: str = "rssm"
+    entity: str = ""  # a user or team; "": wandb's default
+    mode: str = "offline"  # offline: no network, `wandb sync RUN_DIR/wandb/offline-run-*` later | online | disabled
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = False  # logger=mlflow sets it
+    tracking_uri: str = ""  # "": a SQLite store in the run directory, sqlite:///RUN_DIR/mlflow.db
+    experiment: str = "rssm"
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go (configs/logger/, several at once: logger=[tensorboard,jsonl]); rssm/loggers.py."""
+
+    tensorboard: bool = False  # RUN_DIR/events.out.tfevents.*
+    csv: bool = False  # RUN_DIR/metrics.csv: step,tag,value
+    jsonl: bool = False  # RUN_DIR/metrics.jsonl: one object per write, {"step": ..., "time": ..., tag: value}
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
+class OfflineConfig:
+    """Training a world model from recorded data instead of an env (rssm/offline.py; with agent=world_model)."""
+
+    minari: str = ""  # a Minari dataset id, read from its local copy
+    replay: str = ""  # or another run's directory: its replay chunks
+    holdout: float = 0.1  # share of the episodes (at least one) held out for the open-loop errors
+    updates: int = 10_000  # world-model updates; trainer.log_every, openloop_every, checkpoint_every count these
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -145,6 +181,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     resume: str = ""  # run directory (or its checkpoint.pt) to continue
     allow_changes: list[str] = field(default_factory=list)  # keys that may differ from the resumed run's config
 
@@ -179,7 +217,8 @@ _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_mo
             "agent.actor_grad_discrete": ("reinforce", "backprop"),
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
             "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
-            "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16")}
+            "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16"),
+            "logger.wandb.mode": ("offline", "online", "disabled")}
 
 
 def _check_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
@@ -276,7 +315,7 @@ _ABSENT = object()
 # and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
 # random numbers). Threads, devices and compilation may change the last bits of floating-point sums; bfloat16
 # (`precision`) more than that, within the tracking its test checks.
-FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "trainer.progress",
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "trainer.progress", "logger",
              "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every",
              "trainer.openloop_every", "trainer.openloop_context", "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
@@ -294,7 +333,7 @@ ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0
                 "agent.replay_value_grad": False,
                 "agent.contdisc": False, "agent.actor_unimix": 0.01, "agent.actor_outscale": 1.0,
                 "optim.name": "adam", "optim.joint": False, "optim.agc": 0.0, "optim.warmup": 0, "optim.beta1": 0.9,
-                "optim.beta2": 0.999}
+                "optim.beta2": 0.999, "logger.tensorboard": True}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

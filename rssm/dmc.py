@@ -21,9 +21,9 @@ from gymnasium.wrappers import TimeLimit
 from PIL import Image
 
 from rssm.config import UserError
-from rssm.envs import ActionRepeat, EnvSpec, env_spec
+from rssm.envs import ActionRepeat, EnvSpec, env_spec, install
 
-INSTALL = "pip install 'rssm[dmc]'"
+INSTALL = install("dmc")
 VIDEO_SIZE = (240, 320)  # (H, W) of `render()` frames, dm_control's default
 _CAMERAS = {"quadruped": 2}  # DreamerV3's choice for camera -1: the quadruped's camera 2 follows the body
 

@@ -2,7 +2,8 @@
 
 Each sequence is a stretch of consecutive transitions from `RUN_DIR/replay/chunk_*.npz` in which no episode starts
 after the first step. The posterior sees its first `--context` frames, then the prior rolls on alone for
-`--horizon` frames under the recorded actions (`rssm.openloop.open_loop_video`): truth | prediction | error.
+`--horizon` frames under the recorded actions (`rssm.openloop.open_loop_video`): truth | prediction | error, under
+a header that names the panels and marks where the context ends (`rssm.openloop.label_video`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 
 from rssm.agent import to_torch
 from rssm.config import UserError
-from rssm.evaluate import load_run, save_gif
-from rssm.openloop import open_loop_video
+from rssm.evaluate import load_run, save_video
+from rssm.openloop import label_video, open_loop_video
 from rssm.replay import chunk_files, read_chunk
 
 
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--horizon", type=int, default=45, help="frames the prior predicts after them")
     parser.add_argument("--sequences", type=int, default=4, help="sequences, stacked top to bottom")
     parser.add_argument("--key", default=None, help="the image key to draw (default: the first)")
-    parser.add_argument("--out", type=Path, default=None, help="the GIF (default: RUN_DIR/dream.gif)")
+    parser.add_argument("--out", type=Path, default=None, help="the video (default: RUN_DIR/dream.gif; a name "
+                        "ending in .mp4: an MP4)")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0, help="picks the sequences and the sampled latents")
     parser.add_argument("--device", default="cpu")
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         key, shown, frames = dream(args.run_dir, args.context, args.horizon, args.sequences, args.seed, args.key,
                                    args.device)
         try:
-            save_gif(frames, out, args.fps)
+            save_video(label_video(frames, args.context), out, args.fps)
         except OSError as e:
             raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     except UserError as e:

@@ -89,7 +89,7 @@ def _register_atari() -> None:
     try:
         import ale_py
     except ImportError:
-        raise UserError("Atari ids need the ale-py package (pip install ale-py)") from None
+        raise UserError(f"Atari ids need the ale-py package: {install('atari')}") from None
     gym.register_envs(ale_py)  # importing ale_py registers the ALE/ ids
     # Without this each new ALE prints a two-line banner to stderr, where rssm's errors are one line.
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
@@ -104,12 +104,30 @@ def _check_options(atari: bool, pixels: bool, grayscale: bool, sticky_actions: f
         raise UserError("env.sticky_actions and env.noop_max apply to Atari ids (ALE/...) only")
 
 
-def _is_mujoco(env_id: str) -> bool:
+def install(extra: str) -> str:
+    """How to install the optional dependencies of rssm's extra `extra` (pyproject.toml)."""
+    return f"pip install 'rssm[{extra}]'"
+
+
+def _entry_point(env_id: str) -> str:
     try:
         entry_point = gym.spec(env_id).entry_point
     except gym.error.Error:
-        return False  # gym.make reports an unknown id
-    return isinstance(entry_point, str) and entry_point.startswith("gymnasium.envs.mujoco")
+        return ""  # gym.make reports an unknown id
+    return entry_point if isinstance(entry_point, str) else ""
+
+
+def _is_mujoco(env_id: str) -> bool:
+    return _entry_point(env_id).startswith("gymnasium.envs.mujoco")
+
+
+def _missing_dependency(env_id: str, error: Exception) -> UserError:
+    """One line for an env whose package is not installed, naming rssm's extra that installs it."""
+    family = "atari" if env_id.startswith("ALE/") else next(
+        (name for name in ("box2d", "mujoco") if _entry_point(env_id).startswith(f"gymnasium.envs.{name}")), None)
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    hint = f": {install(family)}" if family else ""
+    return UserError(f"environment '{env_id}' needs a package that is not installed ({detail}){hint}")
 
 
 def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mode: str | None = None,
@@ -157,7 +175,10 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
         if pixels:
             env = Pixels(env, image_size, keep_state, grayscale)
         spec = env_spec(env.observation_space, env.action_space)
-    except (UserError, gym.error.Error) as e:  # gym's: a missing dependency of AtariPreprocessing (opencv)
+    except gym.error.DependencyNotInstalled as e:  # AtariPreprocessing's opencv
+        env.close()
+        raise _missing_dependency(env_id, e) from None
+    except (UserError, gym.error.Error) as e:
         env.close()
         raise UserError(f"environment '{env_id}': {e}") from None
     return env, spec
@@ -166,6 +187,8 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
 def _gym_make(env_id: str, kwargs: dict) -> gym.Env:
     try:
         return gym.make(env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as e:
+        raise _missing_dependency(env_id, e) from None
     except gym.error.Error as e:
         raise UserError(f"cannot make environment '{env_id}': {e}") from None
     except Exception as e:  # noqa: BLE001 - a `module:Env` id runs the module's code: a missing module, its bugs
@@ -214,6 +237,17 @@ def to_env_action(action: np.ndarray, spec: EnvSpec):
         indices = np.stack([part.argmax(-1) for part in parts], -1)  # (..., segments)
         return indices[..., 0] if len(parts) == 1 else indices
     return spec.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (spec.high - spec.low)
+
+
+def from_env_action(action, spec: EnvSpec) -> np.ndarray:
+    """The env's action -> the agent's (..., A) float32, the inverse of `to_env_action`: an index (...) or indices
+    (..., segments) as one-hot segments, values within the env's bounds (..., A) as values in [-1, 1]."""
+    action = np.asarray(action)
+    if spec.discrete:
+        indices = action[..., None] if len(spec.action_dims) == 1 else action  # (..., segments)
+        return np.concatenate([np.eye(n, dtype=np.float32)[indices[..., i].astype(np.int64)]
+                               for i, n in enumerate(spec.action_dims)], -1)
+    return ((action.astype(np.float32) - spec.low) / (spec.high - spec.low) * 2.0 - 1.0).astype(np.float32)
 
 
 def random_action(spec: EnvSpec, rng: np.random.Generator, num: int = 1) -> np.ndarray:

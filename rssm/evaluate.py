@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +11,16 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from rssm.agent import NonFiniteModel
-from rssm.build import build_agent, build_env, build_envs, env_id, resolve_device
-from rssm.checkpoint import CHECKPOINT
+from rssm.agent import Agent, NonFiniteModel
+from rssm.api import load
+from rssm.build import build_envs, env_id
 from rssm.collector import Collector
-from rssm.config import UserError, saved_run_config, validate
-from rssm.envs import EnvSpec
+from rssm.config import UserError
+from rssm.envs import EnvSpec, install
 from rssm.files import atomic_write
-from rssm.logging import encode_gif
+from rssm.loggers import encode_gif
 
 
 def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False, record: bool = False,
@@ -64,49 +61,61 @@ def _play(agent, collector: Collector, episodes: int, explore: bool, record: boo
     return returns, frames
 
 
-def save_gif(frames: list[np.ndarray] | np.ndarray, path: Path, fps: float = 30) -> None:
-    """Frames (H, W, C) uint8, C = 1 or 3, as an animated GIF that loops forever."""
-    Path(path).write_bytes(encode_gif(frames, fps))
+def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
+                    stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another
+    (restarted if it fails, as in training). None if `stop()` said yes between two env steps. The model's
+    latents are sampled from their own random numbers (seeded by the env step `steps`): training goes on the
+    same whether an evaluation ran, and one redone after a resume gives the same result."""
+    envs, spec = build_envs(cfg, num=1)
+    try:
+        with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 10_000 + steps)
+            played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
+                                  remake=lambda: build_envs(cfg, num=1)[0])
+    finally:
+        envs.close()
+    if played is None:
+        return None
+    returns = played[0]
+    return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+            "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
 
 
 def load_run(run_dir: Path, device: str, policy: bool = True):
-    """Rebuild a finished run's agent from its `config.yaml` and `model.pt`: the world model, and the actor if
-    the run trained one. With `policy`, a run without an actor (agent=world_model) is refused.
+    """A run's config and agent, as `rssm.load` reads them (its checkpoint.pt, else model.pt and config.yaml: a
+    finished or a stopped run). With `policy`, a run without an actor (agent=world_model) is refused.
     Raises UserError if the run is unusable."""
-    config_path, model_path = run_dir / "config.yaml", run_dir / "model.pt"
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file: give an rssm run directory")
-    if not model_path.is_file() and (run_dir / CHECKPOINT).is_file():
-        raise UserError(f"{run_dir} holds a run that was stopped before it finished (a checkpoint, no model.pt): "
-                        f"finish it with rssm-train resume={run_dir}, then evaluate it")
-    for path in (config_path, model_path):
-        if not path.is_file():
-            raise UserError(f"{path} not found: is {run_dir} an rssm run directory?")
-    # A key the run's version did not have means what it meant then (`saved_run_config`).
+    loaded = load(run_dir, device)
+    if policy and loaded.policy is None:
+        raise UserError(f"{run_dir} trained a world model alone (agent={loaded.config.agent.kind}): it has no policy "
+                        f"to play")
+    return loaded.config, loaded.agent
+
+
+def save_video(frames: list[np.ndarray] | np.ndarray, path: Path, fps: float = 30) -> None:
+    """Frames (H, W, C) uint8, C = 1 or 3, as an MP4 (a path ending in .mp4; encoded by moviepy, as gymnasium's
+    RecordVideo does) or else an animated GIF that loops forever; written whole or not at all."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        atomic_write(path, lambda f: f.write(encode_gif(frames, fps)))
+        return
     try:
-        cfg = saved_run_config(OmegaConf.to_container(OmegaConf.load(config_path)))
-    except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {config_path}: {_first_line(e)}") from None
-    validate(cfg)
-    if policy and cfg.agent.kind != "dreamer":
-        raise UserError(f"{run_dir} trained a world model alone (agent={cfg.agent.kind}): it has no policy to play")
-    env, spec = build_env(cfg)
-    env.close()
-    agent = build_agent(cfg, spec, resolve_device(device))
+        from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
+    except ImportError:
+        raise UserError(f"an MP4 video ({path}) needs the moviepy package: {install('video')}; or write a .gif") \
+            from None
+    rgb = [np.repeat(f, 3, -1) if f.shape[-1] == 1 else f for f in (np.asarray(f, np.uint8) for f in frames)]
+    partial = path.with_name(f".{path.stem}.partial.mp4")
     try:
-        state = torch.load(model_path, map_location=agent.device, weights_only=True)
-    except (RuntimeError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"cannot read {model_path} as a torch file ({_first_line(e)})") from None
-    parts = ["world_model"] + (["actor"] if agent.actor is not None else [])
-    if not isinstance(state, dict) or not set(parts) <= state.keys():
-        raise UserError(f"cannot load {model_path}: it does not hold the run's {' and '.join(parts)} weights")
-    try:
-        agent.wm.load_state_dict(state["world_model"])
-        if agent.actor is not None:
-            agent.actor.load_state_dict(state["actor"])
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"cannot load {model_path}: {_first_line(e)}") from None
-    return cfg, agent
+        ImageSequenceClip(rgb, fps=fps).write_videofile(str(partial), logger=None)
+        partial.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _first_line(e: Exception) -> str:
@@ -116,19 +125,20 @@ def _first_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rssm-eval", description="Play a trained run's mode policy.")
-    parser.add_argument("run_dir", type=Path, help="the run directory (holds config.yaml and model.pt)")
+    parser.add_argument("run_dir", type=Path, help="the run directory, finished or stopped")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN_DIR/eval.json)")
-    parser.add_argument("--video", type=Path, default=None, help="write the first episode as an animated GIF")
+    parser.add_argument("--video", type=Path, default=None, help="write the first episode as a video: an MP4 for a "
+                        "name ending in .mp4 (the video extra, moviepy), else an animated GIF")
     args = parser.parse_args(argv)
     try:
         result, frames = _evaluate(args)
         out = args.out or args.run_dir / "eval.json"
         atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
         if args.video is not None:
-            atomic_write(args.video, lambda f: f.write(encode_gif(frames, 30)))
+            save_video(frames, args.video, fps=30)
     except UserError as e:
         print(f"rssm-eval: error: {e}", file=sys.stderr)
         sys.exit(2)

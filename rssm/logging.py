@@ -1,31 +1,17 @@
-"""Metric averaging, TensorBoard output and the terminal progress bar. Only the training loop logs."""
+"""Metric averaging, the run's logger (its backends: rssm/loggers.py) and the terminal progress bar. Only the
+training loop logs."""
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-
-def encode_gif(frames: np.ndarray | Sequence[np.ndarray], fps: float) -> bytes:
-    """An animated GIF that loops forever, from frames (T, H, W, C) uint8 with C = 1 (grey) or 3 (rgb).
-    Pillow (a dependency of tensorboard) encodes it; a frame equal to the one before is merged into it."""
-    from PIL import Image
-
-    images = []
-    for frame in frames:
-        frame = np.asarray(frame).astype(np.uint8)
-        images.append(Image.fromarray(frame[..., 0] if frame.ndim == 3 and frame.shape[-1] == 1 else frame))
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return buffer.getvalue()
+from rssm.loggers import make_backends
 
 
 class MeanTracker:
@@ -81,28 +67,23 @@ class MeanTracker:
 
 
 class Logger:
-    """TensorBoard scalars in the run directory, and a progress bar."""
+    """The run's metrics to the backends of `cfg.logger` (rssm/loggers.py), and a progress bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool, start: int = 0):
-        # A resumed run drops the events an interrupted run wrote after its checkpoint (step > start; those at
-        # `start` were written before the checkpoint was taken).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
-        self.bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress)
+    def __init__(self, cfg: DictConfig, run_dir: Path, progress: bool, start: int = 0, total: int | None = None,
+                 unit: str = "step"):
+        self.backends = make_backends(cfg, run_dir, start)
+        self.bar = tqdm(total=total or cfg.trainer.steps, initial=start, unit=unit, dynamic_ncols=True,
+                        disable=not progress)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        for k, v in sorted(metrics.items()):
-            self.writer.add_scalar(k, v, step)
-        self.writer.flush()
+        for backend in self.backends:
+            backend.scalars(metrics, step)
 
     def videos(self, videos: dict[str, np.ndarray], step: int, fps: float = 10.0) -> None:
-        """Each (T, H, W, C) uint8 video as an animated GIF in TensorBoard's images tab. Written as the summary
-        `SummaryWriter.add_video` writes, but encoded with Pillow: add_video needs moviepy (1.x) and, without it,
-        prints a warning and logs nothing."""
-        for tag, frames in sorted(videos.items()):
-            T, H, W, C = frames.shape
-            image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=encode_gif(frames, fps))
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-        self.writer.flush()
+        """Each (T, H, W, C) uint8 video, as each backend shows videos (TensorBoard: an animated GIF)."""
+        if videos:
+            for backend in self.backends:
+                backend.videos(videos, step, fps)
 
     def progress(self, steps: int, **postfix: float | str) -> None:
         self.bar.update(steps - self.bar.n)
@@ -110,4 +91,5 @@ class Logger:
 
     def close(self) -> None:
         self.bar.close()
-        self.writer.close()
+        for backend in self.backends:
+            backend.close()

@@ -15,11 +15,15 @@ of the context steps is the posterior's reconstruction and from then on the prio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
+from rssm.agent import Agent, to_torch
+from rssm.replay import Replay
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
@@ -128,3 +132,55 @@ def open_loop_video(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: 
     error = (truth.int() - pred.int()).abs().to(torch.uint8)  # (S, T, H, W, C)
     panels = torch.cat([truth, pred, error], 3)  # (S, T, H, 3W, C)
     return panels.transpose(0, 1).flatten(1, 2).cpu().numpy()  # (T, S * H, 3W, C)
+
+
+LABEL_HEIGHT = 14  # rows of the header `label_video` adds: text, then a bar that shows where the context ends
+
+
+def label_video(video: np.ndarray, context: int) -> np.ndarray:
+    """An `open_loop_video` with a header over its three panels, in RGB: "truth", then "seen" over the posterior's
+    reconstruction of the context frames and "dream +k" over the prior's k-th prediction, then "error"; under the
+    text a bar, green over the context frames and red from the first predicted one.
+
+    Shapes:
+        (T, S * H, 3 * W, C) uint8, C = 1 or 3 -> (T, LABEL_HEIGHT + S * H, 3 * W, 3) uint8.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    T, _, width, C = video.shape
+    W = width // 3
+    font = ImageFont.load_default()
+    rgb = np.repeat(video, 3, -1) if C == 1 else video
+    frames = []
+    for t in range(T):
+        header = Image.new("RGB", (width, LABEL_HEIGHT))
+        draw = ImageDraw.Draw(header)
+        middle = "seen" if t < context else f"dream +{t - context + 1}"
+        for i, text in enumerate(("truth", middle, "error")):
+            draw.text((i * W + 2, 0), text, fill=(255, 255, 255), font=font)
+        draw.rectangle((0, LABEL_HEIGHT - 2, width, LABEL_HEIGHT), fill=(0, 160, 0) if t < context else (200, 0, 0))
+        frames.append(np.concatenate([np.asarray(header), rgb[t]], 0))
+    return np.stack(frames)
+
+
+def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
+                      sequences: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch and, for each image key, a video of
+    the first `sequences` sequences (`openloop/video_KEY`) drawn from the same prediction; both empty while the
+    replay is shorter than one sequence. The batch and the sampled latents use their own random numbers, so
+    training is the same whether and how often this runs. A horizon at which every sequence had reached an
+    episode start is left out of the errors."""
+    t, wm = cfg.trainer, agent.wm
+    H = max(t.openloop_horizons)
+    if len(replay) < t.openloop_context + H:
+        return {}, {}
+    rng = np.random.default_rng([cfg.seed, steps])
+    batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed + steps)
+        prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
+    errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
+    videos = {f"openloop/video_{k}": label_video(open_loop_video(wm, batch, t.openloop_context, H, sequences, k,
+                                                                 prediction), t.openloop_context)
+              for k in wm.image_keys}
+    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}, videos

@@ -1,8 +1,9 @@
-"""What the training loop carries from one env step to the next (`Progress`), and how a run stops: a signal
-(`StopRequested`) or a reason to end early (`RunStopped`)."""
+"""What the training loop carries from one env step to the next (`Progress`), how a run stops: a signal
+(`StopRequested`) or a reason to end early (`RunStopped`), and when its periodic work is due (`crossed`)."""
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -96,3 +97,14 @@ class RunStopped(Exception):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def crossed(before: int, now: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, now]: the env step counter moves by up to N per step."""
+    return every > 0 and now // every > before // every

@@ -5,13 +5,10 @@
 
 from __future__ import annotations
 
-import math
-import random
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -24,9 +21,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rssm import distributed
-from rssm.agent import Agent, NonFiniteModel, to_torch
+from rssm.agent import Agent, NonFiniteModel
 from rssm.build import build_agent, build_envs, env_id, resolve_device
-from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, rank_parts, restore_run, save_run
+from rssm.checkpoint import (
+    CHECKPOINT,
+    checkpoint_path,
+    load_checkpoint,
+    rank_parts,
+    restore_run,
+    save_model,
+    save_run,
+)
 from rssm.cli import (
     OVERRIDES,
     PROG,
@@ -37,26 +42,22 @@ from rssm.cli import (
     register_resolvers,
     resumed_config,
     say,
+    status,
     with_general_env,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
 from rssm.config import UserError, check_changes, register_configs, validate
 from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
-from rssm.evaluate import run_episodes
+from rssm.evaluate import evaluate_policy
 from rssm.files import atomic_write, lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker
-from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
+from rssm.offline import offline_source, train_offline
+from rssm.openloop import open_loop_metrics
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
-from rssm.run_state import Progress, RunStopped, StopRequested
+from rssm.run_state import Progress, RunStopped, StopRequested, crossed, seed_everything
 from rssm.world_model import WorldModel
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def rank_seed(seed: int, ranks: Ranks) -> int:
@@ -82,34 +83,6 @@ def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
     total = capacity * per
     size = f"{total / 1e9:.2f} GB" if total >= 1e9 else f"{total / 1e6:.1f} MB"
     return f"observations: {keys}; replay: {capacity:,} transitions x {per:,} bytes = {size} when full"
-
-
-def evaluate(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
-             stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
-    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another
-    (restarted if it fails, as in training). None if `stop()` said yes between two env steps. The model's
-    latents are sampled from their own random numbers (seeded by the env step `steps`): training goes on the
-    same whether an evaluation ran, and one redone after a resume gives the same result."""
-    envs, spec = build_envs(cfg, num=1)
-    try:
-        with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed + 10_000 + steps)
-            played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
-                                  remake=lambda: build_envs(cfg, num=1)[0])
-    finally:
-        envs.close()
-    if played is None:
-        return None
-    returns = played[0]
-    return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
-            "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
-
-
-def save_model(agent: Agent, path: Path) -> None:
-    state = {"world_model": agent.wm.state_dict()}
-    if agent.actor is not None:
-        state.update(actor=agent.actor.state_dict(), critic=agent.critic.state_dict())
-    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def resume_checkpoint(cfg: DictConfig, ranks: Ranks) -> tuple[Path, dict]:
@@ -162,6 +135,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
                 problem = str(e)
         if problem := ranks.share(problem):
             raise UserError(problem)
+        if offline_source(cfg):
+            if ranks.world > 1:
+                raise UserError("offline training (offline.minari, offline.replay) runs in one process, not torchrun")
+            return train_offline(cfg, run_dir, overrides)
         resumed = resume_checkpoint(cfg, ranks) if cfg.resume else None
         return _train(cfg, run_dir, resumed, overrides, ranks)
     except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed
@@ -199,12 +176,11 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
         counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
         sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
         job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
-        print(f"rssm: {env_id(cfg)} on {device}{job}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
-              f"{run_dir}", flush=True)
-        print(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}", flush=True)
+        status(f"rssm: {env_id(cfg)} on {device}{job}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
+               f"{run_dir}")
+        status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}")
         if resumed:
-            print(f"rssm: resumed from {resumed[0]} at env step {progress.env_steps}, update {progress.updates}",
-                  flush=True)
+            status(f"rssm: resumed from {resumed[0]} at env step {progress.env_steps}, update {progress.updates}")
 
     def save() -> None:
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng, ranks)
@@ -269,33 +245,6 @@ def _next_actions(agent: Agent, transitions: dict[str, np.ndarray], state: RSSMS
     return actions, state
 
 
-def crossed(before: int, now: int, every: int) -> bool:
-    """Whether a multiple of `every` lies in (before, now]: the env step counter moves by up to N per step."""
-    return every > 0 and now // every > before // every
-
-
-def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
-                      sequences: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch and, for each image key, a video of
-    the first `sequences` sequences (`openloop/video_KEY`) drawn from the same prediction; both empty while the
-    replay is shorter than one sequence. The batch and the sampled latents use their own random numbers, so
-    training is the same whether and how often this runs. A horizon at which every sequence had reached an
-    episode start is left out of the errors."""
-    t, wm = cfg.trainer, agent.wm
-    H = max(t.openloop_horizons)
-    if len(replay) < t.openloop_context + H:
-        return {}, {}
-    rng = np.random.default_rng([cfg.seed, steps])
-    batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + steps)
-        prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
-    errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
-    videos = {f"openloop/video_{k}": open_loop_video(wm, batch, t.openloop_context, H, sequences, k, prediction)
-              for k in wm.image_keys}
-    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}, videos
-
-
 def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,
           rng: np.random.Generator, stop: StopRequested, ranks: Ranks) -> dict[str, float]:
     """Collect and update until `trainer.steps` env steps (of all ranks) or a stop signal; checkpoint on the way.
@@ -303,7 +252,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     so that they update, log, evaluate and checkpoint at the same steps."""
     t, spec, p = cfg.trainer, collector.spec, progress
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length * ranks.world
-    logger = Logger(run_dir, t.steps, t.progress and ranks.main, start=p.env_steps) if ranks.main else None
+    logger = Logger(cfg, run_dir, t.progress, start=p.env_steps) if ranks.main else None
     tracker, last, warn_at = p.tracker, {}, collector.failures + 1
     clock = time.perf_counter(), p.env_steps, p.updates  # when the last log was written, at what step and update
     if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
@@ -421,7 +370,7 @@ def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequeste
     """Run the evaluation due at `steps` (rank 0; the others wait for its outcome) and log it (into `last` too).
     Returns whether the run should end: a signal abandoned it (`p.eval_pending` stays set, so the checkpoint's
     resumed run redoes it), or its mean return reached `trainer.stop_return`."""
-    metrics = evaluate(agent, cfg, cfg.trainer.eval_episodes, steps, stop) if ranks.main else None
+    metrics = evaluate_policy(agent, cfg, cfg.trainer.eval_episodes, steps, stop) if ranks.main else None
     abandoned, reached = ranks.share((metrics is None, _reached(cfg, metrics, steps) if metrics else False))
     if abandoned:  # a signal reached rank 0 in the evaluation: every rank stops with it
         stop.agreed = stop.signum or signal.SIGTERM
@@ -437,8 +386,8 @@ def _reached(cfg: DictConfig, metrics: dict[str, float], steps: int) -> bool:
     """Whether the mean eval return reached `trainer.stop_return` (said in one line)."""
     stop_return = cfg.trainer.stop_return
     if stop_return is not None and metrics["eval/return_mean"] >= stop_return:
-        print(f"rssm: mean eval return {metrics['eval/return_mean']:.1f} >= trainer.stop_return at env step "
-              f"{steps}; stopping", flush=True)
+        status(f"rssm: mean eval return {metrics['eval/return_mean']:.1f} >= trainer.stop_return at env step "
+               f"{steps}; stopping")
         return True
     return False
 
@@ -463,7 +412,7 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
             cfg, overrides, changes = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
             run_dir = checkpoint_path(cfg.resume).parent
             if changes:
-                print(f"rssm: resuming with changes: {'; '.join(changes)}", flush=True)
+                status(f"rssm: resuming with changes: {'; '.join(changes)}")
         else:
             overrides = merge_overrides([], overrides)
         last = train(cfg, ranks.share(run_dir), overrides, ranks)

@@ -70,9 +70,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.env}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = args.plot or args.out / f"{args.env}.png"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("plot_curves.py")),
-                    *(str(args.out / f"{args.env}_seed{s}") for s in args.seeds),
-                    "--out", str(plot), "--title", args.env, "--target", str(args.target)], check=False)
+    subprocess.run([sys.executable, "-m", "rssm.plot", *(str(args.out / f"{args.env}_seed{s}") for s in args.seeds),
+                    "--each", "--out", str(plot), "--title", args.env, "--target", str(args.target)], check=False)
 
 
 if __name__ == "__main__":

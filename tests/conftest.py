@@ -70,3 +70,21 @@ def run_cli():
 def cli_environ() -> dict[str, str]:
     """`cli_env()` for tests that start `python -m rssm.train` themselves (to signal or kill it)."""
     return cli_env()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Finished debug runs, each with replay chunks of 64 transitions: cartpole (discrete), pendulum (continuous)
+    and pixels (CartPole observed as 16 x 16 frames: the key `image`)."""
+    from rssm.train import train
+
+    register_configs()
+    root = tmp_path_factory.mktemp("runs")
+    setups = {"cartpole": ["env=cartpole"], "pendulum": ["env=pendulum"],
+              "pixels": ["env=cartpole", "env.pixels=true", "env.image_size=16"]}
+    with initialize_config_module("rssm.configs", version_base=None):
+        for name, overrides in setups.items():
+            cfg = compose("config", overrides=[*overrides[:1], "experiment=debug", "trainer.steps=200",
+                                               "replay.chunk=64", "trainer.progress=false", *overrides[1:]])
+            train(cfg, root / name)
+    return root

@@ -236,7 +236,7 @@ def test_tiny_run_for_each_agent_mode_then_rssm_eval(tmp_path, run_cli, cli_envi
 def test_rssm_eval_on_a_missing_run_is_one_line_with_status_2(tmp_path, cli_environ):
     proc = subprocess.run([sys.executable, "-m", "rssm.evaluate", str(tmp_path / "nothing")], capture_output=True,
                           text=True, timeout=120, env=cli_environ)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no rssm run at" in proc.stderr
 
 
 def test_a_continuous_sample_beyond_the_range_enters_the_model_normalised_with_a_gradient():

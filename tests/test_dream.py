@@ -18,8 +18,8 @@ from test_train import read_scalars
 from rssm.config import register_configs
 from rssm.dream import episode_windows, longest_episode, main, replay_sequences
 from rssm.evaluate import main as eval_main
-from rssm.logging import encode_gif
-from rssm.openloop import open_loop_errors, open_loop_video, predict_open_loop
+from rssm.loggers import encode_gif
+from rssm.openloop import LABEL_HEIGHT, open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay
 from rssm.rssm import features
 from rssm.train import train
@@ -163,8 +163,9 @@ def test_a_pixel_run_logs_the_video_and_its_training_is_unchanged(pixel_runs):
     images = events["logged"].Images("openloop/video_image")
     assert [e.step for e in images] == [50, 100, 150, 200]
     gif = Image.open(io.BytesIO(images[-1].encoded_image_string))
-    # Debug batch of 4 sequences, 5 context and 15 predicted frames, 16 x 16 images as truth | prediction | error.
-    assert gif.format == "GIF" and gif.n_frames == 20 and gif.size == (3 * 16, 4 * 16)
+    # Debug batch of 4 sequences, 5 context and 15 predicted frames, 16 x 16 images as truth | prediction | error,
+    # under the labels' header.
+    assert gif.format == "GIF" and gif.n_frames == 20 and gif.size == (3 * 16, LABEL_HEIGHT + 4 * 16)
     assert (images[-1].width, images[-1].height) == gif.size
 
 
@@ -174,7 +175,7 @@ def test_rssm_dream_draws_a_gif_from_a_world_model_runs_replay(pixel_runs, tmp_p
     main([str(root / "logged"), "--context", "3", "--horizon", "7", "--sequences", "2", "--out", str(out)])
     assert capsys.readouterr().out == f"rssm-dream: 'image', 2 sequences x (3 seen + 7 predicted frames) -> {out}\n"
     gif = Image.open(out)
-    assert gif.n_frames == 10 and gif.size == (3 * 16, 2 * 16)
+    assert gif.n_frames == 10 and gif.size == (3 * 16, LABEL_HEIGHT + 2 * 16)
     with pytest.raises(SystemExit) as exit_info:  # rssm-eval still wants a policy
         eval_main([str(root / "logged"), "--episodes", "1"])
     assert exit_info.value.code == 2 and "no policy to play" in capsys.readouterr().err
@@ -188,7 +189,7 @@ def broken_copy(run_dir, to, model=None):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("missing", "config.yaml not found: is .* an rssm run directory?"),
+    ("missing", "no rssm run at .*nothing: give a run directory"),
     ("vector", "has no image observations \\(it models obs\\)"),
     ("too long", "no stretch of the replay in .* has 1005 steps within one episode \\(the longest has \\d+\\): lower"),
     ("no replay", r"copy/replay holds no replay chunks \(chunk_\*\.npz\): a run writes one every replay.chunk=32"),
@@ -215,5 +216,19 @@ def test_python_dash_m_rssm_dream_reports_a_missing_run_without_a_traceback(tmp_
     proc = subprocess.run([sys.executable, "-m", "rssm.dream", str(tmp_path / "nothing")], capture_output=True,
                           text=True, timeout=120, env=cli_env())
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"rssm-dream: error: {tmp_path}/nothing/config.yaml not found: is {tmp_path}/nothing an " \
-                          f"rssm run directory?\n"
+    assert proc.stderr.startswith(f"rssm-dream: error: no rssm run at {tmp_path}/nothing: give a run directory")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_a_labelled_video_names_its_panels_and_marks_where_the_context_ends():
+    from rssm.openloop import label_video
+
+    video = np.zeros((5, 64, 3 * 64, 1), np.uint8)  # grey: labelled in RGB
+    video[:, :, :64] = 77
+    labelled = label_video(video, context=2)
+    assert labelled.shape == (5, LABEL_HEIGHT + 64, 3 * 64, 3)
+    assert (labelled[:, LABEL_HEIGHT:, :64] == 77).all() and (labelled[:, LABEL_HEIGHT:, 64:] == 0).all()
+    bar = labelled[:, LABEL_HEIGHT - 1, 0]  # (T, 3): green over the context frames, red after them
+    assert (bar[:2, 1] > bar[:2, 0]).all() and (bar[2:, 0] > bar[2:, 1]).all()
+    assert labelled[0, :LABEL_HEIGHT - 2].max() > 200  # the text
+    assert not np.array_equal(labelled[2, :LABEL_HEIGHT - 2], labelled[3, :LABEL_HEIGHT - 2])  # dream +1, dream +2

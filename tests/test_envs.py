@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -176,3 +178,24 @@ def test_a_mujoco_gl_set_by_the_user_wins(monkeypatch):
     env, _ = make_env("HalfCheetah-v5", pixels=True, image_size=16)  # nothing rendered before a reset
     env.close()
     assert os.environ["MUJOCO_GL"] == "osmesa"
+
+
+def test_an_env_whose_package_is_missing_names_the_extra_that_installs_it():
+    """Box2D, ale-py and MuJoCo hidden from a fresh interpreter: each env says `pip install 'rssm[...]'` in one line."""
+    code = """
+import sys
+for name in ("Box2D", "ale_py", "mujoco"):
+    sys.modules[name] = None  # an import of it fails, as where it is not installed
+from rssm.config import UserError
+from rssm.envs import make_env
+for env_id in ("LunarLander-v3", "ALE/Pong-v5", "HalfCheetah-v5"):
+    try:
+        make_env(env_id)
+    except UserError as e:
+        print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) == 3, out
+    for line, extra in zip(lines, ("box2d", "atari", "mujoco"), strict=True):
+        assert line.endswith(f"pip install 'rssm[{extra}]'"), line

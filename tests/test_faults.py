@@ -2,6 +2,7 @@
 after a signal), never a traceback, and loses nothing: the files of a run that are there stay as they were."""
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -299,13 +300,13 @@ def eval_cli(capsys, *argv) -> tuple[int, str]:
 
 def test_rssm_eval_errors(finished, tmp_path, capsys):
     stopped = copy_run(finished, tmp_path / "stopped")
-    (stopped / "model.pt").unlink()
+    (stopped / "model.pt").unlink()  # as a run stopped by a signal leaves it: rssm-eval plays its checkpoint
     (tmp_path / "empty").mkdir()
+    rssm.evaluate.main([str(stopped), "--episodes", "1", "--out", str(tmp_path / "stopped.json")])
+    assert json.loads((tmp_path / "stopped.json").read_text())["episodes"] == 1
     cases = [
-        ([stopped], f"{stopped} holds a run that was stopped before it finished (a checkpoint, no model.pt): finish "
-                    f"it with rssm-train resume={stopped}"),
-        ([tmp_path / "empty"], f"{tmp_path / 'empty' / 'config.yaml'} not found: is {tmp_path / 'empty'} an rssm"),
-        ([tmp_path / "nowhere"], f"{tmp_path / 'nowhere' / 'config.yaml'} not found: is {tmp_path / 'nowhere'} an"),
+        ([tmp_path / "empty"], f"no rssm run at {tmp_path / 'empty'}: give a run directory"),
+        ([tmp_path / "nowhere"], f"no rssm run at {tmp_path / 'nowhere'}: give a run directory"),
         ([stopped / "config.yaml"], f"{stopped / 'config.yaml'} is a file: give an rssm run directory"),
         ([finished, "--video", tmp_path / "no" / "a.gif"], f"the folder {tmp_path / 'no'} does not exist"),
         ([finished, "--out", tmp_path / "no" / "e.json"], f"the folder {tmp_path / 'no'} does not exist"),

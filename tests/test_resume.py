@@ -16,8 +16,10 @@ from rssm.build import build_agent
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from rssm.collector import Collector, make_envs
 from rssm.envs import make_env, random_action
+from rssm.evaluate import evaluate_policy
+from rssm.openloop import open_loop_metrics
 from rssm.replay import Replay
-from rssm.train import RunStopped, evaluate, open_loop_metrics, train
+from rssm.train import RunStopped, train
 
 # Evaluations (mode policy, 40-step episodes at most), open-loop errors and logs fall in both halves of a run.
 RUN = ("experiment=debug", "trainer.progress=false", "trainer.steps=240", "trainer.prefill=60",
@@ -275,9 +277,9 @@ def test_evaluation_and_open_loop_errors_leave_the_training_rngs_alone(compose_c
     for _ in range(60):
         replay.add(collector.step(random_action(spec, rng))[0])
     before = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
-    first = evaluate(agent, cfg, 2, steps=80)
+    first = evaluate_policy(agent, cfg, 2, steps=80)
     errors, _ = open_loop_metrics(cfg, agent, replay, steps=80)
     assert errors and random.getstate() == before[0]
     assert (np.random.get_state()[1] == before[1]).all() and torch.equal(torch.get_rng_state(), before[2])
     torch.manual_seed(123)  # the global generator elsewhere: the same evaluation all the same
-    assert evaluate(agent, cfg, 2, steps=80) == first
+    assert evaluate_policy(agent, cfg, 2, steps=80) == first

@@ -1,0 +1,157 @@
+"""`rssm-plot RUNS... --tag eval/return_mean --out curve.png`: a TensorBoard scalar of runs against env steps.
+
+Several runs (seeds) are drawn as one line, their mean (or their interquartile mean, as rliable reports it) at each
+env step where two or more runs have a value, with a 95% bootstrap confidence band over the runs (the runs drawn
+with replacement); `--each` draws one line per run instead. Written as PNG and SVG (`--out` names either). A
+published curve can go beside it: `--reference` takes a CSV of `scripts/dreamerv3_scores.py` (task, step,
+score), its steps divided by `--reference-repeat` (DreamerV3's scores count control steps, rssm agent steps).
+
+Needs matplotlib (`pip install 'rssm[plot]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rssm.config import UserError
+
+
+def read_scalar(run_dir: Path, tag: str) -> dict[int, float]:
+    """The scalar `tag` of a run's TensorBoard events by env step (the last value where a step repeats).
+
+    Raises:
+        UserError: no events there, or none of `tag`.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not run_dir.is_dir() or not any(run_dir.glob("events.out.tfevents.*")):
+        raise UserError(f"{run_dir} holds no TensorBoard events (events.out.tfevents.*)")
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        tags = ", ".join(sorted(t for t in events.Tags()["scalars"] if "/" in t)[:12])
+        raise UserError(f"{run_dir} has no scalar '{tag}' (it has {tags}, ...)")
+    return {p.step: p.value for p in events.Scalars(tag)}
+
+
+def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along `axis`: the mean of the middle half of the sorted values (a quarter cut from
+    each end, by whole values where the count divides by 4, else with fractional weights at the cuts)."""
+    x = np.sort(values, axis=axis)
+    n = x.shape[axis]
+    ranks = np.arange(n)
+    weights = np.clip(np.minimum(ranks + 1, 3 * n / 4) - np.maximum(ranks, n / 4), 0, 1)  # (n,): share kept
+    shape = [1] * x.ndim
+    shape[axis] = n
+    return (x * weights.reshape(shape)).sum(axis) / weights.sum()
+
+
+def aggregate(curves: list[dict[int, float]], statistic: str, samples: int = 2000,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs' `statistic` (mean or iqm) at each step where two or more runs have a value, and its 95% bootstrap
+    confidence interval (runs drawn with replacement, `samples` times).
+
+    Returns:
+        steps (S,), the statistic (S,), the interval's low and high ends (S,).
+    """
+    fn = (lambda x: x.mean(-1)) if statistic == "mean" else iqm
+    rng = np.random.default_rng(seed)
+    steps = sorted(s for s in set().union(*curves) if sum(s in c for c in curves) >= 2)
+    centre, low, high = [], [], []
+    for step in steps:
+        values = np.array([c[step] for c in curves if step in c])  # (n,)
+        resampled = values[rng.integers(len(values), size=(samples, len(values)))]  # (samples, n)
+        boot = fn(resampled)
+        centre.append(fn(values[None])[0])
+        low.append(np.percentile(boot, 2.5)), high.append(np.percentile(boot, 97.5))
+    return np.array(steps), np.array(centre), np.array(low), np.array(high)
+
+
+def read_reference(path: Path, task: str, repeat: int) -> tuple[list[float], list[float]]:
+    try:
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#")) if r["task"] == task]
+    except (OSError, KeyError) as e:
+        raise UserError(f"cannot read {path} as a scores CSV (task, step, score): {e}") from None
+    if not rows:
+        raise UserError(f"no task '{task}' in {path}")
+    return [int(r["step"]) / repeat for r in rows], [float(r["score"]) for r in rows]
+
+
+def plot(args: argparse.Namespace) -> list[Path]:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("rssm-plot needs matplotlib: pip install 'rssm[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [read_scalar(run, args.tag) for run in args.runs]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    if args.reference is not None:
+        steps, values = read_reference(args.reference, args.reference_task, args.reference_repeat)
+        ax.plot(steps, values, color="black", linestyle=":", label=f"DreamerV3 published ({args.reference_task})")
+    if args.each or len(curves) == 1:
+        for run, curve in zip(args.runs, curves, strict=True):
+            ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=run.name)
+    else:
+        steps, centre, low, high = aggregate(curves, args.statistic)
+        if not len(steps):
+            raise UserError(f"the runs share no env step with a value of '{args.tag}': use --each")
+        name = "mean" if args.statistic == "mean" else "IQM"
+        ax.plot(steps, centre, marker="o", markersize=3, label=f"{args.label or 'rssm'}: {name} of {len(curves)} runs")
+        ax.fill_between(steps, low, high, alpha=0.25, label="95% bootstrap CI")
+    if args.target is not None:
+        ax.axhline(args.target, color="gray", linestyle="--", linewidth=1)
+    if args.ylim:
+        ax.set_ylim(*args.ylim)
+    if args.xmax:
+        ax.set_xlim(0, args.xmax)
+    ax.set(xlabel="env steps", ylabel=args.tag, title=args.title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written = []
+    for suffix in (".png", ".svg"):
+        out = args.out.with_suffix(suffix)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out)
+        except OSError as e:
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        written.append(out)
+    plt.close(fig)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rssm-plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (hold the TensorBoard events)")
+    parser.add_argument("--tag", default="eval/return_mean")
+    parser.add_argument("--out", type=Path, required=True, help="the plot: OUT.png and OUT.svg")
+    parser.add_argument("--statistic", choices=["mean", "iqm"], default="mean", help="over the runs")
+    parser.add_argument("--each", action="store_true", help="one line per run instead")
+    parser.add_argument("--label", default="", help="the aggregate line's name in the legend")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--target", type=float, default=None, help="draw a horizontal line at this value")
+    parser.add_argument("--ylim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")
+    parser.add_argument("--xmax", type=float, default=None, help="end of the x axis")
+    parser.add_argument("--reference", type=Path, default=None, help="CSV of a published curve (task, step, score)")
+    parser.add_argument("--reference-task", default="", help="its task, e.g. dmc_walker_walk")
+    parser.add_argument("--reference-repeat", type=int, default=1, help="its steps per env step here")
+    args = parser.parse_args(argv)
+    try:
+        written = plot(args)
+    except UserError as e:
+        print(f"rssm-plot: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"rssm-plot: wrote {', '.join(map(str, written))}")
+
+
+if __name__ == "__main__":
+    main()

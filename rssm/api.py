@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rssm.agent import Agent
-from rssm.build import build_agent, build_env, resolve_device
+from rssm.build import build_agent, build_env, continue_target, resolve_device
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.collector import transition
 from rssm.config import UserError, saved_run_config, validate
@@ -145,7 +145,7 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     for module in agent.modules().values():
         module.eval()
     policy = Policy(agent, spec) if agent.actor is not None else None
-    return Loaded(cfg, spec, EnvModel(agent.wm, spec, agent.actor), policy, agent, path)
+    return Loaded(cfg, spec, EnvModel(agent.wm, spec, agent.actor, continue_target(cfg)), policy, agent, path)
 
 
 def _config_file(path: Path) -> DictConfig:

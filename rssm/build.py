@@ -82,14 +82,20 @@ def optim_settings(cfg: DictConfig) -> dict[str, OptimSettings]:
             "critic": OptimSettings(a.critic_lr, a.eps, a.grad_clip, **extra)}
 
 
+def continue_target(cfg: DictConfig) -> float:
+    """What the continue head learns for a step after which the episode goes on: 1, or the discount where the
+    agent folds it into the head (`agent.contdisc`, today's DreamerV3). Its output over this is P(continue)."""
+    a = cfg.agent
+    return a.gamma if a.contdisc and a.kind == "dreamer" else 1.0
+
+
 def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ranks = SINGLE) -> Agent:
     """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`; one rank of
     a data-parallel job with `ranks`."""
     w, a, m = cfg.wm, cfg.agent, cfg.model
     wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
-    cont_target = a.gamma if a.contdisc and a.kind == "dreamer" else 1.0
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,
-                        cont_target)
+                        continue_target(cfg))
     opt = optim_settings(cfg)
     shared = {"precision": autocast_dtype(cfg.precision, device), "compile": COMPILE_BACKEND if cfg.compile else None,
              "ranks": ranks}

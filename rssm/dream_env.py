@@ -3,9 +3,10 @@
 An episode starts from real observations, either a reset of the run's real env (`start="env"`) or `context`
 consecutive steps of one episode from the run's replay (`start="replay"`), which the posterior sees. From then on
 each step is the world model's prior under the given action: the observation is the decoder's prediction in the
-env's own space (clipped into it), the reward the reward head's, the episode terminates where the continue head
-gives less than even odds that it goes on, and it is truncated after `max_episode_steps` (by default the run's
-time limit, in agent steps, where its env has one). The observation and action spaces are the real env's (for a
+env's own space (clipped into it), the reward the reward head's; the episode terminates at a step with the
+probability the continue head gives that it ends there (`termination="sample"`; `"mode"`: where that probability
+is above one half), and it is truncated after `max_episode_steps` (by default the run's time limit, in agent
+steps, where its env has one). The observation and action spaces are the real env's (for a
 Dict, the keys the world model sees). Latents are drawn from the env's own generator, so a seeded reset repeats.
 """
 
@@ -115,10 +116,13 @@ class _Dreams:
     """`num` dream episodes of one world model, stepped together."""
 
     def __init__(self, run: str | Path | Loaded, num: int, start: str, context: int, pool: int,
-                 max_episode_steps: int | None, device: str):
+                 max_episode_steps: int | None, termination: str, device: str):
         loaded = run if isinstance(run, Loaded) else load(run, device)
         if start not in ("env", "replay"):
             raise ValueError(f"start must be 'env' or 'replay', got {start!r}")
+        if termination not in ("sample", "mode"):
+            raise ValueError(f"termination must be 'sample' or 'mode', got {termination!r}")
+        self.termination = termination
         self.loaded, self.model, self.num = loaded, loaded.world_model, num
         real = loaded.make_env()
         self.observation_space = _modelled_space(real.observation_space, self.model.module.obs_keys)
@@ -150,7 +154,10 @@ class _Dreams:
         self.state = self.model.step(self.state, self.model.actions_to_model(actions).float(), uniform)
         obs, reward, cont = self.model.predict(self.state)
         self.steps += 1
-        terminated = cont < 0.5
+        if self.termination == "sample":  # cont: the probability that the episode goes on
+            terminated = rng.random(self.num) >= cont
+        else:
+            terminated = cont < 0.5
         truncated = ~terminated & (self.steps >= self.max_steps) if self.max_steps else np.zeros(self.num, bool)
         return _clip(obs, self.observation_space), reward.astype(np.float64), terminated, truncated
 
@@ -178,6 +185,8 @@ class DreamEnv(gym.Env):
             an episode in the run's replay; `pool` of them are read when the env is made).
         max_episode_steps: truncate episodes after this many steps; None: the run's time limit where its env has
             one, else no limit.
+        termination: "sample" (an episode ends at a step with the probability the continue head gives it) or
+            "mode" (it ends where that probability is above one half).
         render_mode: None or "rgb_array" (the decoded image, for a world model with image observations).
         device: where the model runs (when `run` is a path).
     """
@@ -185,8 +194,9 @@ class DreamEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, run: str | Path | Loaded, start: str = "env", context: int = 8, pool: int = 1024,
-                 max_episode_steps: int | None = None, render_mode: str | None = None, device: str = "cpu"):
-        self._dreams = _Dreams(run, 1, start, context, pool, max_episode_steps, device)
+                 max_episode_steps: int | None = None, termination: str = "sample", render_mode: str | None = None,
+                 device: str = "cpu"):
+        self._dreams = _Dreams(run, 1, start, context, pool, max_episode_steps, termination, device)
         _check_render(render_mode, self._dreams.model)
         self.observation_space = self._dreams.observation_space
         self.action_space = self._dreams.action_space
@@ -220,9 +230,9 @@ class DreamVecEnv(gym.vector.VectorEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30, "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
     def __init__(self, run: str | Path | Loaded, num_envs: int, start: str = "env", context: int = 8,
-                 pool: int = 1024, max_episode_steps: int | None = None, render_mode: str | None = None,
-                 device: str = "cpu"):
-        self._dreams = _Dreams(run, num_envs, start, context, pool, max_episode_steps, device)
+                 pool: int = 1024, max_episode_steps: int | None = None, termination: str = "sample",
+                 render_mode: str | None = None, device: str = "cpu"):
+        self._dreams = _Dreams(run, num_envs, start, context, pool, max_episode_steps, termination, device)
         _check_render(render_mode, self._dreams.model)
         self.num_envs, self.render_mode = num_envs, render_mode
         self.single_observation_space = self._dreams.observation_space

@@ -31,7 +31,7 @@ class Imagined(NamedTuple):
 
     obs: Any  # the env's observations (B, H, ...): an array, or a dict of arrays for a Dict space
     reward: np.ndarray  # (B, H) the reward head's mean for the step that led to each observation
-    cont: np.ndarray  # (B, H) the continue head's probability that the episode goes on after each observation
+    cont: np.ndarray  # (B, H) the probability that the episode goes on after each observation (continue head)
     actions: Any  # (B, H, ...) the env actions taken, given or chosen by the policy
 
 
@@ -54,10 +54,12 @@ class EnvModel:
         module: the trained `WorldModel`; its observation keys are those it models (the env may have more).
         spec: the env spec of the run.
         actor: the run's actor, for `imagine(policy="actor")`; None for a world-model-only run.
+        cont_scale: what the continue head learned for a step that goes on (`rssm.build.continue_target`: 1, or
+            the discount today's DreamerV3 folds into it); its output over this is the probability of going on.
     """
 
-    def __init__(self, module: WorldModel, spec: EnvSpec, actor: Actor | None = None):
-        self.module, self.spec, self.actor = module, spec, actor
+    def __init__(self, module: WorldModel, spec: EnvSpec, actor: Actor | None = None, cont_scale: float = 1.0):
+        self.module, self.spec, self.actor, self.cont_scale = module, spec, actor, cont_scale
         self.device = module.bins.device
         self.dict_obs = list(spec.obs_shapes) != ["obs"]  # the env's observations are a dict
 
@@ -133,11 +135,12 @@ class EnvModel:
 
     @torch.no_grad()
     def predict(self, state: RSSMState) -> tuple[Any, np.ndarray, np.ndarray]:
-        """What the model expects at `state` (batch ...): the env's observation, reward (...) and continue
-        probability (...)."""
+        """What the model expects at `state` (batch ...): the env's observation, reward (...) and the probability
+        (...) that the episode goes on."""
         feat = features(state)
         reward = self.module.predicted_reward(feat).float().cpu().numpy()
         cont = torch.sigmoid(self.module.cont(feat).squeeze(-1)).float().cpu().numpy()
+        cont = np.clip(cont / self.cont_scale, 0.0, 1.0)
         return self.obs_from_model(self.module.decode(feat)), reward, cont
 
     # --- the whole rollout ---

@@ -3,8 +3,9 @@
 For each seed, PPO from stable-baselines3 (rl-zoo's CartPole-v1 settings: 8 envs, 32 steps each per rollout,
 batch 256, 20 epochs, gamma 0.98, GAE 0.8, learning rate 1e-3 and clip range 0.2 both falling linearly to 0)
 trains for `--steps` env steps twice: inside `rssm.DreamEnv(run)` (episodes started from resets of the real env,
-every later step the world model's), and on the run's real env. Both are then evaluated on the real env: mean
-return of the deterministic policy over `--episodes` episodes (seeds 1000, 1001, ...).
+every later step the world model's; `--termination` as DreamEnv's), and on the run's real env. Both are then
+evaluated on the real env: mean return of the deterministic policy over `--episodes` episodes (seeds 1000, 1001,
+...).
 
     rssm-train env=cartpole seed=0 threads=1 hydra.run.dir=runs/cartpole   # a finished CartPole run
     python scripts/dream_ppo.py --run runs/cartpole --steps 100000 --seeds 0 1 2 --json dream_ppo.json
@@ -54,17 +55,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--envs", type=int, default=8)
+    parser.add_argument("--termination", choices=["sample", "mode"], default="sample",
+                        help="how a dream episode ends (rssm.DreamEnv): sampled from the continue head, or its mode")
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = rssm.load(args.run)
-    print(f"{args.run}: {loaded.config.env.id}; PPO {args.steps:,} env steps each way, eval {args.episodes} "
-          f"episodes of the real env\n")
+    print(f"{args.run}: {loaded.config.env.id}; PPO {args.steps:,} env steps each way (dream termination: "
+          f"{args.termination}), eval {args.episodes} episodes of the real env\n")
     print(f"{'seed':>4}  {'in the dream':>12}  {'minutes':>7}  {'in the real env':>15}  {'minutes':>7}")
     rows = []
     for seed in args.seeds:
         row = {"seed": seed}
-        for where, make in (("dream", lambda: rssm.DreamEnv(loaded)), ("real", loaded.make_env)):
+        dream = lambda: rssm.DreamEnv(loaded, termination=args.termination)  # noqa: E731
+        for where, make in (("dream", dream), ("real", loaded.make_env)):
             start = time.perf_counter()
             agent = ppo(DummyVecEnv([make] * args.envs), seed).learn(args.steps)
             row[f"{where}_minutes"] = (time.perf_counter() - start) / 60
@@ -75,7 +79,8 @@ def main() -> None:
     for where in ("dream", "real"):
         print(f"median return, PPO trained in the {where}: {statistics.median(r[f'{where}_return'] for r in rows):.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"run": str(args.run), "steps": args.steps, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"run": str(args.run), "steps": args.steps, "termination": args.termination,
+                                         "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_imagine_is_the_open_loop_prediction_in_the_env_s_terms(runs, name):
     want = predict_open_loop(run.world_model.module, to_torch(batch, torch.device("cpu")), context, horizon)
     assert np.allclose(got.obs, symexp(want["obs"]["obs"]).numpy(), atol=1e-5)
     assert np.allclose(got.reward, want["reward"].numpy(), atol=1e-5)
-    assert np.allclose(got.cont, want["cont"].numpy(), atol=1e-6)
+    going_on = np.clip(want["cont"].numpy() / run.config.agent.gamma, 0, 1)  # today's DreamerV3: cont = gamma * P
+    assert run.config.agent.contdisc and np.allclose(got.cont, going_on, atol=1e-6)
     again = run.world_model.imagine(ctx_obs, ctx_actions, future, seed=5)
     assert np.array_equal(again.obs, got.obs)  # the seed repeats it ...
     state = torch.get_rng_state()
@@ -166,9 +167,43 @@ def test_ppo_from_stable_baselines3_trains_inside_a_dream(runs):
     env = rssm.DreamEnv(runs / "cartpole", max_episode_steps=50)
     model = sb3.PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu",
                     policy_kwargs={"net_arch": [16]})
-    model.learn(1024)
-    assert model.num_timesteps >= 1024
+    model.learn(2048)
+    assert model.num_timesteps >= 2048
     real = rssm.load(runs / "cartpole").make_env()
     obs, _ = real.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
     assert real.action_space.contains(int(action))
+
+
+def test_a_pixel_run_imagines_and_acts_on_dict_observations(runs):
+    run = rssm.load(runs / "pixels")
+    env = run.make_env()
+    first, _ = env.reset(seed=0)
+    obs, actions = [first], [0, 1, 0]
+    for action in actions:
+        obs.append(env.step(action)[0])  # Dict observations: {"image": (16, 16, 3) uint8}
+    context = {"image": np.stack([o["image"] for o in obs])[None]}  # (1, T, 16, 16, 3)
+    actions = np.array(actions)
+    dream = run.world_model.imagine(context, actions[None], np.zeros((1, 4), np.int64), seed=0)
+    assert set(dream.obs) == {"image"} and dream.obs["image"].shape == (1, 4, 16, 16, 3)
+    assert dream.obs["image"].dtype == np.uint8
+    action, state = run.policy.predict(obs[-1])  # one Dict observation
+    batch, _ = run.policy.predict({"image": context["image"][0]})  # a batch of T
+    assert run.make_env().action_space.contains(action) and batch.shape == (len(obs),)
+
+
+def test_dream_episodes_end_as_often_as_the_continue_head_says(runs):
+    """termination="sample": each episode ends at a step with the probability 1 - cont that the continue head
+    gives; "mode": exactly where cont < 1/2."""
+    N = 4000
+    for termination in ("sample", "mode"):
+        envs = rssm.DreamVecEnv(runs / "cartpole", N, termination=termination, max_episode_steps=100)
+        envs.reset(seed=0)
+        _, _, terminated, _, _ = envs.step(np.zeros(N, np.int64))
+        _, _, cont = envs._dreams.model.predict(envs._dreams.state)  # what the step's states say
+        assert ((cont >= 0) & (cont <= 1)).all()
+        if termination == "mode":
+            assert np.array_equal(terminated, cont < 0.5)
+        else:
+            expected, spread = (1 - cont).sum(), np.sqrt((cont * (1 - cont)).sum())
+            assert abs(terminated.sum() - expected) < 4 * spread + 1, (terminated.sum(), expected, spread)

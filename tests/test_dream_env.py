@@ -197,7 +197,8 @@ def test_dream_episodes_end_as_often_as_the_continue_head_says(runs):
     gives; "mode": exactly where cont < 1/2."""
     N = 4000
     for termination in ("sample", "mode"):
-        envs = rssm.DreamVecEnv(runs / "cartpole", N, termination=termination, max_episode_steps=100)
+        envs = rssm.DreamVecEnv(runs / "cartpole", N, start="replay", context=2, termination=termination,
+                                max_episode_steps=100)
         envs.reset(seed=0)
         _, _, terminated, _, _ = envs.step(np.zeros(N, np.int64))
         _, _, cont = envs._dreams.model.predict(envs._dreams.state)  # what the step's states say

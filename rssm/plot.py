@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def read_scalar(run_dir: Path, tag: str) -> dict[int, float]:
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # A resumed run's events restart at its checkpoint's step: TensorBoard drops the older ones after it (as it
+    # shows them) and says so in a warning per restart, which is no news here.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     if not run_dir.is_dir() or not any(run_dir.glob("events.out.tfevents.*")):
         raise UserError(f"{run_dir} holds no TensorBoard events (events.out.tfevents.*)")
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

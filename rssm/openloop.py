@@ -15,15 +15,11 @@ of the context steps is the posterior's reconstruction and from then on the prio
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from rssm.agent import Agent, to_torch
-from rssm.replay import Replay
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
@@ -161,26 +157,3 @@ def label_video(video: np.ndarray, context: int) -> np.ndarray:
         draw.rectangle((0, LABEL_HEIGHT - 2, width, LABEL_HEIGHT), fill=(0, 160, 0) if t < context else (200, 0, 0))
         frames.append(np.concatenate([np.asarray(header), rgb[t]], 0))
     return np.stack(frames)
-
-
-def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
-                      sequences: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch and, for each image key, a video of
-    the first `sequences` sequences (`openloop/video_KEY`) drawn from the same prediction; both empty while the
-    replay is shorter than one sequence. The batch and the sampled latents use their own random numbers, so
-    training is the same whether and how often this runs. A horizon at which every sequence had reached an
-    episode start is left out of the errors."""
-    t, wm = cfg.trainer, agent.wm
-    H = max(t.openloop_horizons)
-    if len(replay) < t.openloop_context + H:
-        return {}, {}
-    rng = np.random.default_rng([cfg.seed, steps])
-    batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + steps)
-        prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
-    errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
-    videos = {f"openloop/video_{k}": label_video(open_loop_video(wm, batch, t.openloop_context, H, sequences, k,
-                                                                 prediction), t.openloop_context)
-              for k in wm.image_keys}
-    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}, videos

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import signal
 import sys
@@ -21,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rssm import distributed
-from rssm.agent import Agent, NonFiniteModel
+from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, resolve_device
 from rssm.checkpoint import (
     CHECKPOINT,
@@ -53,7 +54,7 @@ from rssm.evaluate import evaluate_policy
 from rssm.files import atomic_write, lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker
 from rssm.offline import offline_source, train_offline
-from rssm.openloop import open_loop_metrics
+from rssm.openloop import label_video, open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
 from rssm.run_state import Progress, RunStopped, StopRequested, crossed, seed_everything
@@ -243,6 +244,29 @@ def _next_actions(agent: Agent, transitions: dict[str, np.ndarray], state: RSSMS
     if agent.actor is None or prefill:
         actions = random_action(spec, rng, len(transitions["is_first"]))
     return actions, state
+
+
+def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
+                      sequences: int = 4) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Open-loop prediction errors (`rssm.openloop`) on a fresh replay batch and, for each image key, a video of
+    the first `sequences` sequences (`openloop/video_KEY`) drawn from the same prediction; both empty while the
+    replay is shorter than one sequence. The batch and the sampled latents use their own random numbers, so
+    training is the same whether and how often this runs. A horizon at which every sequence had reached an
+    episode start is left out of the errors."""
+    t, wm = cfg.trainer, agent.wm
+    H = max(t.openloop_horizons)
+    if len(replay) < t.openloop_context + H:
+        return {}, {}
+    rng = np.random.default_rng([cfg.seed, steps])
+    batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
+    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed + steps)
+        prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
+    errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
+    videos = {f"openloop/video_{k}": label_video(open_loop_video(wm, batch, t.openloop_context, H, sequences, k,
+                                                                 prediction), t.openloop_context)
+              for k in wm.image_keys}
+    return {k: v.item() for k, v in errors.items() if math.isfinite(v.item())}, videos
 
 
 def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collector: Collector, progress: Progress,

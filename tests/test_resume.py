@@ -17,9 +17,8 @@ from rssm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from rssm.collector import Collector, make_envs
 from rssm.envs import make_env, random_action
 from rssm.evaluate import evaluate_policy
-from rssm.openloop import open_loop_metrics
 from rssm.replay import Replay
-from rssm.train import RunStopped, train
+from rssm.train import RunStopped, open_loop_metrics, train
 
 # Evaluations (mode policy, 40-step episodes at most), open-loop errors and logs fall in both halves of a run.
 RUN = ("experiment=debug", "trainer.progress=false", "trainer.steps=240", "trainer.prefill=60",

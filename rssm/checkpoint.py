@@ -7,10 +7,12 @@ that is fsynced and renamed over the old one, so a crash or a full disk leaves t
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +117,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's random numbers (CPU, and `device` if it is a GPU) drawn from `seed` inside, the caller's random
+    state as it was after; nothing with None. Evaluations and open-loop errors use it, so that training goes on the
+    same whether they ran."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def arrays_to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

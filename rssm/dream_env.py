@@ -22,10 +22,11 @@ import torch
 
 from rssm.api import Loaded, load
 from rssm.build import env_id
+from rssm.checkpoint import seeded
 from rssm.config import UserError
 from rssm.dream import replay_sequences
 from rssm.envs import ATARI_FRAME_SKIP, to_env_action
-from rssm.imagination import EnvModel, seeded
+from rssm.imagination import EnvModel
 from rssm.replay import chunk_files
 from rssm.rssm import RSSMState
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from rssm.agent import Agent, NonFiniteModel
 from rssm.api import load
 from rssm.build import build_envs, env_id
+from rssm.checkpoint import seeded
 from rssm.collector import Collector
 from rssm.config import UserError
 from rssm.envs import EnvSpec, install
@@ -69,8 +69,7 @@ def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0
     same whether an evaluation ran, and one redone after a resume gives the same result."""
     envs, spec = build_envs(cfg, num=1)
     try:
-        with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed + 10_000 + steps)
+        with seeded(cfg.seed + 10_000 + steps, agent.device):
             played = run_episodes(agent, envs, spec, episodes, seed=cfg.seed + 10_000, stop=stop,
                                   remake=lambda: build_envs(cfg, num=1)[0])
     finally:

@@ -12,14 +12,14 @@ the conversion happens here.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from rssm.behavior import Actor
+from rssm.checkpoint import seeded
 from rssm.distributions import inverse_cdf_index, onehot, symexp
 from rssm.envs import EnvSpec, from_env_action, to_env_action
 from rssm.rssm import RSSMState, features
@@ -33,18 +33,6 @@ class Imagined(NamedTuple):
     reward: np.ndarray  # (B, H) the reward head's mean for the step that led to each observation
     cont: np.ndarray  # (B, H) the probability that the episode goes on after each observation (continue head)
     actions: Any  # (B, H, ...) the env actions taken, given or chosen by the policy
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Torch's random numbers drawn from `seed` inside, the caller's random state untouched; nothing with None."""
-    if seed is None:
-        yield
-        return
-    devices = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 class EnvModel:

@@ -29,7 +29,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, to_torch
 from rssm.build import build_agent, build_env, env_id, resolve_device
-from rssm.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, save_model, set_rng_state
+from rssm.checkpoint import (
+    CHECKPOINT,
+    checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_model,
+    seeded,
+    set_rng_state,
+)
 from rssm.cli import OVERRIDES, status
 from rssm.collector import transition
 from rssm.config import UserError, check_changes
@@ -148,8 +157,7 @@ def heldout_errors(cfg: DictConfig, agent: Agent, held: Replay, batches: int = 4
     rng = np.random.default_rng([cfg.seed, 1])
     length = t.openloop_context + max(t.openloop_horizons)
     totals: dict[str, list[float]] = {}
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed, agent.device):
         for _ in range(batches):
             batch = to_torch(held.sample(cfg.replay.batch_size, length, rng), agent.device)
             for k, v in open_loop_errors(agent.wm, batch, t.openloop_context, t.openloop_horizons).items():
@@ -244,8 +252,7 @@ def _save(run_dir: Path, cfg: DictConfig, agent: Agent, replay: Replay, updates:
 
 
 def _resume(cfg: DictConfig, agent: Agent, replay: Replay) -> int:
-    path = Path(cfg.resume).expanduser()
-    path = path / CHECKPOINT if path.is_dir() else path
+    path = checkpoint_path(cfg.resume)
     state = load_checkpoint(path)
     if "offline" not in state:
         raise UserError(f"{path} is the checkpoint of a run in an env, not of an offline run")

@@ -32,6 +32,7 @@ from rssm.checkpoint import (
     restore_run,
     save_model,
     save_run,
+    seeded,
 )
 from rssm.cli import (
     OVERRIDES,
@@ -259,8 +260,7 @@ def open_loop_metrics(cfg: DictConfig, agent: Agent, replay: Replay, steps: int,
         return {}, {}
     rng = np.random.default_rng([cfg.seed, steps])
     batch = to_torch(replay.sample(cfg.replay.batch_size, t.openloop_context + H, rng), agent.device)
-    with torch.random.fork_rng(devices=[agent.device] if agent.device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + steps)
+    with seeded(cfg.seed + steps, agent.device):
         prediction = predict_open_loop(wm, batch, t.openloop_context, H, reconstruct=bool(wm.image_keys))
     errors = open_loop_errors(wm, batch, t.openloop_context, t.openloop_horizons, prediction)
     videos = {f"openloop/video_{k}": label_video(open_loop_video(wm, batch, t.openloop_context, H, sequences, k,

@@ -27,7 +27,8 @@ DEBUG = ("experiment=debug", "trainer.progress=false")
 RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eval_episodes=1", "replay.chunk=32")
 
 # Envs with faults, reached through `faulty_envs:ID` ids. What they do is picked by the variable FAULTY, read
-# only here. Training seeds its evaluation env with cfg.seed + 10000: the env knows it is evaluating from that.
+# only here. Training seeds each evaluation's env from the run's seed and the step: the env knows it is
+# evaluating from that.
 ENV_MODULE = '''
 import os
 import signal
@@ -36,10 +37,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control import CartPoleEnv
 
+from rssm.evaluate import evaluation_seed
+
 NAN_LEFT, MADE = [1], {}  # per mode: faults that happen once in a process, envs made
-# The reset seed of the first evaluation episode: the evaluation's collector has the seed 10,000 (run seed 0), and
-# its env 0 starts episode 0 of seed stream 0 (rssm.collector.Collector).
-EVAL_SEED = int(np.random.SeedSequence([10_000, 0, 0, 0]).generate_state(1)[0])
+# The reset seeds of the first episode of an evaluation at env steps 0 to 1,000 of a run of seed 0: its env 0 starts
+# episode 0 of seed stream 0 (rssm.collector.Collector).
+EVAL_SEEDS = {int(np.random.SeedSequence([evaluation_seed(0, steps), 0, 0, 0]).generate_state(1)[0])
+              for steps in range(1001)}
 
 
 class Faulty(CartPoleEnv):
@@ -52,7 +56,7 @@ class Faulty(CartPoleEnv):
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
-            self.evaluating = seed == EVAL_SEED
+            self.evaluating = seed in EVAL_SEEDS
         return super().reset(seed=seed, options=options)
 
     def step(self, action):

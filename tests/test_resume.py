@@ -282,3 +282,29 @@ def test_evaluation_and_open_loop_errors_leave_the_training_rngs_alone(compose_c
     assert (np.random.get_state()[1] == before[1]).all() and torch.equal(torch.get_rng_state(), before[2])
     torch.manual_seed(123)  # the global generator elsewhere: the same evaluation all the same
     assert evaluate_policy(agent, cfg, 2, steps=80) == first
+
+
+def test_each_evaluation_plays_starts_of_its_own_and_a_redone_one_the_same(compose_config):
+    cfg = compose_config(*RUN)
+    env, spec = make_env(cfg.env.id)
+    agent = build_agent(cfg, spec, torch.device("cpu"))
+
+    class Recording:  # the agent, noting the first observation of each episode it plays
+        device = agent.device
+
+        def __init__(self):
+            self.starts = []
+
+        def act(self, transitions, state, explore):
+            self.starts += [o for o, first in zip(transitions["obs"], transitions["is_first"], strict=True) if first]
+            return agent.act(transitions, state, explore)
+
+    def starts(steps):
+        recording = Recording()
+        evaluate_policy(recording, cfg, 3, steps=steps)
+        return np.stack(recording.starts)
+
+    at80 = starts(80)
+    assert len(at80) == 3 and len({tuple(s) for s in at80}) == 3
+    np.testing.assert_array_equal(starts(80), at80)
+    assert not np.isin(starts(160), at80).all(axis=1).any()

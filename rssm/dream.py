@@ -19,7 +19,7 @@ from rssm.agent import to_torch
 from rssm.config import UserError
 from rssm.evaluate import load_run, save_video
 from rssm.openloop import label_video, open_loop_video
-from rssm.replay import chunk_files, read_chunk
+from rssm.replay import chunk_files, chunk_streams, read_chunk
 
 
 def episode_windows(is_first: np.ndarray, length: int) -> np.ndarray:
@@ -49,14 +49,8 @@ def replay_sequences(replay_dir: Path, length: int, count: int, rng: np.random.G
     files = chunk_files(replay_dir)
     if not files:
         raise UserError(f"{replay_dir} holds no replay chunks (chunk_*.npz)")
-    runs: list[list[int]] = []  # chunk indices, consecutive within a run
-    for index in files:
-        if runs and runs[-1][-1] == index - 1:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
     pools, longest = [], 0  # (run, env, chunk bounds (chunks + 1,), window starts) for each run and env
-    for run in runs:
+    for run in chunk_streams(files):
         firsts = [read_chunk(files[i], ["is_first"])["is_first"] for i in run]  # each (rows, envs)
         bounds = np.cumsum([0] + [len(f) for f in firsts])
         for env in range(firsts[0].shape[1]):

@@ -46,7 +46,7 @@ from rssm.envs import EnvSpec, env_spec, from_env_action, install
 from rssm.files import atomic_write
 from rssm.logging import Logger, MeanTracker
 from rssm.openloop import open_loop_errors
-from rssm.replay import Replay, chunk_files, read_chunk
+from rssm.replay import Replay, chunk_files, chunk_streams, read_chunk
 from rssm.run_state import RunStopped, StopRequested, crossed, seed_everything
 
 Episode = dict[str, np.ndarray]  # a transition's fields, each (T + 1, ...): the first observation, then T steps
@@ -112,12 +112,8 @@ def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
     episodes = []
     for shard in shards:
         files = chunk_files(shard)
-        streams: list[list[dict[str, np.ndarray]]] = [[]]  # chunks with consecutive indices: one stream
-        for index, path in files.items():
-            if streams[-1] and index - 1 not in files:
-                streams.append([])
-            streams[-1].append(read_chunk(path))
-        for chunks in filter(None, streams):
+        for stream in chunk_streams(files):
+            chunks = [read_chunk(files[i]) for i in stream]
             data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}  # (rows, envs, ...)
             for env in range(data["is_first"].shape[1]):
                 column = {k: v[:, env] for k, v in data.items()}

@@ -28,6 +28,18 @@ def chunk_files(directory: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+
+def chunk_streams(files: dict[int, Path]) -> list[list[int]]:
+    """The indices of `files` (as `chunk_files` gives them) in streams of consecutive indices: the chunks of one
+    stream hold consecutive rows, and a missing index breaks it."""
+    streams: list[list[int]] = []
+    for index in files:
+        if streams and streams[-1][-1] == index - 1:
+            streams[-1].append(index)
+        else:
+            streams.append([index])
+    return streams
+
 class Replay:
     """A ring buffer of `capacity` transitions from `envs` environments stepped together.
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
-from rssm.files import check_run_dir
+from rssm.files import atomic_write, check_run_dir
 
 PROG = "rssm-train"
 OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its config.yaml
@@ -31,6 +31,14 @@ _RESUME_KEYS = ("resume", "allow_changes")
 _LOG = logging.getLogger("rssm")  # rssm-train's job logging writes it to RUN_DIR/train.log (configs/hydra/)
 _LOG.addHandler(logging.NullHandler())  # and elsewhere it goes nowhere, unless the application configures logging
 
+
+
+def write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str] | None) -> None:
+    """The run's config (`config.yaml`) and, where given, its command line's overrides (`overrides.yaml`, which a
+    resume composes again), each written whole or not at all."""
+    atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+    if overrides is not None:
+        atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
 
 def status(line: str) -> None:
     """A status line: on stdout, and in the run's log (`logging`, INFO)."""

@@ -39,7 +39,7 @@ from rssm.checkpoint import (
     seeded,
     set_rng_state,
 )
-from rssm.cli import OVERRIDES, status
+from rssm.cli import status, write_run_config
 from rssm.collector import transition
 from rssm.config import UserError, check_changes
 from rssm.envs import EnvSpec, env_spec, from_env_action, install
@@ -198,9 +198,7 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
     replay = fill(Replay(cfg.replay.capacity, cfg.seed, None, cfg.replay.chunk), train_eps)
     held = fill(Replay(max(held_steps, 1), cfg.seed, None, cfg.replay.chunk), held_eps)
     updates = _resume(cfg, agent, replay) if cfg.resume else 0
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
-    if overrides is not None:
-        atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
+    write_run_config(run_dir, cfg, overrides)
     steps = sum(len(e["is_first"]) for e in train_eps)
     status(f"rssm: {env_id(cfg)} offline from {offline_source(cfg)} on {agent.device}: {len(train_eps)} "
            f"episodes ({steps:,} steps) to train on, {len(held_eps)} held out ({held_steps:,} steps); world model "

@@ -19,7 +19,7 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rssm import distributed
 from rssm.agent import Agent, NonFiniteModel, to_torch
@@ -35,7 +35,6 @@ from rssm.checkpoint import (
     seeded,
 )
 from rssm.cli import (
-    OVERRIDES,
     PROG,
     HeldStderr,
     config_source,
@@ -46,13 +45,14 @@ from rssm.cli import (
     say,
     status,
     with_general_env,
+    write_run_config,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
 from rssm.config import UserError, check_changes, register_configs, validate
 from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
-from rssm.files import atomic_write, lock_run_dir, remove_leftovers
+from rssm.files import lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker
 from rssm.offline import offline_source, train_offline
 from rssm.openloop import label_video, open_loop_errors, open_loop_video, predict_open_loop
@@ -172,9 +172,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
                                         collector.env_steps) if resumed else Progress()
     if ranks.main:
-        atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
-        if overrides is not None:
-            atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
+        write_run_config(run_dir, cfg, overrides)
         counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
         sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
         job = f" x {ranks.world} ranks" if ranks.world > 1 else ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,15 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
 from rssm.files import atomic_write, check_run_dir
+from rssm.messages import say
 
 PROG = "rssm-train"
 OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its config.yaml
 # Overrides that say how to continue a run, not what the run is: never part of a run's own overrides.
 _RESUME_KEYS = ("resume", "allow_changes")
-
-
-_LOG = logging.getLogger("rssm")  # rssm-train's job logging writes it to RUN_DIR/train.log (configs/hydra/)
-_LOG.addHandler(logging.NullHandler())  # and elsewhere it goes nowhere, unless the application configures logging
 
 
 
@@ -39,20 +35,6 @@ def write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str] | None
     atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
     if overrides is not None:
         atomic_write(run_dir / OVERRIDES, lambda f: f.write(OmegaConf.to_yaml(list(overrides)).encode()))
-
-def status(line: str) -> None:
-    """A status line: on stdout, and in the run's log (`logging`, INFO)."""
-    print(line, flush=True)
-    _LOG.info(line)
-
-
-def say(line: str, log: bool = True) -> None:
-    """Write one line to stderr in one write (the ranks of a torchrun job share it, and a line written in parts,
-    as `print` writes text and newline, can be cut by another rank's), and with `log` to the run's log (WARNING)."""
-    sys.stderr.write(f"{line}\n")
-    sys.stderr.flush()
-    if log:
-        _LOG.warning(line)
 
 
 def fail(message: str) -> None:

@@ -4,7 +4,6 @@ and turns each step into replay transitions."""
 from __future__ import annotations
 
 import signal
-import sys
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -14,6 +13,7 @@ import numpy as np
 
 from rssm.config import UserError
 from rssm.envs import EnvSpec, to_env_action
+from rssm.messages import say
 
 
 class EpisodeControl(gym.Wrapper):
@@ -184,8 +184,8 @@ class Collector:
         lost = np.array([not fresh[i] and not self._came_back(i, got, replayed[i]) for i in range(self.num)])
         if lost.any():
             envs = ", ".join(map(str, np.flatnonzero(lost)))
-            print(f"rssm: warning: the episode under way in env {envs} did not come back from its seed and actions "
-                  "(a non-deterministic env?); starting a new episode", file=sys.stderr)
+            say(f"rssm: warning: the episode under way in env {envs} did not come back from its seed and actions "
+                "(a non-deterministic env?); starting a new episode")
             self._stream[lost], self._started[lost] = self.env_steps + 1, 0
             self._start_episodes(lost)
         return fresh | lost

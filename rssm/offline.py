@@ -39,12 +39,13 @@ from rssm.checkpoint import (
     seeded,
     set_rng_state,
 )
-from rssm.cli import status, write_run_config
+from rssm.cli import write_run_config
 from rssm.collector import transition
 from rssm.config import UserError, check_changes
 from rssm.envs import EnvSpec, env_spec, from_env_action, install
 from rssm.files import atomic_write
 from rssm.logging import Logger, MeanTracker
+from rssm.messages import status
 from rssm.openloop import open_loop_errors
 from rssm.replay import Replay, chunk_files, chunk_streams, read_chunk
 from rssm.run_state import RunStopped, StopRequested, crossed, seed_everything

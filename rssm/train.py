@@ -42,8 +42,6 @@ from rssm.cli import (
     merge_overrides,
     register_resolvers,
     resumed_config,
-    say,
-    status,
     with_general_env,
     write_run_config,
 )
@@ -54,6 +52,7 @@ from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
 from rssm.files import lock_run_dir, remove_leftovers
 from rssm.logging import Logger, MeanTracker
+from rssm.messages import say, status
 from rssm.offline import offline_source, train_offline
 from rssm.openloop import label_video, open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay

@@ -29,20 +29,20 @@ def wrap(theta):
 
 
 class Optimum:
-    """-V_0: the best 200-step return from a state (theta, theta_dot), on an (n_theta, n_speed) grid."""
+    """-V_0: the best 200-step return from a state (theta, theta_dot), on an (n_theta, n_speed) grid. With
+    `policy`, it keeps the cost to go for every number of steps left, for `action`."""
 
-    def __init__(self, n_theta: int, n_speed: int, n_torque: int = 41):
+    def __init__(self, n_theta: int, n_speed: int, n_torque: int = 41, policy: bool = False):
         self.n_theta, self.n_speed = n_theta, n_speed
+        self.torques = np.linspace(-MAX_TORQUE, MAX_TORQUE, n_torque)
         theta, speed = np.meshgrid(np.linspace(-np.pi, np.pi, n_theta, endpoint=False),
                                    np.linspace(-MAX_SPEED, MAX_SPEED, n_speed), indexing="ij")
-        steps = []
-        for u in np.linspace(-MAX_TORQUE, MAX_TORQUE, n_torque):
-            cost = wrap(theta) ** 2 + 0.1 * speed ** 2 + 0.001 * u ** 2
-            new_speed = np.clip(speed + (3 * G / 2 * np.sin(theta) + 3.0 * u) * DT, -MAX_SPEED, MAX_SPEED)
-            steps.append((cost, self._corners(theta + new_speed * DT, new_speed)))
+        steps = [(cost(theta, speed, u), self._corners(*dynamics(theta, speed, u))) for u in self.torques]
         value = np.zeros_like(theta)  # cost to go with 0 steps left
+        self.values = [value] if policy else []  # [k]: with k steps left
         for _ in range(HORIZON):
-            value = np.min([cost + self._at(value, corners) for cost, corners in steps], axis=0)
+            value = np.min([c + self._at(value, corners) for c, corners in steps], axis=0)
+            self.values += [value] if policy else []
         self.value = value
 
     def _corners(self, theta, speed):
@@ -59,6 +59,24 @@ class Optimum:
 
     def __call__(self, theta: float, speed: float) -> float:
         return -float(self._at(self.value, self._corners(np.array(theta), np.array(speed))))
+
+    def action(self, theta: float, speed: float, steps_left: int) -> float:
+        """The torque of least cost to go from (theta, theta_dot) with `steps_left` steps left."""
+        after = self.values[steps_left - 1]
+        totals = [cost(theta, speed, u) + self._at(after, self._corners(*dynamics(np.array(theta), np.array(speed), u)))
+                  for u in self.torques]
+        return float(self.torques[int(np.argmin(totals))])
+
+
+def dynamics(theta, speed, torque):
+    """Pendulum-v1's next (theta, theta_dot)."""
+    new_speed = np.clip(speed + (3 * G / 2 * np.sin(theta) + 3.0 * torque) * DT, -MAX_SPEED, MAX_SPEED)
+    return theta + new_speed * DT, new_speed
+
+
+def cost(theta, speed, torque):
+    """Pendulum-v1's cost (its reward negated) of a torque in a state."""
+    return wrap(theta) ** 2 + 0.1 * speed ** 2 + 0.001 * torque ** 2
 
 
 def starts(collector_seed: int, episodes: int) -> list[tuple[float, float]]:

@@ -28,7 +28,6 @@ OVERRIDES = "overrides.yaml"  # the run's command-line overrides, beside its con
 _RESUME_KEYS = ("resume", "allow_changes")
 
 
-
 def write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str] | None) -> None:
     """The run's config (`config.yaml`) and, where given, its command line's overrides (`overrides.yaml`, which a
     resume composes again), each written whole or not at all."""

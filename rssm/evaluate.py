@@ -63,9 +63,9 @@ def _play(agent, collector: Collector, episodes: int, explore: bool, record: boo
 
 def evaluation_seed(seed: int, steps: int) -> int:
     """The seed of the episodes of a run's evaluation at env step `steps`. Each evaluation draws starts of its own,
-    as DreamerV3's and stable-baselines3's evaluations play new episodes each time: one set of starts kept for the
-    whole run would be judged by how hard those few starts happen to be (Pendulum-v1: the best return possible
-    over 10 starts drawn from a run's seed ranges from -132 to -172 between seeds 0, 1 and 2)."""
+    as DreamerV3's and stable-baselines3's evaluations play new episodes each time: a run that kept one set of
+    starts throughout was judged by how hard those few starts happened to be (Pendulum-v1: on the 10 starts kept
+    by seeds 0, 1 and 2, the best return possible was -132, -137 and -172; scripts/pendulum_optimum.py)."""
     return int(np.random.SeedSequence([seed + 10_000, steps]).generate_state(1)[0] >> 1)
 
 

@@ -28,7 +28,6 @@ def chunk_files(directory: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-
 def chunk_streams(files: dict[int, Path]) -> list[list[int]]:
     """The indices of `files` (as `chunk_files` gives them) in streams of consecutive indices: the chunks of one
     stream hold consecutive rows, and a missing index breaks it."""
@@ -39,6 +38,7 @@ def chunk_streams(files: dict[int, Path]) -> list[list[int]]:
         else:
             streams.append([index])
     return streams
+
 
 class Replay:
     """A ring buffer of `capacity` transitions from `envs` environments stepped together.

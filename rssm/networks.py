@@ -129,8 +129,23 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hidden(x)
+        if self.out is None:
+            return x
         # An output layer's result in float32 even under autocast: heads feed distributions and losses.
-        return self.out(x).float() if self.out is not None else x
+        return wide_linear(x, self.out.weight, self.out.bias).float()
+
+
+def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` for a layer of 64 or more outputs, computed with the outputs padded by zero rows to a multiple of
+    8 and cut back: matrix products run at about half the rate with an odd number of columns (on one CPU thread,
+    16,384 x 128 times 128 x 255 took 23 ms, times 128 x 256 13 ms: the two-hot heads' 255 bins), and GPUs' tensor
+    cores want multiples of 8. Values and gradients are those of `F.linear`; the result is a view."""
+    out = weight.shape[0]
+    pad = -out % 8
+    if out < 64 or pad == 0:
+        return F.linear(x, weight, bias)
+    bias = F.pad(bias, (0, pad)) if bias is not None else None
+    return F.linear(x, F.pad(weight, (0, 0, 0, pad)), bias)[..., :out]
 
 
 def image_stages(size: int) -> int:

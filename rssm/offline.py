@@ -24,7 +24,6 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, to_torch
@@ -44,6 +43,7 @@ from rssm.collector import transition
 from rssm.config import UserError, check_changes
 from rssm.envs import EnvSpec, env_spec, from_env_action, install
 from rssm.files import atomic_write
+from rssm.host import setup_host
 from rssm.logging import Logger, MeanTracker
 from rssm.messages import status
 from rssm.openloop import open_loop_errors
@@ -188,8 +188,7 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
         raise UserError(f"offline training trains a world model alone: add agent=world_model (not "
                         f"agent={cfg.agent.kind}; an actor needs an env to act in)")
     seed_everything(cfg.seed)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    setup_host(cfg.threads)
     env, spec = build_env(cfg)
     env.close()
     train_eps, held_eps = _episodes(cfg, spec)

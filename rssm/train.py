@@ -51,6 +51,7 @@ from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
 from rssm.files import lock_run_dir, remove_leftovers
+from rssm.host import setup_host
 from rssm.logging import Logger, MeanTracker
 from rssm.messages import say, status
 from rssm.offline import offline_source, train_offline
@@ -153,8 +154,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
 def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
            overrides: list[str] | None, ranks: Ranks) -> dict[str, float]:
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    setup_host(cfg.threads)
     device = _device(cfg, ranks)
     seed = rank_seed(cfg.seed, ranks)
 

@@ -1,10 +1,12 @@
 """Speed of the agent's update and of acting, per size preset, on random data, with the model the config builds.
 
 Each model preset (configs/model/) is composed with the default config (today's DreamerV3 unless `--set algo=...`
-says otherwise) and timed in up to three parts:
+says otherwise) and timed in up to four parts:
 
-    wm      a world-model update alone (`agent=world_model`: loss, backward, optimizer step)
-    agent   a whole agent update: world model, imagination from every replayed state, actor and critic
+    wm        a world-model update alone (`agent=world_model`: loss, backward, optimizer step)
+    behavior  a behaviour update alone: imagination from every state of a fixed posterior, actor and critic losses,
+              their backward passes and optimizer steps (the world model is not trained)
+    agent     a whole agent update: world model, imagination from every replayed state, actor and critic
     act     one batched `Agent.act` for `--envs` envs (posterior step, policy, sample)
 
 For each it reports the time of the first call (with `--compile`, mostly compilation), the median time of
@@ -42,6 +44,7 @@ import rssm.agent
 from rssm.build import build_agent
 from rssm.config import register_configs
 from rssm.envs import EnvSpec
+from rssm.host import setup_host
 
 
 def sync(device: torch.device) -> None:
@@ -120,9 +123,10 @@ def flop_parts(counter: FlopCounterMode) -> dict[str, int]:
     return dict(parts)
 
 
-def forward_flops(agent, batch: dict[str, np.ndarray]) -> dict[str, int]:
-    """The forward FLOPs of an update's losses, per part (`flop_parts`), and of imagination alone. Only the
-    forward pass is split: the counter's attribution of backward work to modules is not exact."""
+def forward_flops(agent, batch: dict[str, np.ndarray], world_model: bool = True) -> dict[str, int]:
+    """The forward FLOPs of an update's losses, per part (`flop_parts`), and of imagination alone; without
+    `world_model`, of the behaviour losses alone (the posterior computed outside the count). Only the forward pass
+    is split: the counter's attribution of backward work to modules is not exact."""
     counter, inner = FlopCounterMode(display=False, depth=None), FlopCounterMode(display=False)
     name_modules(counter, agent)
     real = rssm.agent.imagine
@@ -132,10 +136,13 @@ def forward_flops(agent, batch: dict[str, np.ndarray]) -> dict[str, int]:
             return real(*a, **k)
 
     rssm.agent.imagine = counted
+    data = rssm.agent.to_torch(batch, agent.device)
     try:
+        with torch.no_grad():
+            post = None if world_model else agent.wm.loss(data, agent.scales)[2]
         with counter, torch.no_grad():
-            data = rssm.agent.to_torch(batch, agent.device)
-            _, _, post = agent.wm.loss(data, agent.scales)
+            if world_model:
+                _, _, post = agent.wm.loss(data, agent.scales)
             if agent.actor is not None:
                 agent._behavior_losses(post, data)
     finally:
@@ -165,6 +172,19 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
             _, state[0] = agent.act(transitions[call.k % 4], state[0], explore=True)
             call.k += 1
         call.k = 0
+    elif part == "behavior":
+        batches = [random_batch(spec, B, T, rng) for _ in range(2)]
+        starts = []
+        for batch in batches:
+            data = rssm.agent.to_torch(batch, device)
+            with torch.no_grad():
+                starts.append((agent.wm.loss(data, agent.scales)[2], data))
+        go = torch.ones((), dtype=torch.bool, device=device)
+
+        def call() -> None:
+            agent._update_behavior(*starts[call.k % 2], go)
+            call.k += 1
+        call.k = 0
     else:
         batches = [random_batch(spec, B, T, rng) for _ in range(2)]
 
@@ -181,7 +201,7 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
         call()
     flops = counter.get_total_flops()
     row = {"model": model, "part": part, "flops": flops, "first_s": first,
-           "forward_parts": forward_flops(agent, batches[0]) if part != "act" else {}}
+           "forward_parts": forward_flops(agent, batches[0], part != "behavior") if part != "act" else {}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
@@ -203,7 +223,7 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", default=["xxs", "s"], help="size presets (configs/model/)")
-    parser.add_argument("--part", nargs="+", default=["wm", "agent"], choices=["wm", "agent", "act"])
+    parser.add_argument("--part", nargs="+", default=["wm", "agent"], choices=["wm", "behavior", "agent", "act"])
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides, e.g. algo=dreamerv3_2023")
     parser.add_argument("--obs-dim", type=int, default=4, help="vector observation size (CartPole's: 4)")
     parser.add_argument("--act-dim", type=int, default=2)
@@ -222,7 +242,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    setup_host(args.threads)  # as a training run sets up its process
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)

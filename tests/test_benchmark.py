@@ -12,12 +12,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 def test_benchmark_times_every_part_and_splits_its_flops(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "debug", "--part", "wm", "agent", "act",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "debug", "--part", "wm", "behavior", "agent", "act",
                            "--iters", "1", "--warmup", "0", "--flops", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     rows = {r["part"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"wm", "agent", "act"}
+    assert set(rows) == {"wm", "behavior", "agent", "act"}
     for part, r in rows.items():
         assert r["flops"] > 0 and r["ms"] > 0 and 0 < r["of_peak"], part
     for part in ("wm", "agent"):
@@ -30,4 +30,8 @@ def test_benchmark_times_every_part_and_splits_its_flops(tmp_path):
     agent = rows["agent"]["forward_parts"]
     assert 0 < agent["imagination"] < sum(v for k, v in agent.items() if k != "imagination")
     assert rows["agent"]["flops"] > rows["wm"]["flops"] and rows["act"]["forward_parts"] == {}
+    # The behaviour update alone: imagination, actor and critic, none of the world model's own losses.
+    behavior = rows["behavior"]
+    assert behavior["forward_parts"]["actor"] > 0 and "world_model.decoder" not in behavior["forward_parts"]
+    assert rows["wm"]["flops"] < behavior["flops"] < rows["agent"]["flops"]
     assert "forward pass of the losses" in proc.stdout

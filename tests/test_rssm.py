@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rssm.networks import LoopLinear
+from rssm.networks import LoopLinear, wide_linear
 from rssm.rssm import RSSM, features
 from rssm.world_model import LossScales, WorldModel, kl_loss
 
@@ -81,6 +81,25 @@ def test_loop_linear_matches_plain_linear_values_and_gradients(autocast):
     tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else {}
     torch.testing.assert_close(fast_w, layer.weight.grad, **tolerance)
     torch.testing.assert_close(fast_x, xs.grad, **tolerance)
+
+
+@pytest.mark.parametrize("out", [255, 64, 3], ids=["padded", "multiple-of-8", "narrow"])
+def test_wide_linear_matches_linear_values_and_gradients(out):
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    weight, bias = torch.randn(out, 16, requires_grad=True), torch.randn(out, requires_grad=True)
+    target = torch.randn(2, 9, out)
+    got = wide_linear(x, weight, bias)
+    assert got.shape == (2, 9, out)
+    (torch.softmax(got, -1) * target).sum().backward()
+    grads = [t.grad.clone() for t in (x, weight, bias)]
+    for t in (x, weight, bias):
+        t.grad = None
+    want = F.linear(x, weight, bias)
+    (torch.softmax(want, -1) * target).sum().backward()
+    torch.testing.assert_close(got, want)
+    for g, t in zip(grads, (x, weight, bias), strict=True):
+        torch.testing.assert_close(g, t.grad)
 
 
 def test_world_model_gradients_match_plain_autograd(monkeypatch):

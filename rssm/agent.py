@@ -19,7 +19,7 @@ from rssm.behavior import (
     replay_value_loss,
 )
 from rssm.distributed import SINGLE, Ranks
-from rssm.optim import Adam, LaProp
+from rssm.optim import Adam, LaProp, LossScale
 from rssm.rssm import RSSMState, features
 from rssm.world_model import LossScales, WorldModel
 
@@ -56,7 +56,7 @@ Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optim
 
 def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]],
           finite: torch.Tensor | None = None, retain: bool = False,
-          ranks: Ranks = SINGLE) -> tuple[dict, torch.Tensor]:
+          ranks: Ranks = SINGLE, scale: LossScale | None = None) -> tuple[dict, torch.Tensor]:
     """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
     else the loss depends on (an actor's return computed through the world model does not train the model).
 
@@ -65,12 +65,16 @@ def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Para
     norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor). `retain`: the
     losses share one graph (a compiled forward pass), which every backward pass but the last keeps. With several
     `ranks`, the gradients are averaged over them first, and a loss that is not finite on any rank skips the step
-    on every rank: all ranks take the same step.
+    on every rank: all ranks take the same step. With a loss `scale` (float16), the losses' gradients are formed
+    scaled and divided back before anything reads them, and the scale learns from whether the step was taken.
     """
     for _, opt, _, _ in parts:
         opt.zero_grad(set_to_none=True)
     for i, (loss, params) in enumerate(losses):
-        loss.backward(inputs=params, retain_graph=retain and i < len(losses) - 1)
+        scaled = loss if scale is None else loss * scale.value
+        scaled.backward(inputs=params, retain_graph=retain and i < len(losses) - 1)
+    if scale is not None:
+        scale.unscale_([p.grad for _, _, params, _ in parts for p in params if p.grad is not None])
     bad = torch.stack([(~torch.isfinite(loss.detach())).float() for loss, _ in losses])  # (losses,)
     ranks.average([p.grad for _, _, params, _ in parts for p in params if p.grad is not None] + [bad])
     norms = {}
@@ -78,10 +82,12 @@ def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Para
         grads = [p.grad for p in params if p.grad is not None]
         norms[f"grad_norm/{name}"] = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                                       else torch.nn.utils.get_total_norm(grads))
-    ok = torch.isfinite(torch.stack(list(norms.values()))).all() & (bad == 0).all()  # () bool, on the device
-    ok = ok if finite is None else ok & finite
+    own = torch.isfinite(torch.stack(list(norms.values()))).all() & (bad == 0).all()  # () bool, on the device
+    ok = own if finite is None else own & finite
     for _, opt, _, _ in parts:
         opt.step(finite=ok)
+    if scale is not None:
+        scale.update(own)  # its own gradients' verdict: an earlier step's skip says nothing of this step's range
     return norms, ok
 
 
@@ -95,9 +101,11 @@ class Agent:
         actor, critic, behavior, actor_optim, critic_optim: all None for a world model alone (random policy).
         joint: every module's loss from one forward pass, then one step of all optimizers (DreamerV3 now); else
             the world model steps first and imagination starts from the stepped model (2023).
-        precision: None: float32 throughout. torch.bfloat16: the forward passes of learning and acting run under
-            autocast in it, while weights, optimizer states, gradients, the recurrent state, every head's output
-            and every distribution and loss stay float32 (`MLP` and `gru_gates` return float32).
+        precision: None: float32 throughout. torch.bfloat16 or torch.float16: the forward passes of learning and
+            acting run under autocast in it, while weights, optimizer states, gradients, the recurrent state, every
+            head's output and every distribution and loss stay float32 (`MLP` and `gru_gates` return float32).
+            float16 adds a dynamic loss scale on the device (`rssm.optim.LossScale`): its range is too narrow
+            for small gradients otherwise.
         compile: None: eager. A torch.compile backend ("inductor"): the forward passes of the world model's loss,
             of the behaviour losses and of acting are compiled (static shapes; the first calls compile); backward
             passes and optimizer steps stay eager.
@@ -133,6 +141,8 @@ class Agent:
         # by the caller when it chooses (each read is a host sync).
         self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         self.skipped_in_a_row = torch.zeros((), dtype=torch.int64, device=self.device)
+        # An update skipped for a float16 overflow counts among them: the scale halves, so few come in a row.
+        self.loss_scale = LossScale(self.device) if precision == torch.float16 else None
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """One gradient step on a (B, T) batch. Returns detached metric tensors. Nothing in it reads a value back
@@ -154,14 +164,16 @@ class Agent:
             norms, finite = _step([wm_part, *self._behavior_parts()],
                                   [(actor_loss, self.actor_params),
                                    (loss + critic_loss, self.wm_params + self.critic_params)], retain=self.compiled,
-                                  ranks=self.ranks)
+                                  ranks=self.ranks, scale=self.loss_scale)
             self.critic.update_slow(self.behavior.slow_rate, finite)
         else:
-            norms, finite = _step([wm_part], [(loss, self.wm_params)], ranks=self.ranks)
+            norms, finite = _step([wm_part], [(loss, self.wm_params)], ranks=self.ranks, scale=self.loss_scale)
             if self.actor is not None:
                 behavior, finite = self._update_behavior(post, data, finite)
                 metrics.update(behavior)
         metrics.update(norms)
+        if self.loss_scale is not None:
+            metrics["opt/loss_scale"] = self.loss_scale.value.clone()
         self.skipped += ~finite
         self.skipped_in_a_row = (self.skipped_in_a_row + 1) * ~finite
         return {k: v.float().masked_fill(~finite, float("nan")) for k, v in metrics.items()}
@@ -172,7 +184,7 @@ class Agent:
         actor_loss, critic_loss, metrics = self._behavior(post, data)
         norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
                                                        (critic_loss, self.critic_params)], wm_finite,
-                              retain=self.compiled, ranks=self.ranks)
+                              retain=self.compiled, ranks=self.ranks, scale=self.loss_scale)
         self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 
@@ -208,9 +220,11 @@ class Agent:
             return actor_loss, critic_loss, metrics
 
     def state_dict(self) -> dict:
-        """Weights, optimizer states, the return normaliser and the skip counters."""
+        """Weights, optimizer states, the return normaliser, the skip counters and a float16 loss scale."""
         state = {"world_model": self.wm.state_dict(), "wm_opt": self.wm_opt.state_dict(),
                  "skipped": int(self.skipped), "skipped_in_a_row": int(self.skipped_in_a_row)}
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale.state_dict()
         if self.actor is not None:
             state.update(actor=self.actor.state_dict(), critic=self.critic.state_dict(),
                          normalizer=self.normalizer.state_dict(), actor_opt=self.actor_opt.state_dict(),
@@ -234,6 +248,8 @@ class Agent:
             self.critic_opt.load_state_dict(state["critic_opt"])
         self.skipped.fill_(int(state["skipped"]))
         self.skipped_in_a_row.fill_(int(state["skipped_in_a_row"]))
+        if self.loss_scale is not None and "loss_scale" in state:  # a run resumed in float16 after another
+            self.loss_scale.load_state_dict(state["loss_scale"])  # precision starts from the initial scale
 
     @torch.no_grad()
     def act(self, transitions: dict[str, np.ndarray], state: RSSMState | None,

@@ -32,9 +32,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `precision=` on `device`, None for float32. Raises UserError where it cannot run."""
     if precision == "fp32":
         return None
+    if precision == "fp16":
+        return torch.float16
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"precision={precision} was asked for, but this GPU has no bfloat16 support: use "
-                        f"precision=fp32")
+                        f"precision=fp16 (with a loss scale) or fp32")
     return torch.bfloat16
 
 

@@ -172,7 +172,9 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
-    precision: str = "fp32"  # fp32 | bf16: forward passes under autocast in bfloat16 (weights, losses: float32)
+    # fp32 | bf16 | fp16: forward passes under autocast in bfloat16 or float16 (with a dynamic loss scale); weights,
+    # gradients and losses stay float32
+    precision: str = "fp32"
     compile: bool = False  # torch.compile the forward passes of learning and acting (minutes at the start)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -217,7 +219,7 @@ _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_mo
             "agent.actor_grad_discrete": ("reinforce", "backprop"),
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
             "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
-            "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16"),
+            "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16", "fp16"),
             "logger.wandb.mode": ("offline", "online", "disabled")}
 
 

@@ -219,3 +219,42 @@ def _check_settings(name: str, lr: float, betas: tuple[float, float], eps: float
         raise ValueError(f"{name}: agc_floor must be > 0, got {agc_floor}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"{name}: warmup must be an int >= 0 (0 turns the warm-up off), got {warmup!r}")
+
+
+class LossScale:
+    """Dynamic loss scaling for float16 forward passes, kept on the device (torch's `GradScaler` decides on the
+    host, reading its overflow flag back every step).
+
+    The losses are multiplied by `value` before backward, so that small gradients of float16 activations do not
+    flush to zero; `unscale_` divides the gradients back before they are clipped and used. An update whose
+    gradient is not finite (an overflow) is skipped by the caller's finite flag, and `update` halves the scale;
+    after `interval` finite updates in a row it doubles. The defaults are `GradScaler`'s.
+    """
+
+    def __init__(self, device: torch.device, init: float = 2.0**16, growth: float = 2.0, backoff: float = 0.5,
+                 interval: int = 2000):
+        self.growth, self.backoff, self.interval = growth, backoff, interval
+        self.value = torch.full((), init, device=device)  # () float32
+        self.good = torch.zeros((), dtype=torch.int64, device=device)  # finite updates since the last change
+
+    def unscale_(self, grads: list[torch.Tensor]) -> None:
+        """Divide gradients in place by the scale their losses were multiplied with."""
+        if grads:
+            torch._foreach_mul_(grads, [self.value.reciprocal()] * len(grads))  # 0-dim tensors: no host read
+
+    @torch.no_grad()
+    def update(self, finite: torch.Tensor) -> None:
+        """After an update: back off where its gradient was not finite (0-dim bool `finite`), grow after
+        `interval` finite ones in a row. No host sync."""
+        finite = finite.to(self.value.dtype)  # 1: finite, 0: overflow
+        good = (self.good + 1) * finite.long()
+        grow = (good >= self.interval).to(self.value.dtype)
+        self.value.mul_(finite * (1.0 + (self.growth - 1.0) * grow) + (1.0 - finite) * self.backoff)
+        self.good.copy_(good * (1 - grow.long()))
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"value": float(self.value), "good": int(self.good)}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.value.fill_(state["value"])
+        self.good.fill_(state["good"])

@@ -12,10 +12,10 @@ says otherwise) and timed in up to four parts:
 For each it reports the time of the first call (with `--compile`, mostly compilation), the median time of
 `--iters` timed calls after `--warmup`, the FLOPs of one call (torch.utils.flop_counter: matmuls and
 convolutions, counted on the eager path), the FLOP rate and its share of this machine's measured matmul rate in
-the products' precision (float32, or bfloat16 with `--precision bf16`), and peak memory. `--flops` splits the
-forward pass of the update's losses by part (world-model encoder, RSSM, decoder, reward and continue heads, actor,
-critic, slow critic, and the RSSM's loop products that use its weights outside a module call), and gives
-imagination's share of it (prior steps, policy, continue head).
+the products' precision (float32, or bfloat16 / float16 with `--precision bf16` / `fp16`), and peak memory.
+`--flops` splits the forward pass of the update's losses by part (world-model encoder, RSSM, decoder, reward and
+continue heads, actor, critic, slow critic, and the RSSM's loop products that use its weights outside a module
+call), and gives imagination's share of it (prior steps, policy, continue head).
 
     python scripts/benchmark.py --model xxs --part agent --obs-dim 4 --act-dim 2 --threads 1 --flops   # CartPole
     python scripts/benchmark.py --model xs s --part wm --obs-dim 17 --act-dim 6 --continuous --threads 2
@@ -232,8 +232,8 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=16, help="envs of one batched act")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--compile", action="store_true", help="compile=true: torch.compile (inductor)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="the config's precision= (bf16: forward passes under bfloat16 autocast)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the config's precision= (bf16, fp16: forward passes under autocast in it)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -248,11 +248,12 @@ def main() -> None:
     device = torch.device(args.device)
     register_configs()
     # The share is of the matmul rate in the precision the products run in.
-    peak_rate = matmul_rate(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    peak_rate = matmul_rate(device, dtype)
     obs = f"{args.image}x{args.image}x3 images" if args.image else f"{args.obs_dim}-dim vectors"
     print(f"device {device}, threads {args.threads}, precision {args.precision}, obs {obs}, {args.act_dim} "
           f"{'continuous' if args.continuous else 'discrete'} actions, overrides {args.set or 'none'}; "
-          f"{'bfloat16' if args.precision == 'bf16' else 'float32'} matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
+          f"{str(dtype).removeprefix('torch.')} matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':>8} {'part':>5} {'batch':>6} {'params':>8} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} "
           f"{'of peak':>7} {'peak MB':>8} {'first s':>8}")
     results = []

@@ -120,7 +120,7 @@ def test_keys_that_change_nothing_learned_may_change_on_resume(compose_config):
     ("model.cnn_keys='im(age'", "model.cnn_keys is not a regular expression"),
     ("env.image_size=0", "env.image_size must be > 0"),
     ("model.cnn_depth=0", "model.cnn_depth must be > 0"),
-    ("precision=fp16", "precision must be one of fp32, bf16, got 'fp16'"),
+    ("precision=fp8", "precision must be one of fp32, bf16, fp16, got 'fp8'"),
 ])
 def test_validate_rejects_bad_values(compose_config, override, message):
     with pytest.raises(UserError, match=message):

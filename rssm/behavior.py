@@ -65,6 +65,7 @@ class ReturnNormalizer(nn.Module):
         self.rate, self.floor, self.low, self.high, self.gather = rate, floor, low, high, gather
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("quantiles", torch.tensor([low, high]), persistent=False)  # both from one sort
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,7 @@ class ReturnNormalizer(nn.Module):
         flat = returns.detach().flatten().float()
         flat = flat if self.gather is None else self.gather(flat)
         finite = torch.isfinite(flat).all()
-        lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
+        lo, hi = torch.quantile(flat, self.quantiles)
         self.lo.copy_(torch.where(finite, self.lo.lerp(lo, self.rate), self.lo))
         self.hi.copy_(torch.where(finite, self.hi.lerp(hi, self.rate), self.hi))
         return self.scale()

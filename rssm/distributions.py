@@ -101,6 +101,8 @@ def onehot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def straight_through(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """One-hot of `index` (...) in the forward pass, gradient of `probs` (..., C) in the backward pass."""
+    if not probs.requires_grad:  # no backward pass: the one-hot alone
+        return onehot(index, probs)
     return onehot(index, probs) + (probs - probs.detach())  # exactly one-hot forward
 
 

@@ -27,10 +27,8 @@ from torch import nn
 from rssm.distributions import (
     inverse_cdf_index,
     mode_onehot,
-    sample_onehot,
     straight_through,
     unimix_categorical,
-    unimix_logits,
 )
 from rssm.networks import ARCH_2023, MLP, Arch, BlockLinear, LoopLinear, gru_gates, gru_update, init_weights, make_norm
 
@@ -125,8 +123,12 @@ class RSSM(nn.Module):
         return RSSMState(*(x.expand(batch_size, *x.shape[1:]) for x in (deter, stoch, logits)))
 
     def _prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
+        return self._prior(deter)[1]
+
+    def _prior(self, deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's probabilities and log-probabilities (unimixed) from h: (..., D) -> (..., G, C) each."""
         logits = self.prior(deter).unflatten(-1, (self.groups, self.classes))  # (..., G, C)
-        return unimix_logits(logits, self.unimix)
+        return unimix_categorical(logits, self.unimix)
 
     def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
         """Prior logits from h alone: (..., D) -> (..., G, C)."""
@@ -240,9 +242,10 @@ class RSSM(nn.Module):
         once by a caller that takes many steps."""
         plain = self._plain() if plain is None else plain
         deter = self._sequence(state.deter, state.stoch, self._action_inputs(action), plain, 0)
-        logits = self._prior_logits(deter)
-        stoch = sample_onehot(logits) if sample else mode_onehot(logits)
-        return RSSMState(deter, stoch, logits)
+        probs, logits = self._prior(deter)  # (B, G, C) each
+        # Drawn from the probabilities themselves: `sample_onehot` of their log would form them again by a softmax.
+        index = inverse_cdf_index(probs, torch.rand_like(probs[..., :1])) if sample else probs.argmax(-1)  # (B, G)
+        return RSSMState(deter, straight_through(index, probs), logits)
 
     def imagine(self, state: RSSMState, horizon: int,
                 policy: Callable[[RSSMState], torch.Tensor] | None = None,

@@ -238,20 +238,22 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
     """
     from rssm.rssm import features  # the world model's state layout
 
-    dists, learn = [], torch.is_grad_enabled()
+    dists, feats, learn = [], [], torch.is_grad_enabled()
     with torch.set_grad_enabled(backprop and learn):
 
         def policy(state):
+            feats.append(features(state))  # (N, F): the actor's input, and the losses' state
             # The actor's input carries no gradient: with backprop the return reaches the actor through its
             # actions and the dynamics they drive, not back through the states it acted on (DreamerV1 and V2).
             with torch.set_grad_enabled(learn):
-                dist = actor(features(state).detach())
+                dist = actor(feats[-1].detach())
             dists.append(dist)
             action = dist.sample()
             return action if backprop else action.detach()
 
-        traj, actions = wm.rssm.imagine(start, horizon, policy=policy)
-        feat = torch.cat([features(start)[:, None], features(traj)], 1)  # (N, H + 1, F)
+        taken, states = zip(*wm.rssm.rollout(start, horizon, policy=policy), strict=True)
+        feat = torch.stack([*feats, features(states[-1])], 1)  # (N, H + 1, F): one copy, not a stack per field
+        actions = torch.stack(taken, 1)  # (N, H, A)
         if cont_prob:
             cont = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (N, H + 1)
         else:

@@ -17,7 +17,7 @@ How a sequence lines up in time (index t of every (B, T, ...) tensor):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -247,20 +247,29 @@ class RSSM(nn.Module):
         index = inverse_cdf_index(probs, torch.rand_like(probs[..., :1])) if sample else probs.argmax(-1)  # (B, G)
         return RSSMState(deter, straight_through(index, probs), logits)
 
-    def imagine(self, state: RSSMState, horizon: int,
+    def rollout(self, state: RSSMState, horizon: int,
                 policy: Callable[[RSSMState], torch.Tensor] | None = None,
-                actions: torch.Tensor | None = None) -> tuple[RSSMState, torch.Tensor]:
-        """Prior rollout from `state` (B, ...) for `horizon` steps.
-
-        Actions come from `policy(state) -> (B, A)` or from `actions` (B, horizon, A).
-        Returns the imagined states (B, horizon, ...) and the actions taken (B, horizon, A).
-        """
+                actions: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, RSSMState]]:
+        """Prior steps from `state` (B, ...), one at a time: yields the action taken (B, A) and the state it led
+        to, `horizon` times. Actions come from `policy(state) -> (B, A)` or from `actions` (B, horizon, A)."""
         if (policy is None) == (actions is None):
             raise ValueError("imagine needs exactly one of policy and actions")
-        states, taken, plain = [], [], self._plain()
+        return self._rollout(state, horizon, policy, actions)
+
+    def _rollout(self, state, horizon, policy, actions) -> Iterator[tuple[torch.Tensor, RSSMState]]:
+        plain = self._plain()
         for t in range(horizon):
             action = policy(state) if policy is not None else actions[:, t]
             state = self.img_step(state, action, plain=plain)
-            states.append(state), taken.append(action)
+            yield action, state
+
+    def imagine(self, state: RSSMState, horizon: int,
+                policy: Callable[[RSSMState], torch.Tensor] | None = None,
+                actions: torch.Tensor | None = None) -> tuple[RSSMState, torch.Tensor]:
+        """Prior rollout from `state` (B, ...) for `horizon` steps (`rollout`).
+
+        Returns the imagined states (B, horizon, ...) and the actions taken (B, horizon, A).
+        """
+        taken, states = zip(*self.rollout(state, horizon, policy, actions), strict=True)
         stacked = RSSMState(*(torch.stack(x, 1) for x in zip(*states, strict=True)))
         return stacked, torch.stack(taken, 1)

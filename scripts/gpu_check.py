@@ -4,7 +4,9 @@
 2. An agent update of each algorithm version under `torch.cuda.set_sync_debug_mode("error")`: any host sync inside
    the update raises, and the table says where.
 3. `scripts/benchmark.py`'s rows for one size preset (`s` by default), vector and 64 x 64 image observations, the
-   world-model update and the whole agent update, float32 and bfloat16.
+   world-model update and the whole agent update, float32 and bfloat16, eager.
+4. The same with `compile=true` (torch.compile, inductor) for vector observations in bfloat16, its first call
+   (compilation) timed apart; rows that would start after `--budget` seconds are left out and listed as such.
 
     python scripts/gpu_check.py --out results/          # writes results/gpu_check.json and results/gpu_check.txt
 
@@ -80,7 +82,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=".", help="folder for gpu_check.json and gpu_check.txt")
+    parser.add_argument("--obs", nargs="+", default=["vector", "image"], choices=["vector", "image"],
+                        help="observation kinds of the timed rows (image: 64 x 64)")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds after which no compiled row starts (the check must end inside ten minutes)")
     args = parser.parse_args()
+    start = time.perf_counter()
     device = torch.device(args.device)
     register_configs()
     lines: list[str] = []
@@ -97,21 +104,28 @@ def main() -> None:
     syncs = {algo: sync_check(algo, args, device) for algo in ("dreamerv3_cpu", "dreamerv3_2023")}
     for algo, result in syncs.items():
         say(f"host syncs inside an update ({algo}): {result}")
-    say(f"{'obs':>6} {'part':>5} {'precision':>9} {'ms':>8} {'GFLOP':>8} {'TFLOP/s':>8} {'of matmul':>9} "
-        f"{'peak MB':>8}")
+    say(f"{'obs':>6} {'part':>8} {'precision':>9} {'compiled':>8} {'ms':>8} {'GFLOP':>8} {'TFLOP/s':>8} "
+        f"{'of matmul':>9} {'peak MB':>8} {'first s':>8}")
     rows = []
-    for image in (0, 64):
-        for precision in ("fp32", "bf16"):
-            for part in ("wm", "agent"):
-                bench_args = argparse.Namespace(
-                    set=[], precision=precision, image=image, obs_dim=17, act_dim=6, continuous=not image,
-                    envs=16, seed=0, iters=args.iters, warmup=args.warmup)
-                r = benchmark.bench(args.model, part, bench_args, device)
-                rate = rates["bfloat16" if precision == "bf16" else "float32"]
-                r.update(obs="image" if image else "vector", precision=precision, of_peak=r["gflops"] * 1e9 / rate)
-                rows.append(r)
-                say(f"{r['obs']:>6} {part:>5} {precision:>9} {r['ms']:8.1f} {r['gflop']:8.1f} "
-                    f"{r['gflops'] / 1e3:8.2f} {r['of_peak']:9.1%} {r['peak_mb']:8.0f}")
+    sizes = [64 if kind == "image" else 0 for kind in args.obs]
+    plan = [(image, precision, part, False) for image in sizes for precision in ("fp32", "bf16")
+            for part in ("wm", "behavior", "agent")]
+    plan += [(0, "bf16", part, True) for part in ("wm", "agent")]
+    for image, precision, part, compiled in plan:
+        if compiled and time.perf_counter() - start > args.budget:
+            say(f"{'vector':>6} {part:>8} {precision:>9} {'yes':>8} left out: the check had run {args.budget:.0f} s")
+            continue
+        bench_args = argparse.Namespace(
+            set=[], precision=precision, compile=compiled, image=image, obs_dim=17, act_dim=6,
+            continuous=not image, envs=16, seed=0, iters=args.iters, warmup=args.warmup)
+        r = benchmark.bench(args.model, part, bench_args, device)
+        rate = rates["bfloat16" if precision == "bf16" else "float32"]
+        r.update(obs="image" if image else "vector", precision=precision, compiled=compiled,
+                 of_peak=r["gflops"] * 1e9 / rate)
+        rows.append(r)
+        say(f"{r['obs']:>6} {part:>8} {precision:>9} {'yes' if compiled else 'no':>8} {r['ms']:8.1f} "
+            f"{r['gflop']:8.1f} {r['gflops'] / 1e3:8.2f} {r['of_peak']:9.1%} {r['peak_mb']:8.0f} "
+            f"{r['first_s']:8.1f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.txt").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,24 @@
+"""scripts/gpu_check.py, the device check, runs its steps on a CPU and writes its table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import cli_env
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def test_gpu_check_writes_its_table_on_a_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--model", "debug", "--obs", "vector",
+                           "--iters", "1", "--warmup", "0", "--budget", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    timed = {(r["part"], r["precision"], r["compiled"]) for r in result["rows"]}
+    assert timed == {(part, precision, False) for part in ("wm", "behavior", "agent") for precision in ("fp32", "bf16")}
+    assert all(r["ms"] > 0 and r["flops"] > 0 for r in result["rows"])
+    table = (tmp_path / "gpu_check.txt").read_text()
+    assert table.count("left out: the check had run") == 2  # the compiled rows, past a budget of 0 s
+    assert set(result["host_syncs"]) == {"dreamerv3_cpu", "dreamerv3_2023"}

@@ -43,12 +43,14 @@ def make_optimizer(params: list[torch.nn.Parameter], o: OptimSettings) -> LaProp
     return kind(params, lr=o.lr, betas=o.betas, eps=o.eps, agc=o.agc, warmup=o.warmup)
 
 
-def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """The arrays as tensors on `device`. To a GPU through pinned (page-locked) host memory, from torch's caching
-    allocator: the copies then run asynchronously, and the host goes on queueing the update meanwhile."""
+def to_torch(batch: dict[str, np.ndarray | torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The arrays as tensors on `device` (tensors already there, as `Replay.sample_tensors` gives them, as they
+    are). To a GPU through pinned (page-locked) host memory, from torch's caching allocator: the copies then run
+    asynchronously, and the host goes on queueing the update meanwhile."""
     if device.type != "cuda":
         return {k: torch.as_tensor(v) for k, v in batch.items()}
-    return {k: torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v if torch.is_tensor(v) and v.device == device else
+            torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optimizer, its params, clip

@@ -112,6 +112,9 @@ class ReplayConfig:
     batch_length: int = 64
     chunk: int = 1024  # steps of all envs (rows of env.num_envs transitions) per file written to RUN_DIR/replay
     save: bool = True  # chunks in RUN_DIR/replay and the rest in the checkpoint; false: neither, so no resume=
+    # also keep the replay in the training device's memory and gather batches there (a GPU then gets no batch
+    # from the host: for images); the same batches either way
+    on_device: bool = False
 
 
 @dataclass
@@ -317,9 +320,10 @@ _ABSENT = object()
 # and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
 # random numbers). Threads, devices and compilation may change the last bits of floating-point sums; bfloat16
 # (`precision`) more than that, within the tracking its test checks.
-FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "trainer.progress", "logger",
-             "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every",
-             "trainer.openloop_every", "trainer.openloop_context", "trainer.openloop_horizons")
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "replay.on_device",
+             "trainer.progress", "logger", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
+             "trainer.checkpoint_every", "trainer.openloop_every", "trainer.openloop_context",
+             "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
 # no Atari game and no DMC task, which none of their defaults changes, so their absence from its config is no
 # difference. (Pixels on such a run would change the model: the checkpoint's shapes refuse it.)

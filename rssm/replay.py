@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import torch
 
 from rssm.config import UserError
 from rssm.files import atomic_write
@@ -52,9 +53,14 @@ class Replay:
     as soon as they are all in (row r is in chunk r // chunk). Files are written once, atomically; the partial
     chunk at the end is part of `state_dict()` instead, so a checkpoint and the files describe the buffer.
     Without one the buffer is not saved: `state_dict()` holds no transitions and cannot be loaded back.
+
+    With a `device`, the buffer also keeps a copy of its rows in that device's memory, written as rows are added
+    and loaded, and `sample_tensors` gathers windows there: a GPU then gets its batches without a copy from the
+    host (for images, most of an update's input). The host arrays stay the record that is saved.
     """
 
-    def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024, envs: int = 1):
+    def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024, envs: int = 1,
+                 device: torch.device | None = None):
         if capacity < envs:
             raise UserError(f"replay.capacity ({capacity}) must hold at least one step of the {envs} envs")
         self.capacity, self.envs, self.directory, self.chunk = capacity // envs, envs, directory, chunk  # rows
@@ -63,6 +69,8 @@ class Replay:
                             f"(replay.capacity / env.num_envs = {self.capacity})")
         self.rng = np.random.default_rng(seed)
         self.data: dict[str, np.ndarray] = {}
+        self.device = device
+        self.on_device: dict[str, torch.Tensor] = {}  # with a device: `data`'s copy there
         self.total = 0  # rows ever added; row r lives in slot r % capacity
         self.size = 0
         if directory is not None:
@@ -84,6 +92,8 @@ class Replay:
         for k, v in transitions.items():
             assert len(v) == self.envs, (k, np.shape(v), self.envs)
             self.data[k][self.ptr] = v
+            if self.device is not None and self.device.type != "cpu":
+                self.on_device[k][self.ptr] = torch.as_tensor(self.data[k][self.ptr]).to(self.device)
         self.total += 1
         self.size = min(self.size + 1, self.capacity)
         if self.directory is not None and self.total % self.chunk == 0:
@@ -91,6 +101,14 @@ class Replay:
 
     def _allocate(self, row: dict[str, np.ndarray]) -> None:
         self.data = {k: np.zeros((self.capacity, *v.shape), v.dtype) for k, v in row.items()}  # (rows, envs, ...)
+        self._mirror()
+
+    def _mirror(self) -> None:
+        """With a device, copy `data` there whole (on a CPU the tensors share the arrays' memory instead)."""
+        if self.device is not None:
+            cpu = self.device.type == "cpu"
+            self.on_device = {k: torch.from_numpy(v) if cpu else torch.as_tensor(v).to(self.device)
+                              for k, v in self.data.items()}
 
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.data.values())
@@ -98,6 +116,26 @@ class Replay:
     def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Uniformly sampled windows: each field becomes (batch_size, length, ...). The start positions (and
         with several envs, the env of each window) are drawn from `rng`, by default the buffer's own generator."""
+        idx, env = self._windows(batch_size, length, rng)
+        batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...): one env per window
+        batch["is_first"][:, 0] = True
+        return batch
+
+    def sample_tensors(self, batch_size: int, length: int,
+                       rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """`sample`'s windows (the same for the same generator state), gathered from the copy on the buffer's
+        device: tensors (batch_size, length, ...) there. Only the window indices travel from the host."""
+        if self.device is None:
+            raise ValueError("this replay keeps no copy on a device: sample() its arrays")
+        idx, env = (torch.as_tensor(x).to(self.device, non_blocking=True) for x in self._windows(batch_size, length,
+                                                                                                 rng))
+        batch = {k: v[idx, env] for k, v in self.on_device.items()}  # (B, T, ...)
+        batch["is_first"][:, 0] = True
+        return batch
+
+    def _windows(self, batch_size: int, length: int,
+                 rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform windows: their slots (B, T) and envs (B, 1), drawn from `rng` (default: the buffer's own)."""
         if self.size < length:
             raise ValueError(f"replay holds {self.size} transitions, fewer than a sequence of {length}")
         # Valid windows never run across the write pointer, where old and new data meet.
@@ -106,9 +144,7 @@ class Replay:
         starts = oldest + rng.integers(0, self.size - length + 1, batch_size)  # (B,)
         idx = (starts[:, None] + np.arange(length)) % self.capacity  # (B, T)
         env = rng.integers(0, self.envs, (batch_size, 1)) if self.envs > 1 else np.zeros((batch_size, 1), int)
-        batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...): one env per window
-        batch["is_first"][:, 0] = True
-        return batch
+        return idx, env
 
     # Persistence.
 
@@ -162,6 +198,7 @@ class Replay:
             match = _CHUNK.fullmatch(path.name)
             if (match and int(match[1]) >= full) or path.name.endswith(".tmp"):
                 path.unlink()
+        self._mirror()
 
     def prune(self, total: int) -> None:
         """Delete chunk files that a checkpoint taken at `total` rows no longer needs."""

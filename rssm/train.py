@@ -165,7 +165,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     agent = build_agent(cfg, spec, device, ranks)
     seed_everything(seed)
     replay = Replay(cfg.replay.capacity, seed, replay_dir(run_dir, ranks) if cfg.replay.save else None,
-                    cfg.replay.chunk, envs.num_envs)
+                    cfg.replay.chunk, envs.num_envs, agent.device if cfg.replay.on_device else None)
     collector = Collector(envs, spec, seed, remake=remake_envs)
     rng = np.random.default_rng(seed)
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
@@ -224,7 +224,8 @@ def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Pr
     updates in a row, before a checkpoint could store a diverged state."""
     made = 0
     while p.updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
-        tracker.add(agent.update(replay.sample(cfg.replay.batch_size, cfg.replay.batch_length)))
+        sample = replay.sample_tensors if replay.device is not None else replay.sample
+        tracker.add(agent.update(sample(cfg.replay.batch_size, cfg.replay.batch_length)))
         p.updates, p.updates_due, made = p.updates + 1, p.updates_due - 1.0, made + 1
     # Read once after the updates of this env step (a host sync), not inside them.
     if made and (in_a_row := int(agent.skipped_in_a_row)) >= cfg.trainer.max_nonfinite:

@@ -158,3 +158,32 @@ def test_a_run_saved_before_replay_save_existed_resumes_without_it(compose_confi
     del saved["replay"]["save"]
     assert config_changes(saved, cfg) == []
     assert config_changes(saved, compose_config(*RUN, "replay.save=false")) == ["replay.save: True -> False"]
+
+
+def test_a_replay_on_the_device_samples_the_same_windows_and_reloads(tmp_path):
+    """`sample_tensors` gathers on the buffer's device (here the CPU, the only one on CI) what `sample` gathers on the
+    host, for the same generator state; a buffer that wrapped around, and one refilled from its files, alike."""
+    rows = odd_rows(50)
+    replay = Replay(40, seed=0, directory=tmp_path, chunk=8, envs=2, device=torch.device("cpu"))
+    for i in range(50):  # wraps past its 20 rows
+        replay.add({k: v[i] for k, v in rows.items()})
+
+    def same_windows(buffer: Replay) -> None:
+        host = buffer.sample(6, 5, np.random.default_rng(3))
+        tensors = buffer.sample_tensors(6, 5, np.random.default_rng(3))
+        assert_identical(host, {k: v.numpy() for k, v in tensors.items()})
+        assert host["is_first"][:, 0].all()
+
+    before = replay.data["is_first"].copy()
+    same_windows(replay)
+    assert np.array_equal(replay.data["is_first"], before)  # window starts are marked on the batch, not the buffer
+    again = Replay(40, seed=0, directory=tmp_path, chunk=8, envs=2, device=torch.device("cpu"))
+    again.load_state_dict(replay.state_dict())
+    same_windows(again)
+    with pytest.raises(ValueError, match="keeps no copy on a device"):
+        Replay(40, seed=0).sample_tensors(2, 2)
+
+
+def test_a_run_with_its_replay_on_the_device_trains(compose_config, tmp_path):
+    metrics = train(compose_config(*RUN, "replay.on_device=true", "trainer.steps=120"), tmp_path)
+    assert np.isfinite(metrics["loss/wm"])

@@ -70,15 +70,15 @@ def unimix_categorical(logits: torch.Tensor, unimix: float) -> tuple[torch.Tenso
     return probs, torch.log(probs)
 
 
-def sample_onehot(logits: torch.Tensor) -> torch.Tensor:
+def sample_onehot(probs: torch.Tensor) -> torch.Tensor:
     """One-hot sample with straight-through gradients: forward is one-hot, backward is d probs.
 
     Args:
-        logits: normalised or unnormalised logits, shape (..., C).
+        probs: probabilities, shape (..., C) (the RSSM's unimixed ones: a softmax of their log would form them
+            again).
     Returns:
-        One-hot sample of shape (..., C) whose gradient flows to `logits` through the probabilities.
+        One-hot sample of shape (..., C) whose gradient flows to `probs`.
     """
-    probs = torch.softmax(logits, dim=-1)
     uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=probs.dtype)
     return straight_through(inverse_cdf_index(probs, uniform), probs)
 

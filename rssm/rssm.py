@@ -27,6 +27,7 @@ from torch import nn
 from rssm.distributions import (
     inverse_cdf_index,
     mode_onehot,
+    sample_onehot,
     straight_through,
     unimix_categorical,
 )
@@ -243,9 +244,8 @@ class RSSM(nn.Module):
         plain = self._plain() if plain is None else plain
         deter = self._sequence(state.deter, state.stoch, self._action_inputs(action), plain, 0)
         probs, logits = self._prior(deter)  # (B, G, C) each
-        # Drawn from the probabilities themselves: `sample_onehot` of their log would form them again by a softmax.
-        index = inverse_cdf_index(probs, torch.rand_like(probs[..., :1])) if sample else probs.argmax(-1)  # (B, G)
-        return RSSMState(deter, straight_through(index, probs), logits)
+        stoch = sample_onehot(probs) if sample else straight_through(probs.argmax(-1), probs)
+        return RSSMState(deter, stoch, logits)
 
     def rollout(self, state: RSSMState, horizon: int,
                 policy: Callable[[RSSMState], torch.Tensor] | None = None,

@@ -57,24 +57,24 @@ Part = tuple[str, LaProp | Adam, list[torch.nn.Parameter], float]  # name, optim
 
 
 def _step(parts: list[Part], losses: list[tuple[torch.Tensor, list[torch.nn.Parameter]]],
-          finite: torch.Tensor | None = None, retain: bool = False,
-          ranks: Ranks = SINGLE, scale: LossScale | None = None) -> tuple[dict, torch.Tensor]:
+          finite: torch.Tensor | None = None, ranks: Ranks = SINGLE,
+          scale: LossScale | None = None) -> tuple[dict, torch.Tensor]:
     """One step of the optimizers of `parts`, each loss's gradient filled into its own parameters only, whatever
     else the loss depends on (an actor's return computed through the world model does not train the model).
 
     The step is skipped, leaving parameters and optimizer states untouched, when a loss or a gradient norm is not
     finite, or where `finite` (0-dim bool) is False; decided on the device, with no host sync. Returns the gradient
-    norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor). `retain`: the
-    losses share one graph (a compiled forward pass), which every backward pass but the last keeps. With several
+    norms before clipping (`grad_norm/<part>`) and whether the step was taken (0-dim bool tensor). With several
     `ranks`, the gradients are averaged over them first, and a loss that is not finite on any rank skips the step
     on every rank: all ranks take the same step. With a loss `scale` (float16), the losses' gradients are formed
-    scaled and divided back before anything reads them, and the scale learns from whether the step was taken.
+    scaled and divided back before anything reads them, and the scale learns from whether its own losses' gradients
+    were finite (a step skipped for another reason, `finite`, says nothing of their range).
     """
     for _, opt, _, _ in parts:
         opt.zero_grad(set_to_none=True)
-    for i, (loss, params) in enumerate(losses):
+    for loss, params in losses:
         scaled = loss if scale is None else loss * scale.value
-        scaled.backward(inputs=params, retain_graph=retain and i < len(losses) - 1)
+        scaled.backward(inputs=params)
     if scale is not None:
         scale.unscale_([p.grad for _, _, params, _ in parts for p in params if p.grad is not None])
     bad = torch.stack([(~torch.isfinite(loss.detach())).float() for loss, _ in losses])  # (losses,)
@@ -108,9 +108,9 @@ class Agent:
             head's output and every distribution and loss stay float32 (`MLP` and `gru_gates` return float32).
             float16 adds a dynamic loss scale on the device (`rssm.optim.LossScale`): its range is too narrow
             for small gradients otherwise.
-        compile: None: eager. A torch.compile backend ("inductor"): the forward passes of the world model's loss,
-            of the behaviour losses and of acting are compiled (static shapes; the first calls compile); backward
-            passes and optimizer steps stay eager.
+        compile: None: eager. A torch.compile backend ("inductor"): the RSSM's posterior step, with its backward
+            pass (`RSSM.compile_steps`), and acting are compiled (static shapes; the first calls compile). The rest
+            of an update is large batched products, which compiling did not speed up on a CPU (README, Speed).
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
@@ -123,13 +123,9 @@ class Agent:
         self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
         self.precision, self.ranks = precision, ranks
         self.compiled = compile is not None
-
-        def compiled(fn):
-            return fn if compile is None else torch.compile(fn, backend=compile, dynamic=False)
-
-        self._wm_loss = compiled(world_model.loss)
-        self._behavior = compiled(self._behavior_losses)
-        self._policy = compiled(self._policy_step)
+        world_model.rssm.compile_steps(compile)
+        self._policy = (self._policy_step if compile is None
+                        else torch.compile(self._policy_step, backend=compile, dynamic=False))
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
         self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
@@ -157,15 +153,15 @@ class Agent:
         """
         data = to_torch(batch, self.device)
         with self._autocast():
-            loss, metrics, post = self._wm_loss(data, self.scales)
+            loss, metrics, post = self.wm.loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()
         wm_part = ("wm", self.wm_opt, self.wm_params, self.wm_optim.grad_clip)
         if self.actor is not None and self.joint:
-            actor_loss, critic_loss, behavior = self._behavior(post, data)
+            actor_loss, critic_loss, behavior = self._behavior_losses(post, data)
             metrics.update(behavior)
             norms, finite = _step([wm_part, *self._behavior_parts()],
                                   [(actor_loss, self.actor_params),
-                                   (loss + critic_loss, self.wm_params + self.critic_params)], retain=self.compiled,
+                                   (loss + critic_loss, self.wm_params + self.critic_params)],
                                   ranks=self.ranks, scale=self.loss_scale)
             self.critic.update_slow(self.behavior.slow_rate, finite)
         else:
@@ -183,10 +179,10 @@ class Agent:
     def _update_behavior(self, post: RSSMState, data: dict[str, torch.Tensor],
                          wm_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The actor's and critic's step after the world model's (not `joint`), skipped with it."""
-        actor_loss, critic_loss, metrics = self._behavior(post, data)
+        actor_loss, critic_loss, metrics = self._behavior_losses(post, data)
         norms, finite = _step(self._behavior_parts(), [(actor_loss, self.actor_params),
                                                        (critic_loss, self.critic_params)], wm_finite,
-                              retain=self.compiled, ranks=self.ranks, scale=self.loss_scale)
+                              ranks=self.ranks, scale=self.loss_scale)
         self.critic.update_slow(self.behavior.slow_rate, finite)
         return {**metrics, **norms}, finite
 

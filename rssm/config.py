@@ -178,7 +178,7 @@ class Config:
     # fp32 | bf16 | fp16: forward passes under autocast in bfloat16 or float16 (with a dynamic loss scale); weights,
     # gradients and losses stay float32
     precision: str = "fp32"
-    compile: bool = False  # torch.compile the forward passes of learning and acting (minutes at the start)
+    compile: bool = False  # torch.compile the RSSM's posterior step and acting (about a minute at the start)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)

@@ -174,14 +174,13 @@ def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, 
 
 def twohot_mean(logits: torch.Tensor, bins: torch.Tensor, space: str = "symlog") -> torch.Tensor:
     """Expected value in the original space: (..., K) -> (...). symlog: symexp(sum_k p_k * bins_k) (2023).
-    symexp: sum_k p_k * bins_k, summed from the outside in by mirrored pairs (now): the bins reach +-5e8, and a
-    plain left-to-right sum of uniform probabilities would leave an error of order 1 where the mean is 0."""
+    symexp (now): the bins are symmetric around 0 (`symexp_bins`), so the mean is the sum over the upper half of
+    (p_k - p_mirror(k)) * bins_k: the bins reach +-5e8, and a plain sum of p_k * bins_k over uniform probabilities
+    would leave an error of order 1 where the mean is 0; here mirrored probabilities cancel first. Products and
+    sums are elementwise, so they stay in float32 under autocast (a matrix product would run in its dtype)."""
     probs = torch.softmax(logits, dim=-1)
     if space == "symlog":
-        return symexp(probs @ bins)
+        return symexp((probs * bins).sum(-1))
     K = bins.shape[0]
-    m = K // 2
-    terms = probs * bins  # (..., K)
-    pairs = terms[..., :m].flip(-1) + terms[..., K - m:]  # (..., m): each bin with its mirror image
-    middle = terms[..., m] if K % 2 else 0.0
-    return pairs.sum(-1) + middle
+    m = K // 2  # bins above the middle (an odd count's middle bin is 0 and adds nothing)
+    return ((probs[..., K - m:] - probs[..., :m].flip(-1)) * bins[K - m:]).sum(-1)

@@ -128,11 +128,14 @@ class MLP(nn.Module):
             scale_output(self.out, outscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.hidden(x)
-        if self.out is None:
-            return x
-        # An output layer's result in float32 even under autocast: heads feed distributions and losses.
-        return wide_linear(x, self.out.weight, self.out.bias).float()
+        # Rows as one matrix: a strided slice of a sequence (feat[:, 1:]) would be multiplied one batch row at a
+        # time against a broadcast weight, where one copy of it makes every layer a single product.
+        lead = x.shape[:-1]
+        x = self.hidden(x.reshape(-1, x.shape[-1]))
+        if self.out is not None:
+            # An output layer's result in float32 even under autocast: heads feed distributions and losses.
+            x = wide_linear(x, self.out.weight, self.out.bias).float()
+        return x.reshape(*lead, x.shape[-1])
 
 
 def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -309,6 +312,12 @@ class PooledConvDecoder(nn.Module):
         return self.net(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) as 2 * sigmoid(2x) - 1: the same function (to float32's rounding near 0), in about a third of the
+    time of torch.tanh on a CPU (1024 x 128 on one thread: 400 against 130 microseconds)."""
+    return 2.0 * torch.sigmoid(2.0 * x) - 1.0
+
+
 def gru_update(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """DreamerV3's GRU given gate pre-activations (B, 3D), laid out as [reset, candidate, update], and the
     previous state (B, D)."""
@@ -320,7 +329,7 @@ def gru_gates(reset: torch.Tensor, cand: torch.Tensor, update: torch.Tensor, h: 
     """The GRU's new state from its three gate pre-activations and the previous state h, each (B, D). The state
     keeps h's dtype (float32) when the gates come from a lower-precision product under autocast."""
     reset, cand, update = (x.to(h.dtype) for x in (reset, cand, update))
-    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    cand = tanh(torch.sigmoid(reset) * cand)
     update = torch.sigmoid(update - 1.0)  # biased towards keeping the old state
     return torch.lerp(h, cand, update)  # update * cand + (1 - update) * h, in one op
 

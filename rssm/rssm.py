@@ -110,6 +110,7 @@ class RSSM(nn.Module):
         if learned_initial:
             self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
         init_weights(self, arch.fan)
+        self.compiled_obs_step = None  # `compile_steps`
 
     def initial(self, batch_size: int) -> RSSMState:
         """The state before an episode's first step: learned (h = tanh(w), z = mode of the prior at h), or zeros."""
@@ -153,9 +154,10 @@ class RSSM(nn.Module):
         return {name: getattr(self, name).bind(steps, rows) for name in names} | self._block_weights()
 
     def _plain(self) -> dict:
-        """The sequence model's per-step layers for prior steps, each a plain linear layer."""
-        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in self._loop_weights().items()}
-        return plain | self._block_weights()
+        """The loop's per-step layers (`_bind`'s), each a plain linear layer: for prior steps, and for posterior
+        steps under torch.compile, which forms their weight gradients itself."""
+        weights = self._loop_weights() | {name: getattr(self, name).weight for name in ("post_h", "post_out")}
+        return {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()} | self._block_weights()
 
     def _block_weights(self) -> dict[str, torch.Tensor]:
         """With blocks: the first block layer's weights on the embeddings as one (3 * units, D) matrix, formed once
@@ -219,23 +221,41 @@ class RSSM(nn.Module):
         # One uniform number per categorical for inverse-CDF sampling, drawn for all steps at once (on CPU
         # the same numbers as T per-step draws of `sample_onehot`).
         uniform = torch.rand(T, B, self.groups, 1, device=embed.device, dtype=embed.dtype)  # (T, B, G, 1)
-        loop = self._bind(T, B)
-        post_h, post_out = loop["post_h"], loop["post_out"]
+        compiled = self.compiled_obs_step
+        loop = self._bind(T, B) if compiled is None else None
         deter, stoch = state.deter, state.stoch
         deters, stochs, logits_all = [], [], []
         for t in range(T):
-            # Every step, so that no host sync asks which steps hold a start.
-            reset = first[:, t, None]  # (B, 1)
-            deter = torch.where(reset, init.deter, deter)  # (B, D)
-            stoch = torch.where(reset[..., None], init.stoch, stoch)  # (B, G, C)
-            deter = self._sequence(deter, stoch, action_in[t], loop, t)  # (B, D)
-            u = F.silu(self.post_norm(post_h(deter, t) + embed_proj[t]))  # (B, units)
-            logits = (post_out(u, t) + self.post_bias).unflatten(-1, (self.groups, self.classes))
-            probs, logits = unimix_categorical(logits, self.unimix)  # (B, G, C) each
-            stoch = straight_through(inverse_cdf_index(probs, uniform[t]), probs)  # (B, G, C)
+            inputs = (deter, stoch, first[:, t, None], init.deter, init.stoch, action_in[t], embed_proj[t], uniform[t])
+            deter, stoch, logits = self._obs_step(*inputs, loop, t) if compiled is None else compiled(*inputs)
             deters.append(deter), stochs.append(stoch), logits_all.append(logits)
         post = RSSMState(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits_all, 1))
         return post, self._prior_logits(post.deter)  # prior batched over (B, T)
+
+    def _obs_step(self, deter: torch.Tensor, stoch: torch.Tensor, reset: torch.Tensor, init_deter: torch.Tensor,
+                  init_stoch: torch.Tensor, action_in: torch.Tensor, embed_proj: torch.Tensor, uniform: torch.Tensor,
+                  loop: dict | None = None, t: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One posterior step of `observe`: h_{t-1} (B, D), z_{t-1} (B, G, C), the step's start flags (B, 1), the
+        initial state's h and z, the action part (B, units), the observation part (B, units) and one uniform number
+        per categorical (B, G, 1) -> h_t, z_t and the unimixed logits z_t was drawn from. `loop`: `_bind`'s layers
+        (None: `_plain`'s, as under torch.compile, whose graph of one step is the same for every t)."""
+        loop = self._plain() if loop is None else loop
+        # Every step, so that no host sync asks which steps hold a start.
+        deter = torch.where(reset, init_deter, deter)  # (B, D)
+        stoch = torch.where(reset[..., None], init_stoch, stoch)  # (B, G, C)
+        deter = self._sequence(deter, stoch, action_in, loop, t)  # (B, D)
+        u = F.silu(self.post_norm(loop["post_h"](deter, t) + embed_proj))  # (B, units)
+        logits = (loop["post_out"](u, t) + self.post_bias).unflatten(-1, (self.groups, self.classes))
+        probs, logits = unimix_categorical(logits, self.unimix)  # (B, G, C) each
+        stoch = straight_through(inverse_cdf_index(probs, uniform), probs)  # (B, G, C)
+        return deter, stoch, logits
+
+    def compile_steps(self, backend: str | Callable | None) -> None:
+        """torch.compile the posterior step of `observe` with `backend` (static shapes: one graph, forward and
+        backward, per batch size and grad mode), or undo it with None. The loop's 64 steps of 16 rows are hundreds
+        of small operator calls each, which the compiled step fuses into a few kernels."""
+        self.compiled_obs_step = None if backend is None else torch.compile(self._obs_step, backend=backend,
+                                                                             dynamic=False)
 
     def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True,
                  plain: dict | None = None) -> RSSMState:

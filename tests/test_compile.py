@@ -1,8 +1,9 @@
-"""compile=true: the forward passes of learning and acting go through torch.compile and give what eager gives.
+"""compile=true: the RSSM's posterior step (in updates and in acting) and acting go through torch.compile and give
+what eager gives.
 
 The tests use the `aot_eager` backend (the graphs dynamo captures and AOT autograd splits, run op by op): it
-checks the capture, the shared graph of the losses and the static shapes in seconds, where inductor's code
-generation would take minutes on a CPU (scripts/benchmark.py --compile measures inductor)."""
+checks the capture and the static shapes in seconds, where inductor's code generation takes half a minute on a
+CPU (scripts/benchmark.py --compile measures inductor)."""
 
 import numpy as np
 import pytest

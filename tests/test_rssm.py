@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
 
-from rssm.networks import LoopLinear, wide_linear
+from rssm.networks import LoopLinear, tanh, wide_linear
 from rssm.rssm import RSSM, features
 from rssm.world_model import LossScales, WorldModel, kl_loss
 
@@ -100,6 +101,42 @@ def test_wide_linear_matches_linear_values_and_gradients(out):
     torch.testing.assert_close(got, want)
     for g, t in zip(grads, (x, weight, bias), strict=True):
         torch.testing.assert_close(g, t.grad)
+
+
+def test_tanh_matches_torch_tanh():
+    x = torch.cat([torch.randn(10_000) * 4, torch.randn(10_000) * 1e-4, torch.tensor([0.0, 50.0, -50.0])])
+    torch.testing.assert_close(tanh(x), torch.tanh(x), rtol=0, atol=3e-7)
+    assert tanh(torch.tensor(float("nan"))).isnan()
+
+
+@pytest.mark.parametrize("blocks", [0, 4], ids=["2023", "now"])
+def test_compiled_posterior_step_matches_eager(blocks):
+    """`compile_steps`: the posterior loop's values and gradients as eager's (`LoopLinear`'s weight gradients
+    there). The aot_eager backend captures and splits the graph as inductor would, in a second."""
+    torch.manual_seed(0)
+    rssm = RSSM(action_dim=A, embed_dim=E, deter=D, units=12, groups=G, classes=C, blocks=blocks)
+    embed, action = torch.randn(B, T, E), torch.randn(B, T, A)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[0, 3] = True
+
+    def run():
+        torch.manual_seed(1)  # the same uniform draws
+        post, prior = rssm.observe(embed, action, is_first)
+        loss = post.deter.square().sum() + (post.stoch * post.logits).sum() + prior.sum()
+        rssm.zero_grad()
+        loss.backward()
+        return post, {n: p.grad.clone() for n, p in rssm.named_parameters() if p.grad is not None}
+
+    eager_post, eager_grads = run()
+    backend = CompileCounterWithBackend("aot_eager")
+    rssm.compile_steps(backend)
+    compiled_post, compiled_grads = run()
+    assert backend.frame_count == 2  # the first step (h_{t-1} is the initial state itself) and the others
+    for a, b in zip(eager_post, compiled_post, strict=True):
+        torch.testing.assert_close(b, a)
+    assert eager_grads.keys() == compiled_grads.keys()
+    for name, g in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_world_model_gradients_match_plain_autograd(monkeypatch):

@@ -208,7 +208,7 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
         call()
         sync(device)
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds, peak_mb = statistics.median(times), peak_memory_mb(device)
     # FLOPs counted after the timed calls, eagerly: a compiled function called under the counter's dispatch mode
     # ran slower for the rest of the process (xxs world model: 160-175 ms against 90-110 before it).
     with torch.compiler.set_stance("force_eager"):
@@ -219,7 +219,7 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
     row = {"model": model, "part": part, "flops": flops, "first_s": first, "forward_parts": parts}
     row.update(params=sum(p.numel() for m in agent.modules().values() for p in m.parameters()),
                ms=1e3 * seconds, ms_min=1e3 * min(times), gflop=flops / 1e9, gflops=flops / seconds / 1e9,
-               peak_mb=peak_memory_mb(device), batch=args.envs if part == "act" else f"{B}x{T}")
+               peak_mb=peak_mb, batch=args.envs if part == "act" else f"{B}x{T}")
     return row
 
 

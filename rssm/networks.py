@@ -131,11 +131,11 @@ class MLP(nn.Module):
         # Rows as one matrix: a strided slice of a sequence (feat[:, 1:]) would be multiplied one batch row at a
         # time against a broadcast weight, where one copy of it makes every layer a single product.
         lead = x.shape[:-1]
-        x = self.hidden(x.reshape(-1, x.shape[-1]))
+        x = self.hidden(x.reshape(-1, x.shape[-1]))  # (..., in) -> (N, units)
         if self.out is not None:
             # An output layer's result in float32 even under autocast: heads feed distributions and losses.
-            x = wide_linear(x, self.out.weight, self.out.bias).float()
-        return x.reshape(*lead, x.shape[-1])
+            x = wide_linear(x, self.out.weight, self.out.bias).float()  # (N, out)
+        return x.reshape(*lead, x.shape[-1])  # (..., out)
 
 
 def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -212,7 +212,7 @@ class Agent:
             if s.replay_value > 0:
                 loss, replay_metrics = replay_value_loss(
                     self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
-                    returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
+                    returns[0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
                 critic_loss = critic_loss + s.replay_value * loss
                 metrics.update(replay_metrics)
             return actor_loss, critic_loss, metrics

@@ -153,18 +153,21 @@ def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def twohot_log_prob(log_probs: torch.Tensor, target: torch.Tensor, bins: torch.Tensor,
+def twohot_log_prob(log_probs: torch.Tensor, target: torch.Tensor | tuple[torch.Tensor, ...], bins: torch.Tensor,
                     space: str = "symlog") -> torch.Tensor:
     """log-likelihood of the two-hot encoding of `target` under log-probabilities over bins: (..., K), (...) ->
-    (...). With `space` symlog the target is encoded as symlog(target) on symlog bins (2023), with symexp as
-    itself on symexp bins (now).
+    (...); for a tuple of targets, the sum of their log-likelihoods. With `space` symlog the target is encoded as
+    symlog(target) on symlog bins (2023), with symexp as itself on symexp bins (now).
 
-    Only the two bins next to each target carry weight, so they are gathered rather than multiplied densely.
+    Only the two bins next to each target carry weight, so they are gathered rather than multiplied densely, those
+    of every target in one gather: its backward pass scatters into one (..., K) gradient, not one per bin.
     """
-    below, above, w_hi = _twohot_weights(symlog(target) if space == "symlog" else target, bins)
-    lp_lo = log_probs.gather(-1, below.unsqueeze(-1)).squeeze(-1)
-    lp_hi = log_probs.gather(-1, above.unsqueeze(-1)).squeeze(-1)
-    return (1.0 - w_hi) * lp_lo + w_hi * lp_hi
+    index, weight = [], []
+    for x in target if isinstance(target, tuple) else (target,):
+        below, above, w_hi = _twohot_weights(symlog(x) if space == "symlog" else x, bins)
+        index += [below, above]
+        weight += [1.0 - w_hi, w_hi]
+    return (log_probs.gather(-1, torch.stack(index, -1)) * torch.stack(weight, -1)).sum(-1)  # (..., 2M) -> (...)
 
 
 def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, space: str = "symlog") -> torch.Tensor:

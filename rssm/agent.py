@@ -111,19 +111,23 @@ class Agent:
         compile: None: eager. A torch.compile backend ("inductor"): the RSSM's posterior step, with its backward
             pass (`RSSM.compile_steps`), and acting are compiled (static shapes; the first calls compile). The rest
             of an update is large batched products, which compiling did not speed up on a CPU (README, Speed).
+        compile_mode: torch.compile's mode for the posterior step: "default", or "reduce-overhead" for CUDA graphs
+            of it on a CUDA device (`RSSM.compile_steps`). Acting compiles in the default mode: its recurrent state
+            lives from one env step to the next, across updates, where a CUDA graph's outputs would be overwritten.
     """
 
     def __init__(self, world_model: WorldModel, scales: LossScales, wm_optim: OptimSettings,
                  actor: Actor | None = None, critic: Critic | None = None,
                  behavior: BehaviorSettings | None = None, actor_optim: OptimSettings | None = None,
                  critic_optim: OptimSettings | None = None, joint: bool = False,
-                 precision: torch.dtype | None = None, compile: str | None = None, ranks: Ranks = SINGLE):
+                 precision: torch.dtype | None = None, compile: str | None = None, compile_mode: str = "default",
+                 ranks: Ranks = SINGLE):
         self.wm, self.scales, self.wm_optim = world_model, scales, wm_optim
         self.actor, self.critic, self.behavior = actor, critic, behavior
         self.actor_optim, self.critic_optim, self.joint = actor_optim, critic_optim, joint
         self.precision, self.ranks = precision, ranks
         self.compiled = compile is not None
-        world_model.rssm.compile_steps(compile)
+        world_model.rssm.compile_steps(compile, compile_mode)
         self._policy = (self._policy_step if compile is None
                         else torch.compile(self._policy_step, backend=compile, dynamic=False))
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
@@ -152,6 +156,8 @@ class Agent:
         skipped then, else the behaviour step alone. Either counts in `skipped` and `skipped_in_a_row`.
         """
         data = to_torch(batch, self.device)
+        if self.wm.rssm.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last update's graph outputs are free
         with self._autocast():
             loss, metrics, post = self.wm.loss(data, self.scales)
         metrics["loss/wm"] = loss.detach()

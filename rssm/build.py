@@ -100,7 +100,7 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ran
                         continue_target(cfg))
     opt = optim_settings(cfg)
     shared = {"precision": autocast_dtype(cfg.precision, device), "compile": COMPILE_BACKEND if cfg.compile else None,
-             "ranks": ranks}
+              "compile_mode": cfg.compile_mode, "ranks": ranks}
     if a.kind == "world_model":
         return Agent(wm, scales, opt["wm"], **shared)
     arch = Arch(m.norm, m.fan)

@@ -179,6 +179,9 @@ class Config:
     # gradients and losses stay float32
     precision: str = "fp32"
     compile: bool = False  # torch.compile the RSSM's posterior step and acting (about a minute at the start)
+    # torch.compile's mode for the posterior step: default | reduce-overhead (on a CUDA device, CUDA graphs of the
+    # step forward and backward; on a CPU the same as default)
+    compile_mode: str = "default"
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
@@ -223,6 +226,7 @@ _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_mo
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
             "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
             "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16", "fp16"),
+            "compile_mode": ("default", "reduce-overhead"),
             "logger.wandb.mode": ("offline", "online", "disabled")}
 
 
@@ -320,7 +324,7 @@ _ABSENT = object()
 # and how a run computes, or what it shows, not what it learns (evaluation and open-loop errors draw their own
 # random numbers). Threads, devices and compilation may change the last bits of floating-point sums; bfloat16
 # (`precision`) more than that, within the tracking its test checks.
-FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "replay.on_device",
+FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "compile_mode", "replay.on_device",
              "trainer.progress", "logger", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
              "trainer.checkpoint_every", "trainer.openloop_every", "trainer.openloop_context",
              "trainer.openloop_horizons")

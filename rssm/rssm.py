@@ -111,6 +111,7 @@ class RSSM(nn.Module):
             self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
         init_weights(self, arch.fan)
         self.compiled_obs_step = None  # `compile_steps`
+        self.cuda_graphs = False  # `compile_steps` with mode reduce-overhead
 
     def initial(self, batch_size: int) -> RSSMState:
         """The state before an episode's first step: learned (h = tanh(w), z = mode of the prior at h), or zeros."""
@@ -250,12 +251,21 @@ class RSSM(nn.Module):
         stoch = straight_through(inverse_cdf_index(probs, uniform), probs)  # (B, G, C)
         return deter, stoch, logits
 
-    def compile_steps(self, backend: str | Callable | None) -> None:
+    def compile_steps(self, backend: str | Callable | None, mode: str = "default") -> None:
         """torch.compile the posterior step of `observe` with `backend` (static shapes: one graph, forward and
         backward, per batch size and grad mode), or undo it with None. The loop's 64 steps of 16 rows are hundreds
-        of small operator calls each, which the compiled step fuses into a few kernels."""
-        self.compiled_obs_step = None if backend is None else torch.compile(self._obs_step, backend=backend,
-                                                                             dynamic=False)
+        of small operator calls each, which the compiled step fuses into a few kernels.
+
+        mode "reduce-overhead" also runs each step, forward and backward, as a CUDA graph on a CUDA device (one
+        launch instead of dozens; torch's CUDA graph trees record them in the first updates and replay them after).
+        Such a graph's outputs live in a pool that its next run overwrites, so the step's outputs are copied out
+        (three small copies per step). On a CPU the mode compiles as the default one does."""
+        self.cuda_graphs = backend is not None and mode == "reduce-overhead"
+        if backend is None:
+            self.compiled_obs_step = None
+            return
+        step = torch.compile(self._obs_step, backend=backend, dynamic=False, mode=None if mode == "default" else mode)
+        self.compiled_obs_step = (lambda *a: tuple(x.clone() for x in step(*a))) if self.cuda_graphs else step
 
     def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True,
                  plain: dict | None = None) -> RSSMState:

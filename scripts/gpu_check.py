@@ -5,8 +5,12 @@
    the update raises, and the table says where.
 3. `scripts/benchmark.py`'s rows for one size preset (`s` by default), vector and 64 x 64 image observations, the
    world-model update and the whole agent update, float32 and bfloat16, eager.
-4. The same with `compile=true` (torch.compile, inductor) for vector observations in bfloat16, its first call
-   (compilation) timed apart; rows that would start after `--budget` seconds are left out and listed as such.
+4. The same with `compile=true` (torch.compile, inductor) for vector observations in bfloat16, the posterior step
+   as CUDA graphs (`compile_mode=reduce-overhead`) and without, its first call (compilation) timed apart; rows
+   that would start after `--budget` seconds are left out and listed as such.
+
+A row that fails is listed with its error and the check goes on; the table is written after every row, so a check
+stopped at its time limit keeps what it measured.
 
     python scripts/gpu_check.py --out results/          # writes results/gpu_check.json and results/gpu_check.txt
 
@@ -104,34 +108,48 @@ def main() -> None:
     syncs = {algo: sync_check(algo, args, device) for algo in ("dreamerv3_cpu", "dreamerv3_2023")}
     for algo, result in syncs.items():
         say(f"host syncs inside an update ({algo}): {result}")
-    say(f"{'obs':>6} {'part':>8} {'precision':>9} {'compiled':>8} {'ms':>8} {'GFLOP':>8} {'TFLOP/s':>8} "
+    say(f"{'obs':>6} {'part':>8} {'precision':>9} {'compiled':>15} {'ms':>8} {'GFLOP':>8} {'TFLOP/s':>8} "
         f"{'of matmul':>9} {'peak MB':>8} {'first s':>8}")
-    rows = []
+    rows, failed = [], []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        (out / "gpu_check.txt").write_text("\n".join(lines) + "\n")
+        (out / "gpu_check.json").write_text(json.dumps(
+            {"device": name, "model": args.model, "matmul_flops": rates, "copy_bandwidth": bw, "host_syncs": syncs,
+             "rows": rows, "failed": failed}, indent=2, default=str))
+
     sizes = [64 if kind == "image" else 0 for kind in args.obs]
+    # compiled: False (eager), or torch.compile's mode for the posterior step (`compile_mode`)
     plan = [(image, precision, part, False) for image in sizes for precision in ("fp32", "bf16")
             for part in ("wm", "behavior", "agent")]
-    plan += [(0, "bf16", part, True) for part in ("wm", "agent")]
+    plan += [(0, "bf16", part, mode) for part in ("agent", "wm") for mode in ("reduce-overhead", "default")]
+    write()
     for image, precision, part, compiled in plan:
+        head = f"{'image' if image else 'vector':>6} {part:>8} {precision:>9} {compiled or 'no':>15}"
         if compiled and time.perf_counter() - start > args.budget:
-            say(f"{'vector':>6} {part:>8} {precision:>9} {'yes':>8} left out: the check had run {args.budget:.0f} s")
+            say(f"{head} left out: the check had run {args.budget:.0f} s")
+            write()
             continue
         bench_args = argparse.Namespace(
-            set=[], precision=precision, compile=compiled, image=image, obs_dim=17, act_dim=6,
-            continuous=not image, envs=16, seed=0, iters=args.iters, warmup=args.warmup)
-        r = benchmark.bench(args.model, part, bench_args, device)
+            set=[f"compile_mode={compiled}"] if compiled else [], precision=precision, compile=bool(compiled),
+            image=image, obs_dim=17, act_dim=6, continuous=not image, envs=16, seed=0, iters=args.iters,
+            warmup=args.warmup)
+        try:
+            r = benchmark.bench(args.model, part, bench_args, device)
+        except Exception as e:  # one row's failure (a compiler error, out of memory) is reported, not fatal
+            failed.append({"row": head.split(), "error": f"{type(e).__name__}: {e}"})
+            say(f"{head} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            write()
+            continue
         rate = rates["bfloat16" if precision == "bf16" else "float32"]
         r.update(obs="image" if image else "vector", precision=precision, compiled=compiled,
                  of_peak=r["gflops"] * 1e9 / rate)
         rows.append(r)
-        say(f"{r['obs']:>6} {part:>8} {precision:>9} {'yes' if compiled else 'no':>8} {r['ms']:8.1f} "
-            f"{r['gflop']:8.1f} {r['gflops'] / 1e3:8.2f} {r['of_peak']:9.1%} {r['peak_mb']:8.0f} "
-            f"{r['first_s']:8.1f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.txt").write_text("\n".join(lines) + "\n")
-    (out / "gpu_check.json").write_text(json.dumps(
-        {"device": name, "model": args.model, "matmul_flops": rates, "copy_bandwidth": bw, "host_syncs": syncs,
-         "rows": rows}, indent=2, default=str))
+        say(f"{head} {r['ms']:8.1f} {r['gflop']:8.1f} {r['gflops'] / 1e3:8.2f} {r['of_peak']:9.1%} "
+            f"{r['peak_mb']:8.0f} {r['first_s']:8.1f}")
+        write()
 
 
 if __name__ == "__main__":

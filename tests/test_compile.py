@@ -22,7 +22,8 @@ def batches(n: int, B: int = 2, T: int = 4, seed: int = 0) -> list[dict[str, np.
              "is_terminal": g.random((B, T)) < 0.1} for _ in range(n)]
 
 
-@pytest.mark.parametrize("overrides", [(), ("algo=dreamerv3_2023",)], ids=["now", "2023"])
+@pytest.mark.parametrize("overrides", [(), ("algo=dreamerv3_2023",), ("compile_mode=reduce-overhead",)],
+                         ids=["now", "2023", "reduce-overhead"])
 def test_compiled_update_and_act_match_eager(compose_config, monkeypatch, overrides):
     monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
     data = batches(2)
@@ -45,3 +46,24 @@ def test_compiled_update_and_act_match_eager(compose_config, monkeypatch, overri
     torch.testing.assert_close(h1, h0)
     for a, b in zip(p0, p1, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_mode_reaches_the_posterior_step_alone(compose_config, monkeypatch):
+    """compile_mode=reduce-overhead (CUDA graphs on a CUDA device) compiles the posterior step in that mode (the
+    test above checks its values, outputs copied out of the graph's pool); acting keeps the default mode, its state
+    outliving an update."""
+    monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
+    calls = []
+    real = torch.compile
+
+    def recording(fn, **kwargs):
+        calls.append((fn.__name__, kwargs.get("mode")))
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    for mode, expected in [("default", None), ("reduce-overhead", "reduce-overhead")]:
+        calls.clear()
+        cfg = compose_config("model=debug", "agent.horizon=2", "compile=true", f"compile_mode={mode}")
+        agent = build_agent(cfg, EnvSpec({"obs": (4,)}, (2,), True), torch.device("cpu"))
+        assert sorted(calls) == [("_obs_step", expected), ("_policy_step", None)]
+        assert agent.wm.rssm.cuda_graphs == (mode == "reduce-overhead")

@@ -21,6 +21,10 @@ call), and gives imagination's share of it (prior steps, policy, continue head).
     python scripts/benchmark.py --model xs s --part wm --obs-dim 17 --act-dim 6 --continuous --threads 2
     python scripts/benchmark.py --model s --part wm --image 64 --iters 5 --warmup 2
     python scripts/benchmark.py --model s --part agent act --device cuda --precision bf16 --compile --json b.json
+    python scripts/benchmark.py --model xxs --part agent --alternate compile=false compile=true --iters 3
+
+`--alternate A B` compares two sets of overrides in one process instead, in turns (`alternate`): on a shared,
+noisy machine the way to see a difference of a few percent.
 
 Peak memory on CPU is the process's peak RSS, which only grows: rows run in the order given, so list models
 smallest first (or run one per process) to read each row on its own.
@@ -153,9 +157,12 @@ def forward_flops(agent, batch: dict[str, np.ndarray], world_model: bool = True)
     return parts
 
 
-def bench(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
+def make_call(model: str, part: str, args: argparse.Namespace, device: torch.device, extra: list[str] = ()):
+    """The agent the config builds (`extra`: overrides after the others) and one call of `part` on it, with the
+    batch the FLOP count uses: (call, agent, batch, (B, T))."""
     overrides = [f"model={model}", f"precision={args.precision}", f"compile={str(args.compile).lower()}", *args.set]
     overrides += ["agent=world_model"] if part == "wm" else []
+    overrides += list(extra)
     with initialize_config_module("rssm.configs", version_base=None):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(args.seed)
@@ -192,7 +199,11 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
             agent.update(batches[call.k % 2])
             call.k += 1
         call.k = 0
+    return call, agent, None if part == "act" else batches[0], (B, T)
 
+
+def bench(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
+    call, agent, batch, (B, T) = make_call(model, part, args, device)
     start = time.perf_counter()
     call()  # optimizer states, the allocator's first pass and any compilation, outside the counts
     sync(device)
@@ -214,13 +225,38 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
     with torch.compiler.set_stance("force_eager"):
         with FlopCounterMode(display=False) as counter:
             call()
-        parts = forward_flops(agent, batches[0], part != "behavior") if part != "act" else {}
+        parts = forward_flops(agent, batch, part != "behavior") if part != "act" else {}
     flops = counter.get_total_flops()
     row = {"model": model, "part": part, "flops": flops, "first_s": first, "forward_parts": parts}
     row.update(params=sum(p.numel() for m in agent.modules().values() for p in m.parameters()),
                ms=1e3 * seconds, ms_min=1e3 * min(times), gflop=flops / 1e9, gflops=flops / seconds / 1e9,
                peak_mb=peak_mb, batch=args.envs if part == "act" else f"{B}x{T}")
     return row
+
+
+def alternate(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """The two configs of `--alternate A B` in one process, timed in turns: each round takes the fastest of
+    `--iters` calls of A, then of B. A machine that speeds up or slows down over the run moves both alike, so the
+    median of the rounds' ratios compares them where separate processes, minutes apart, would not."""
+    arms = [make_call(model, part, args, device, overrides.split())[0] for overrides in args.alternate]
+    for call in arms:
+        for _ in range(1 + args.warmup):  # the first call compiles, where anything does
+            call()
+    rounds: list[list[float]] = [[], []]
+    for _ in range(args.rounds):
+        for call, times in zip(arms, rounds, strict=True):
+            best = float("inf")
+            for _ in range(args.iters):
+                sync(device)
+                start = time.perf_counter()
+                call()
+                sync(device)
+                best = min(best, time.perf_counter() - start)
+            times.append(best)
+    ratios = sorted(a / b for a, b in zip(*rounds, strict=True))
+    return {"model": model, "part": part, "arms": list(args.alternate), "ms": [[1e3 * t for t in r] for r in rounds],
+            "median_ms": [1e3 * statistics.median(r) for r in rounds], "speedup": statistics.median(ratios),
+            "speedup_range": [ratios[0], ratios[-1]]}
 
 
 def main() -> None:
@@ -243,6 +279,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flops", action="store_true", help="print the FLOPs of each module too")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--alternate", nargs=2, metavar=("A", "B"), default=None,
+                        help="compare two sets of overrides (each one quoted string, e.g. 'compile=false' "
+                             "'compile=true') in one process, in turns, instead of the table")
+    parser.add_argument("--rounds", type=int, default=8, help="turns of each with --alternate")
     args = parser.parse_args()
 
     setup_host(args.threads)  # as a training run sets up its process
@@ -257,6 +297,20 @@ def main() -> None:
     print(f"device {device}, threads {args.threads}, precision {args.precision}, obs {obs}, {args.act_dim} "
           f"{'continuous' if args.continuous else 'discrete'} actions, overrides {args.set or 'none'}; "
           f"{str(dtype).removeprefix('torch.')} matmul rate {peak_rate / 1e9:.1f} GFLOP/s")
+    if args.alternate:
+        results = []
+        for model in args.model:
+            for part in args.part:
+                r = alternate(model, part, args, device)
+                results.append(r)
+                (a, b), (ma, mb) = r["arms"], r["median_ms"]
+                print(f"{model} {part}, {args.rounds} rounds, the fastest of {args.iters} calls each: '{a}' "
+                      f"{ma:.1f} ms, '{b}' {mb:.1f} ms (medians); '{b}' {r['speedup']:.2f}x as fast "
+                      f"(median of the rounds' ratios; {r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "matmul_flops": peak_rate, "alternate": results}, f, indent=2)
+        return
     print(f"{'model':>8} {'part':>5} {'batch':>6} {'params':>8} {'ms':>8} {'min ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} "
           f"{'of peak':>7} {'peak MB':>8} {'first s':>8}")
     results = []

@@ -22,6 +22,8 @@ call), and gives imagination's share of it (prior steps, policy, continue head).
     python scripts/benchmark.py --model s --part wm --image 64 --iters 5 --warmup 2
     python scripts/benchmark.py --model s --part agent act --device cuda --precision bf16 --compile --json b.json
     python scripts/benchmark.py --model xxs --part agent --alternate compile=false compile=true --iters 3
+    python scripts/benchmark.py --model s --part wm --obs-dim 17 --act-dim 6 --continuous --alternate threads=1 \
+        threads=2
 
 `--alternate A B` compares two sets of overrides in one process instead, in turns (`alternate`): on a shared,
 noisy machine the way to see a difference of a few percent.
@@ -237,14 +239,20 @@ def bench(model: str, part: str, args: argparse.Namespace, device: torch.device)
 def alternate(model: str, part: str, args: argparse.Namespace, device: torch.device) -> dict:
     """The two configs of `--alternate A B` in one process, timed in turns: each round takes the fastest of
     `--iters` calls of A, then of B. A machine that speeds up or slows down over the run moves both alike, so the
-    median of the rounds' ratios compares them where separate processes, minutes apart, would not."""
-    arms = [make_call(model, part, args, device, overrides.split())[0] for overrides in args.alternate]
-    for call in arms:
+    median of the rounds' ratios compares them where separate processes, minutes apart, would not. An arm's
+    `threads=N` sets torch's threads for its own calls (`--alternate threads=1 threads=2`)."""
+    arms = []
+    for overrides in args.alternate:
+        threads = [int(o.split("=", 1)[1]) for o in overrides.split() if o.startswith("threads=")]
+        arms.append((make_call(model, part, args, device, overrides.split())[0], (threads or [args.threads])[-1]))
+    for call, threads in arms:
+        torch.set_num_threads(threads)
         for _ in range(1 + args.warmup):  # the first call compiles, where anything does
             call()
     rounds: list[list[float]] = [[], []]
     for _ in range(args.rounds):
-        for call, times in zip(arms, rounds, strict=True):
+        for (call, threads), times in zip(arms, rounds, strict=True):
+            torch.set_num_threads(threads)
             best = float("inf")
             for _ in range(args.iters):
                 sync(device)
@@ -254,7 +262,8 @@ def alternate(model: str, part: str, args: argparse.Namespace, device: torch.dev
                 best = min(best, time.perf_counter() - start)
             times.append(best)
     ratios = sorted(a / b for a, b in zip(*rounds, strict=True))
-    return {"model": model, "part": part, "arms": list(args.alternate), "ms": [[1e3 * t for t in r] for r in rounds],
+    return {"model": model, "part": part, "arms": list(args.alternate), "threads": [t for _, t in arms],
+            "ms": [[1e3 * t for t in r] for r in rounds],
             "median_ms": [1e3 * statistics.median(r) for r in rounds], "speedup": statistics.median(ratios),
             "speedup_range": [ratios[0], ratios[-1]]}
 

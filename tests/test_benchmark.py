@@ -39,14 +39,14 @@ def test_benchmark_times_every_part_and_splits_its_flops(tmp_path):
 
 def test_benchmark_alternates_two_configs_in_one_process(tmp_path):
     out = tmp_path / "alt.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "debug", "--part", "wm", "--alternate",
-                           "agent.horizon=2", "agent.horizon=2 precision=bf16", "--iters", "1", "--warmup", "0",
-                           "--rounds", "3", "--json", str(out)], capture_output=True, text=True, timeout=300,
-                          env=cli_env())
+    arms = ["agent.horizon=2", "agent.horizon=2 precision=bf16 threads=2"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "debug", "--part", "wm", "--alternate", *arms,
+                           "--iters", "1", "--warmup", "0", "--rounds", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     (r,) = json.loads(out.read_text())["alternate"]
-    assert r["arms"] == ["agent.horizon=2", "agent.horizon=2 precision=bf16"]
+    assert r["arms"] == arms and r["threads"] == [1, 2]  # --threads 1 unless an arm sets its own
     assert [len(times) for times in r["ms"]] == [3, 3] and all(t > 0 for times in r["ms"] for t in times)
     ratios = sorted(a / b for a, b in zip(*r["ms"], strict=True))
     assert r["speedup"] == ratios[1] and r["speedup_range"] == [ratios[0], ratios[-1]]
-    assert "'agent.horizon=2 precision=bf16'" in proc.stdout and "x as fast" in proc.stdout
+    assert "'agent.horizon=2 precision=bf16 threads=2'" in proc.stdout and "x as fast" in proc.stdout

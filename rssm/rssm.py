@@ -111,6 +111,7 @@ class RSSM(nn.Module):
             self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
         init_weights(self, arch.fan)
         self.compiled_obs_step = None  # `compile_steps`
+        self.compiled_img_step = None  # `compile_steps` with prior=True
         self.cuda_graphs = False  # `compile_steps` with mode reduce-overhead
 
     def initial(self, batch_size: int) -> RSSMState:
@@ -251,21 +252,35 @@ class RSSM(nn.Module):
         stoch = straight_through(inverse_cdf_index(probs, uniform), probs)  # (B, G, C)
         return deter, stoch, logits
 
-    def compile_steps(self, backend: str | Callable | None, mode: str = "default") -> None:
+    def compile_steps(self, backend: str | Callable | None, mode: str = "default", prior: bool = False) -> None:
         """torch.compile the posterior step of `observe` with `backend` (static shapes: one graph, forward and
         backward, per batch size and grad mode), or undo it with None. The loop's 64 steps of 16 rows are hundreds
-        of small operator calls each, which the compiled step fuses into a few kernels.
+        of small operator calls each, which the compiled step fuses into a few kernels. With `prior`, also the
+        sampled prior step of `rollout` (imagination: 15 steps over 1,024 states, some seventy operator calls
+        each, each a kernel launch on a GPU; on a CPU compiling it did not pay).
 
         mode "reduce-overhead" also runs each step, forward and backward, as a CUDA graph on a CUDA device (one
         launch instead of dozens; torch's CUDA graph trees record them in the first updates and replay them after).
         Such a graph's outputs live in a pool that its next run overwrites, so the step's outputs are copied out
         (three small copies per step). On a CPU the mode compiles as the default one does."""
         self.cuda_graphs = backend is not None and mode == "reduce-overhead"
+        self.compiled_obs_step = self.compiled_img_step = None
         if backend is None:
-            self.compiled_obs_step = None
             return
-        step = torch.compile(self._obs_step, backend=backend, dynamic=False, mode=None if mode == "default" else mode)
-        self.compiled_obs_step = (lambda *a: tuple(x.clone() for x in step(*a))) if self.cuda_graphs else step
+
+        def compiled(fn: Callable) -> Callable:
+            step = torch.compile(fn, backend=backend, dynamic=False, mode=None if mode == "default" else mode)
+            return (lambda *a: tuple(x.clone() for x in step(*a))) if self.cuda_graphs else step
+
+        self.compiled_obs_step = compiled(self._obs_step)
+        if prior:
+            self.compiled_img_step = compiled(self._img_step)
+
+    def _img_step(self, deter: torch.Tensor, stoch: torch.Tensor,
+                  action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`img_step` with a sample, as tensors (the function `compile_steps` compiles): h_{t-1} (B, D), z_{t-1}
+        (B, G, C), a_{t-1} (B, A) -> h_t, z_t, the prior's unimixed logits."""
+        return tuple(self.img_step(RSSMState(deter, stoch, None), action))  # logits: not read
 
     def img_step(self, state: RSSMState, action: torch.Tensor, sample: bool = True,
                  plain: dict | None = None) -> RSSMState:
@@ -287,10 +302,13 @@ class RSSM(nn.Module):
         return self._rollout(state, horizon, policy, actions)
 
     def _rollout(self, state, horizon, policy, actions) -> Iterator[tuple[torch.Tensor, RSSMState]]:
-        plain = self._plain()
+        plain, compiled = self._plain(), self.compiled_img_step
         for t in range(horizon):
             action = policy(state) if policy is not None else actions[:, t]
-            state = self.img_step(state, action, plain=plain)
+            if compiled is None:
+                state = self.img_step(state, action, plain=plain)
+            else:
+                state = RSSMState(*compiled(state.deter, state.stoch, action))
             yield action, state
 
     def imagine(self, state: RSSMState, horizon: int,

@@ -50,8 +50,8 @@ def test_compiled_update_and_act_match_eager(compose_config, monkeypatch, overri
 
 def test_compile_mode_reaches_the_posterior_step_alone(compose_config, monkeypatch):
     """compile_mode=reduce-overhead (CUDA graphs on a CUDA device) compiles the posterior step in that mode (the
-    test above checks its values, outputs copied out of the graph's pool); acting keeps the default mode, its state
-    outliving an update."""
+    test above checks its values, outputs copied out of the graph's pool); the prior step stays eager on a CPU (a
+    GPU compiles it too); acting keeps the default mode, its state outliving an update."""
     monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
     calls = []
     real = torch.compile

@@ -183,3 +183,35 @@ def test_kl_loss_scales_and_free_bits_per_sample():
     torch.testing.assert_close(metrics["wm/dyn_kl"], kl.mean())
     grad_post, grad_prior = torch.autograd.grad(loss[0, 0], [post, prior])
     assert grad_post.abs().sum() == 0 and grad_prior.abs().sum() == 0  # below free bits: no gradient
+
+
+@pytest.mark.parametrize("blocks", [0, 4], ids=["2023", "now"])
+def test_compiled_prior_step_matches_eager(blocks):
+    """`compile_steps(prior=True)` (on a GPU): imagination's prior steps give eager's states, the same samples
+    (aot_eager draws from the same generator) and, through the dynamics, the same gradients."""
+    torch.manual_seed(0)
+    rssm = RSSM(action_dim=A, embed_dim=E, deter=D, units=12, groups=G, classes=C, blocks=blocks)
+    start = rssm.initial(B)
+    start = type(start)(*(x.detach() for x in (start.deter + torch.randn(B, D), start.stoch, start.logits)))
+    policy_weight = torch.randn(D, A, requires_grad=True)
+
+    def run():
+        torch.manual_seed(1)  # the same samples
+        states, actions = rssm.imagine(start, horizon=4, policy=lambda s: torch.tanh(s.deter @ policy_weight))
+        loss = states.deter.square().sum() + (states.stoch * states.logits).sum()
+        rssm.zero_grad()
+        policy_weight.grad = None
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in rssm.named_parameters() if p.grad is not None}
+        return states, actions, grads | {"policy": policy_weight.grad.clone()}
+
+    eager = run()
+    backend = CompileCounterWithBackend("aot_eager")
+    rssm.compile_steps(backend, prior=True)
+    compiled = run()
+    assert backend.frame_count == 2  # the first step (its state carries no gradient) and the others
+    for a, b in zip([*eager[0], eager[1]], [*compiled[0], compiled[1]], strict=True):
+        torch.testing.assert_close(b, a)
+    assert eager[2].keys() == compiled[2].keys() and "policy" in eager[2]
+    for name, g in eager[2].items():
+        torch.testing.assert_close(compiled[2][name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -40,6 +40,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_compiler():
+    """Each test compiles from nothing: torch.compile's caches live per process, and a worker that has run other
+    compiling tests could otherwise be at dynamo's recompile limit for a function, which then runs eagerly and
+    would pass a compiled-equals-eager test without compiling anything."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 def cli_env() -> dict[str, str]:
     """The environment for a `python -m rssm.train` subprocess that imports the same `rssm` as the tests
     (a source checkout first on PYTHONPATH, or the installed package)."""

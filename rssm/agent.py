@@ -129,12 +129,11 @@ class Agent:
         self.precision, self.ranks = precision, ranks
         self.compiled = compile is not None
         # On a GPU also the prior step, whose operator calls are kernel launches there (on a CPU it did not pay).
-        on_gpu = next(world_model.parameters()).device.type == "cuda"
-        world_model.rssm.compile_steps(compile, compile_mode, prior=on_gpu)
+        self.device = next(world_model.parameters()).device
+        world_model.rssm.compile_steps(compile, compile_mode, prior=self.device.type == "cuda")
         self._policy = (self._policy_step if compile is None
                         else torch.compile(self._policy_step, backend=compile, dynamic=False))
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"
-        self.device = next(world_model.parameters()).device
         self.wm_params = list(world_model.parameters())
         self.wm_opt = make_optimizer(self.wm_params, wm_optim)
         if actor is not None:
@@ -221,7 +220,7 @@ class Agent:
             if s.replay_value > 0:
                 loss, replay_metrics = replay_value_loss(
                     self.critic, features(post), data["reward"], data["is_first"], data["is_terminal"],
-                    returns[0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
+                    returns[:, 0].unflatten(0, (B, T)), s.gamma, s.lam, grad=s.replay_value_grad)
                 critic_loss = critic_loss + s.replay_value * loss
                 metrics.update(replay_metrics)
             return actor_loss, critic_loss, metrics

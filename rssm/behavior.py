@@ -27,30 +27,29 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 def lambda_returns(reward: torch.Tensor, discount: torch.Tensor, value: torch.Tensor,
                    lam: float | torch.Tensor) -> torch.Tensor:
-    """TD(lambda) returns of N trajectories, computed backwards from the last value; time-major, so that each
-    step of the recursion reads and writes one contiguous row.
+    """TD(lambda) returns of a trajectory, computed backwards from the last value.
 
         R_t = r_{t+1} + d_{t+1} * ((1 - lam_{t+1}) * v_{t+1} + lam_{t+1} * R_{t+1}),    R_H = v_H
 
     Args:
-        reward: r_1 .. r_H, rewards on arriving at states 1 .. H, (H, N).
-        discount: d_1 .. d_H, gamma times the (predicted) continue flag of states 1 .. H, (H, N).
-        value: v_0 .. v_H, values of states 0 .. H, (H + 1, N).
-        lam: the lambda of TD(lambda), or lam_1 .. lam_H (H, N): 0 at a state bootstraps fully from its value.
+        reward: r_1 .. r_H, rewards on arriving at states 1 .. H, (N, H).
+        discount: d_1 .. d_H, gamma times the (predicted) continue flag of states 1 .. H, (N, H).
+        value: v_0 .. v_H, values of states 0 .. H, (N, H + 1).
+        lam: the lambda of TD(lambda), or lam_1 .. lam_H (N, H): 0 at a state bootstraps fully from its value.
     Returns:
-        R_0 .. R_{H-1}, (H, N).
+        R_0 .. R_{H-1}, (N, H).
     """
-    H, N = reward.shape
-    assert discount.shape == (H, N) and value.shape == (H + 1, N)
+    N, H = reward.shape
+    assert discount.shape == (N, H) and value.shape == (N, H + 1)
     if not torch.is_tensor(lam):  # filled on the device: a tensor made from a Python number is a host-to-GPU copy
-        lam = torch.full((H, N), lam, dtype=reward.dtype, device=reward.device)
-    lam = lam.expand(H, N)  # (H, N)
-    interm = reward + discount * (1.0 - lam) * value[1:]  # (H, N): the part that needs no recursion
+        lam = torch.full((N, H), lam, dtype=reward.dtype, device=reward.device)
+    lam = lam.expand(N, H)  # (N, H)
+    interm = reward + discount * (1.0 - lam) * value[:, 1:]  # (N, H): the part that needs no recursion
     out = torch.empty_like(reward)
-    last = value[-1]  # (N,)
+    last = value[:, -1]  # (N,)
     for t in reversed(range(H)):
-        last = interm[t] + discount[t] * lam[t] * last
-        out[t] = last
+        last = interm[:, t] + discount[:, t] * lam[:, t] * last
+        out[:, t] = last
     return out
 
 
@@ -230,11 +229,10 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
             cont_prob: bool = False):
     """Roll the prior forward under the actor from N start states.
 
-    Everything it returns is time-major, so that the states 1 .. H (rewards) and 0 .. H-1 (losses) are contiguous
-    slices: the features of states 0 .. H (H + 1, N, F), the actions taken at states 0 .. H-1 (H, N, A), the
-    continue values of states 0 .. H (H + 1, N): the start's recorded flag `start_cont` and then the continue
+    Returns the features of states 0 .. H (N, H + 1, F), the actions taken at states 0 .. H-1 (N, H, A), the
+    continue values of states 0 .. H (N, H + 1): the start's recorded flag `start_cont` and then the continue
     head's mode (DreamerV3 2023), or with `cont_prob` the head's probability at every state (now); and the actor's
-    distributions at states 0 .. H-1 (fields (H, N, ...)) with their graph to the actor's parameters, which the
+    distributions at states 0 .. H-1 (fields (N, H, ...)) with their graph to the actor's parameters, which the
     actor's loss uses: one forward of the actor serves both acting and learning.
     """
     from rssm.rssm import features  # the world model's state layout
@@ -253,53 +251,55 @@ def imagine(wm, actor: Actor, start, start_cont: torch.Tensor, horizon: int, bac
             return action if backprop else action.detach()
 
         taken, states = zip(*wm.rssm.rollout(start, horizon, policy=policy), strict=True)
-        feat = torch.stack([*feats, features(states[-1])])  # (H + 1, N, F): one copy, not a stack per field
-        actions = torch.stack(taken)  # (H, N, A)
+        feat = torch.stack([*feats, features(states[-1])], 1)  # (N, H + 1, F): one copy, not a stack per field
+        actions = torch.stack(taken, 1)  # (N, H, A)
         if cont_prob:
-            cont = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (H + 1, N)
+            cont = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (N, H + 1)
         else:
-            cont = (wm.cont(feat[1:]).squeeze(-1) > 0).to(feat.dtype)  # (H, N)
-            cont = torch.cat([start_cont[None], cont])  # (H + 1, N)
+            cont = (wm.cont(feat[:, 1:]).squeeze(-1) > 0).to(feat.dtype)  # (N, H)
+            cont = torch.cat([start_cont[:, None], cont], 1)  # (N, H + 1)
     return feat, actions, cont, stack_dists(dists)
 
 
 def stack_dists(dists: list[ActionDist]) -> ActionDist:
-    """Per-step distributions with (N, ...) fields as one with (H, N, ...) fields."""
+    """Per-step distributions with (N, ...) fields as one with (N, H, ...) fields."""
     first = dists[0]
     if first.logits is not None:
-        return ActionDist(first.actor, logits=[torch.stack(x) for x in zip(*(d.logits for d in dists), strict=True)])
-    return ActionDist(first.actor, mean=torch.stack([d.mean for d in dists]), std=torch.stack([d.std for d in dists]))
+        return ActionDist(first.actor, logits=[torch.stack(x, 1) for x in zip(*(d.logits for d in dists), strict=True)])
+    return ActionDist(first.actor, mean=torch.stack([d.mean for d in dists], 1),
+                      std=torch.stack([d.std for d in dists], 1))
 
 
 def behavior_losses(wm, critic: Critic, normalizer: ReturnNormalizer, feat: torch.Tensor, actions: torch.Tensor,
                     cont: torch.Tensor, policy: ActionDist, s: BehaviorSettings):
     """Actor and critic losses on an imagined trajectory (from `imagine`, `policy` its actor distributions).
 
-    Returns (actor loss, critic loss, the lambda-returns (H, N), metrics). The actor loss reaches the world model
+    Returns (actor loss, critic loss, the lambda-returns (N, H), metrics). The actor loss reaches the world model
     only through `feat` when `s.backprop`; the caller steps only the actor's and critic's parameters.
     """
-    H = feat.shape[0] - 1
+    N, H1, _ = feat.shape
+    H = H1 - 1
     critic_feat = feat.detach()
-    critic_logits = critic(critic_feat)  # (H + 1, N, K): for the critic's loss, and the values under REINFORCE
+    critic_logits = critic(critic_feat)  # (N, H + 1, K): for the critic's loss, and the values under REINFORCE
     # REINFORCE needs no gradient of the returns, so no graph is built for them.
     with torch.set_grad_enabled(s.backprop and torch.is_grad_enabled()):
-        reward = wm.predicted_reward(feat[1:])  # (H, N): reward on arriving at states 1 .. H
+        reward = wm.predicted_reward(feat[:, 1:])  # (N, H): reward on arriving at states 1 .. H
         gamma = 1.0 if s.contdisc else s.gamma
-        discount = gamma * cont  # (H + 1, N)
-        value = critic.value(feat) if s.backprop else critic.mean(critic_logits.detach())  # (H + 1, N)
-        returns = lambda_returns(reward, discount[1:], value, s.lam)  # (H, N)
+        discount = gamma * cont  # (N, H + 1)
+        value = critic.value(feat) if s.backprop else critic.mean(critic_logits.detach())  # (N, H + 1)
+        returns = lambda_returns(reward, discount[:, 1:], value, s.lam)  # (N, H)
     # Weight of state t: the discounted probability that the episode is still running there.
-    weight = (torch.cumprod(discount, 0) / gamma).detach()[:H]  # (H, N)
+    weight = (torch.cumprod(discount, 1) / gamma).detach()[:, :H]  # (N, H)
     scale = normalizer.update(returns)
-    entropy = policy.entropy()  # (H, N); from detached states, as the log-probabilities: they reach the actor alone
+    entropy = policy.entropy()  # (N, H); from detached states, as the log-probabilities: they reach the actor alone
     if s.backprop:
         objective = returns / scale
     else:
-        advantage = ((returns - value[:H]) / scale).detach()
+        advantage = ((returns - value[:, :H]) / scale).detach()
         objective = policy.log_prob(actions) * advantage
     actor_loss = -(weight * (objective + s.entropy * entropy)).mean()
-    slow_value = critic.slow_value(critic_feat[:H])  # (H, N)
-    critic_loss = (weight * critic.loss(critic_logits[:H], returns, slow_value)).mean()
+    slow_value = critic.slow_value(critic_feat[:, :H])  # (N, H)
+    critic_loss = (weight * critic.loss(critic_logits[:, :H], returns, slow_value)).mean()
     metrics = {
         "behavior/actor_loss": actor_loss.detach(), "behavior/critic_loss": critic_loss.detach(),
         "behavior/actor_entropy": entropy.detach().mean(), "behavior/return_scale": scale,
@@ -329,8 +329,7 @@ def replay_returns(reward: torch.Tensor, is_first: torch.Tensor, is_terminal: to
     # lam_j for j = 1 .. T-1: cut where step j + 1 starts another episode, and at the end of the sequence.
     cut = torch.cat([first[:, 2:], torch.ones_like(first[:, :1])], 1)  # (B, T - 1)
     discount = gamma * (1.0 - terminal[:, 1:])  # (B, T - 1)
-    # Time-major for `lambda_returns`: (T - 1, B) and (T, B).
-    returns = lambda_returns(reward[:, 1:].T, discount.T, boot.T, (lam * (1.0 - cut)).T).T  # (B, T - 1)
+    returns = lambda_returns(reward[:, 1:], discount, boot, lam * (1.0 - cut))  # (B, T - 1)
     weight = (1.0 - first[:, 1:]) * (1.0 - terminal[:, :-1])  # (B, T - 1): steps t -> t + 1 within an episode
     return returns, weight
 

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -46,8 +48,6 @@ def _fresh_compiler():
     compiling tests could otherwise be at dynamo's recompile limit for a function, which then runs eagerly and
     would pass a compiled-equals-eager test without compiling anything."""
     yield
-    import sys
-
     if "torch._dynamo" in sys.modules:
         sys.modules["torch._dynamo"].reset()
 

@@ -30,7 +30,7 @@ def test_lambda_returns_match_plain_loop_with_terminations():
     reward, value = torch.randn(N, H, generator=gen), torch.randn(N, H + 1, generator=gen)
     cont = (torch.rand(N, H, generator=gen) > 0.2).float()  # zeros are terminations
     discount = 0.997 * cont
-    fast = lambda_returns(reward.T, discount.T, value.T, 0.95).T  # time-major
+    fast = lambda_returns(reward, discount, value, 0.95)
     np.testing.assert_allclose(fast.numpy(), plain_lambda_returns(reward.numpy(), discount.numpy(),
                                                                    value.numpy(), 0.95), rtol=1e-5, atol=1e-5)
 
@@ -79,17 +79,16 @@ def test_replay_returns_hand_values():
 
 
 def test_lambda_returns_hand_values():
-    # One trajectory of two steps, time-major: (H, N) = (2, 1).
-    reward = torch.tensor([[1.0], [2.0]])
-    value = torch.tensor([[0.0], [10.0], [20.0]])
+    reward = torch.tensor([[1.0, 2.0]])
+    value = torch.tensor([[0.0, 10.0, 20.0]])
     # lam = 1: discounted sum bootstrapped with the last value; a termination cuts it.
-    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5], [0.5]]), value, 1.0),
-                               torch.tensor([[1 + 0.5 * (2 + 0.5 * 20)], [2 + 0.5 * 20]]))
-    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5], [0.0]]), value, 1.0),
-                               torch.tensor([[1 + 0.5 * 2], [2.0]]))
+    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5, 0.5]]), value, 1.0),
+                               torch.tensor([[1 + 0.5 * (2 + 0.5 * 20), 2 + 0.5 * 20]]))
+    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5, 0.0]]), value, 1.0),
+                               torch.tensor([[1 + 0.5 * 2, 2.0]]))
     # lam = 0: one-step TD targets.
-    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5], [0.5]]), value, 0.0),
-                               torch.tensor([[1 + 0.5 * 10], [2 + 0.5 * 20]]))
+    torch.testing.assert_close(lambda_returns(reward, torch.tensor([[0.5, 0.5]]), value, 0.0),
+                               torch.tensor([[1 + 0.5 * 10, 2 + 0.5 * 20]]))
 
 
 def test_return_normalizer_hand_values():
@@ -182,11 +181,11 @@ def test_imagined_continue_is_the_heads_mode_or_its_probability():
     for prob in (False, True):
         torch.manual_seed(1)  # the same imagined trajectories
         feat, _, cont, _ = imagine(wm, actor, start, start_cont, 5, backprop=False, cont_prob=prob)
-        assert cont.shape == (6, 8)  # time-major: (H + 1, N)
-        p = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (6, 8)
+        assert cont.shape == (8, 6)
+        p = torch.sigmoid(wm.cont(feat).squeeze(-1))  # (8, 6)
         # The mode after the start's recorded flag (2023), or the probability everywhere, the start too (now).
-        torch.testing.assert_close(cont, p if prob else torch.cat([start_cont[None], (p[1:] > 0.5).float()]))
-        flags[prob] = cont[1:]
+        torch.testing.assert_close(cont, p if prob else torch.cat([start_cont[:, None], (p[:, 1:] > 0.5).float()], 1))
+        flags[prob] = cont[:, 1:]
     assert ((flags[True] > 0) & (flags[True] < 1)).all() and not torch.equal(flags[True], flags[False])
 
 

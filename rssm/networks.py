@@ -399,14 +399,19 @@ class LoopLinear(nn.Linear):
         super().__init__(in_dim, out_dim, bias=False)
 
     def bind(self, steps: int, rows: int):
-        weight = self.weight
-        # Under torch.compile the compiler forms the weight gradient itself; the store's bookkeeping in backward
-        # is Python it cannot trace.
-        if not (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-            return lambda x, t: F.linear(x, weight)
-        # Under autocast the steps multiply in its dtype, as F.linear would: the weight is cast once per loop.
-        device = weight.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        store = _StepStore(weight.detach().to(dtype))
-        token = _Token.apply(weight, store)
-        return lambda x, t: _StepLinear.apply(x, token, store)
+        return bind_loop_weight(self.weight, steps, rows)
+
+
+def bind_loop_weight(weight: torch.Tensor, steps: int, rows: int):
+    """`LoopLinear.bind` for any (out, in) weight, a parameter or a tensor formed from one (a slice of a larger
+    layer): the per-loop function `step(x, t)` = x @ weight.T whose weight gradient is one (T*B)-row product."""
+    # Under torch.compile the compiler forms the weight gradient itself; the store's bookkeeping in backward
+    # is Python it cannot trace.
+    if not (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+        return lambda x, t: F.linear(x, weight)
+    # Under autocast the steps multiply in its dtype, as F.linear would: the weight is cast once per loop.
+    device = weight.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    store = _StepStore(weight.detach().to(dtype))
+    token = _Token.apply(weight, store)
+    return lambda x, t: _StepLinear.apply(x, token, store)

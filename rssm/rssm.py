@@ -31,7 +31,18 @@ from rssm.distributions import (
     straight_through,
     unimix_categorical,
 )
-from rssm.networks import ARCH_2023, MLP, Arch, BlockLinear, LoopLinear, gru_gates, gru_update, init_weights, make_norm
+from rssm.networks import (
+    ARCH_2023,
+    MLP,
+    Arch,
+    BlockLinear,
+    LoopLinear,
+    bind_loop_weight,
+    gru_gates,
+    gru_update,
+    init_weights,
+    make_norm,
+)
 
 
 class RSSMState(NamedTuple):
@@ -153,21 +164,28 @@ class RSSM(nn.Module):
     def _bind(self, steps: int, rows: int) -> dict:
         """The loop's linear layers bound for `steps` steps of `rows` rows (`LoopLinear.bind`)."""
         names = (*self._loop_weights(), "post_h", "post_out")
-        return {name: getattr(self, name).bind(steps, rows) for name in names} | self._block_weights()
+        loop = {name: getattr(self, name).bind(steps, rows) for name in names}
+        if self.blocks:
+            w_h, w_x = self._block_weights()
+            loop.update(block_h=w_h, block_x=bind_loop_weight(w_x, steps, rows))
+        return loop
 
     def _plain(self) -> dict:
         """The loop's per-step layers (`_bind`'s), each a plain linear layer: for prior steps, and for posterior
         steps under torch.compile, which forms their weight gradients itself."""
         weights = self._loop_weights() | {name: getattr(self, name).weight for name in ("post_h", "post_out")}
-        return {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()} | self._block_weights()
+        if self.blocks:
+            weights["block_x"] = self._block_weights()[1]
+        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()}
+        return plain | ({"block_h": self._block_weights()[0]} if self.blocks else {})
 
-    def _block_weights(self) -> dict[str, torch.Tensor]:
-        """With blocks: the first block layer's weights on the embeddings as one (3 * units, D) matrix, formed once
-        per loop rather than at every step (`_first_block_layer`)."""
-        if self.blocks == 0:
-            return {}
-        w_x = self.dyn_hidden[0].weight[:, self._group:]  # (G, 3u, D/G)
-        return {"block_x": w_x.transpose(0, 1).reshape(w_x.shape[1], -1)}  # (3u, G * D/G)
+    def _block_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first block layer's weights (`_first_block_layer`), split once per loop: slicing them at every step
+        would give each step's gradient the whole layer's size, zero outside the slice. On the groups' parts of h
+        (G, D/G, D/G), and on the embeddings as one linear layer's (D, 3 * units) weight."""
+        weight = self.dyn_hidden[0].weight  # (G, D/G + 3u, D/G)
+        w_x = weight[:, self._group:].permute(0, 2, 1)  # (G, D/G, 3u)
+        return weight[:, :self._group], w_x.reshape(self.deter, -1)  # (G, D/G, D/G), (D, 3u)
 
     def _sequence(self, deter: torch.Tensor, stoch: torch.Tensor, action_in: torch.Tensor, loop: dict,
                   t: int) -> torch.Tensor:
@@ -179,7 +197,7 @@ class RSSM(nn.Module):
         x = torch.cat([F.silu(self.dyn_norms[0](loop["dyn_h"](deter, t) + bias[0])),
                        F.silu(self.dyn_norms[1](loop["dyn_z"](stoch.flatten(-2), t) + bias[1])), action_in], -1)
         B, G = deter.shape[0], self.blocks
-        x = self._first_block_layer(deter, x, loop.get("block_x"))  # (B, D)
+        x = self._first_block_layer(deter, x, loop["block_h"], loop["block_x"], t)  # (B, D)
         x = F.silu(self.dyn_hidden_norms[0](x))
         for layer, norm in zip(self.dyn_hidden[1:], self.dyn_hidden_norms[1:], strict=True):
             x = F.silu(norm(layer(x)))
@@ -187,15 +205,14 @@ class RSSM(nn.Module):
         reset, cand, update = (gates[:, :, i].reshape(B, self.deter) for i in range(3))
         return gru_gates(reset, cand, update, deter)
 
-    def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor, w_x: torch.Tensor | None = None) -> torch.Tensor:
+    def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor, w_h: torch.Tensor, block_x: Callable,
+                           t: int) -> torch.Tensor:
         """`dyn_hidden[0]` on the groups' inputs concat(h_g, x) without forming them: (B, D), (B, 3 * units) ->
-        (B, D). The part of each block that reads x is the same matrix for every row, so it is one product with
-        `w_x` (3 * units, D) from `_block_weights` (formed here if not given)."""
+        (B, D). The part of each block that reads x is the same matrix for every row, so it is one product,
+        `block_x(x, t)` (the loop's layer on `_block_weights`' (D, 3 * units) weight); w_h (G, D/G, D/G)."""
         layer, G, B = self.dyn_hidden[0], self.blocks, deter.shape[0]
-        w_h = layer.weight[:, :self._group]  # (G, D/G, D/G)
-        w_x = self._block_weights()["block_x"] if w_x is None else w_x  # (3u, D)
         y = torch.bmm(deter.view(B, G, self._group).transpose(0, 1), w_h).transpose(0, 1)  # (B, G, D/G)
-        y = y + (x @ w_x).view(B, G, self._group)  # (B, G, D/G)
+        y = y + block_x(x, t).view(B, G, self._group)  # (B, G, D/G)
         y = y.reshape(B, self.deter)
         return y + layer.bias if layer.bias is not None else y
 

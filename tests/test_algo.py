@@ -60,8 +60,7 @@ def test_block_sequence_model_matches_the_upstream_equations():
     expected = torch.sigmoid(update - 1) * torch.tanh(torch.sigmoid(reset) * cand) + (
         1 - torch.sigmoid(update - 1)) * deter
 
-    plain = {name: (lambda v, t, w=w: v @ w.T) for name, w in rssm._loop_weights().items()}
-    got = rssm._sequence(deter, stoch, rssm._action_inputs(action), plain, 0)
+    got = rssm._sequence(deter, stoch, rssm._action_inputs(action), rssm._plain(), 0)
     torch.testing.assert_close(got, expected)
 
 
@@ -76,8 +75,7 @@ def test_zero_initial_state_and_resets():
     assert not init.deter.any() and not init.stoch.any()
     assert not any(name.startswith("initial") for name, _ in rssm.named_parameters())
     # At a start, h_t comes from h = 0, z = 0 and a = 0, whatever came before.
-    zero = {name: (lambda v, t, w=w: v @ w.T) for name, w in rssm._loop_weights().items()}
-    h0 = rssm._sequence(init.deter, init.stoch, rssm._action_inputs(torch.zeros(B, 3)), zero, 0)
+    h0 = rssm._sequence(init.deter, init.stoch, rssm._action_inputs(torch.zeros(B, 3)), rssm._plain(), 0)
     torch.testing.assert_close(post.deter[:, 0], h0)
     torch.testing.assert_close(post.deter[:, 2], h0)
     assert prior.shape == (B, T, 4, 5) and len(rssm.prior.hidden) == 2 * 3  # two hidden layers

@@ -3,9 +3,11 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from rssm.networks import LoopLinear, tanh, wide_linear
+import rssm.networks
+import rssm.rssm
+from rssm.networks import Arch, LoopLinear, tanh, wide_linear
 from rssm.rssm import RSSM, features
-from rssm.world_model import LossScales, WorldModel, kl_loss
+from rssm.world_model import LossScales, Variant, WorldModel, kl_loss
 
 B, T, E, A, D, G, C = 3, 6, 10, 2, 16, 4, 5
 
@@ -139,20 +141,26 @@ def test_compiled_posterior_step_matches_eager(blocks):
         torch.testing.assert_close(compiled_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_world_model_gradients_match_plain_autograd(monkeypatch):
+@pytest.mark.parametrize("blocks", [0, 2], ids=["2023", "now"])
+def test_world_model_gradients_match_plain_autograd(monkeypatch, blocks):
+    """The loop's weight gradients formed once per loop (`LoopLinear`, and the first block layer's weight on the
+    embeddings through `bind_loop_weight`) equal autograd's per-step ones."""
     batch = {"obs": torch.randn(2, 5, 3), "action": torch.randn(2, 5, A), "reward": torch.randn(2, 5),
              "is_first": torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 0]]).bool(),
              "is_terminal": torch.zeros(2, 5).bool()}
 
     def grads():
         torch.manual_seed(0)
-        wm = WorldModel({"obs": (3,)}, A, deter=8, units=8, layers=1, groups=2, classes=3)
+        wm = WorldModel({"obs": (3,)}, A, deter=8, units=8, layers=1, groups=2, classes=3,
+                        variant=Variant(Arch("rms", "in"), blocks=blocks))
         loss, _, _ = wm.loss(batch, LossScales())
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in wm.named_parameters()}
 
     loss_fast, fast = grads()
-    monkeypatch.setattr(LoopLinear, "bind", lambda self, steps, rows: (lambda x, t: F.linear(x, self.weight)))
+    plain = lambda weight, steps, rows: (lambda x, t: F.linear(x, weight))  # noqa: E731
+    monkeypatch.setattr(rssm.networks, "bind_loop_weight", plain)
+    monkeypatch.setattr(rssm.rssm, "bind_loop_weight", plain)
     loss_plain, plain = grads()
     torch.testing.assert_close(loss_fast, loss_plain)
     for name in plain:

@@ -162,30 +162,34 @@ class RSSM(nn.Module):
         return {name: getattr(self, name).weight for name in names}
 
     def _bind(self, steps: int, rows: int) -> dict:
-        """The loop's linear layers bound for `steps` steps of `rows` rows (`LoopLinear.bind`)."""
+        """The loop's linear layers bound for `steps` steps of `rows` rows (`LoopLinear.bind`), and with blocks the
+        tensors of `_block_weights` (its linear weight bound the same way)."""
         names = (*self._loop_weights(), "post_h", "post_out")
         loop = {name: getattr(self, name).bind(steps, rows) for name in names}
         if self.blocks:
-            w_h, w_x = self._block_weights()
-            loop.update(block_h=w_h, block_x=bind_loop_weight(w_x, steps, rows))
+            block = self._block_weights()
+            loop.update(block, block_x=bind_loop_weight(block["block_x"], steps, rows))
         return loop
 
     def _plain(self) -> dict:
         """The loop's per-step layers (`_bind`'s), each a plain linear layer: for prior steps, and for posterior
         steps under torch.compile, which forms their weight gradients itself."""
         weights = self._loop_weights() | {name: getattr(self, name).weight for name in ("post_h", "post_out")}
-        if self.blocks:
-            weights["block_x"] = self._block_weights()[1]
-        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()}
-        return plain | ({"block_h": self._block_weights()[0]} if self.blocks else {})
+        block = self._block_weights() if self.blocks else {}
+        if block:
+            weights["block_x"] = block.pop("block_x")
+        return {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()} | block
 
-    def _block_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first block layer's weights (`_first_block_layer`), split once per loop: slicing them at every step
-        would give each step's gradient the whole layer's size, zero outside the slice. On the groups' parts of h
-        (G, D/G, D/G), and on the embeddings as one linear layer's (D, 3 * units) weight."""
+    def _block_weights(self) -> dict[str, torch.Tensor | tuple]:
+        """With blocks, the parts of parameters that every step uses, taken apart once per loop: indexing a
+        parameter at every step would give each step a zero-filled gradient of the whole parameter. The first block
+        layer's weight (`_first_block_layer`) on the groups' parts of h, "block_h" (G, D/G, D/G), and on the
+        embeddings as one linear layer's (D, 3 * units) weight, "block_x"; the biases of the h and z embeddings,
+        "dyn_bias" (zeros without biases)."""
         weight = self.dyn_hidden[0].weight  # (G, D/G + 3u, D/G)
-        w_x = weight[:, self._group:].permute(0, 2, 1)  # (G, D/G, 3u)
-        return weight[:, :self._group], w_x.reshape(self.deter, -1)  # (G, D/G, D/G), (D, 3u)
+        w_x = weight[:, self._group:].permute(0, 2, 1).reshape(self.deter, -1)  # (G, D/G, 3u) -> (D, 3u)
+        bias = self.dyn_bias.unbind(0) if self.dyn_bias is not None else (0.0, 0.0)  # (units,) each
+        return {"block_h": weight[:, :self._group], "block_x": w_x, "dyn_bias": bias}
 
     def _sequence(self, deter: torch.Tensor, stoch: torch.Tensor, action_in: torch.Tensor, loop: dict,
                   t: int) -> torch.Tensor:
@@ -193,7 +197,7 @@ class RSSM(nn.Module):
         if self.blocks == 0:
             x = F.silu(self.img_in_norm(loop["img_in_z"](stoch.flatten(-2), t) + action_in))  # (B, units)
             return gru_update(self.gru_norm(loop["gru"](torch.cat([x, deter], -1), t)), deter)  # (B, D)
-        bias = self.dyn_bias if self.dyn_bias is not None else (0.0, 0.0)
+        bias = loop["dyn_bias"]
         x = torch.cat([F.silu(self.dyn_norms[0](loop["dyn_h"](deter, t) + bias[0])),
                        F.silu(self.dyn_norms[1](loop["dyn_z"](stoch.flatten(-2), t) + bias[1])), action_in], -1)
         B, G = deter.shape[0], self.blocks
@@ -202,7 +206,8 @@ class RSSM(nn.Module):
         for layer, norm in zip(self.dyn_hidden[1:], self.dyn_hidden_norms[1:], strict=True):
             x = F.silu(norm(layer(x)))
         gates = self.dyn_gru(x).view(B, G, 3, self._group)  # (B, G, 3, D / G): each group's [reset, cand, update]
-        reset, cand, update = (gates[:, :, i].reshape(B, self.deter) for i in range(3))
+        # unbind: one stacked gradient in backward, where three selects would fill three zero tensors
+        reset, cand, update = (g.reshape(B, self.deter) for g in gates.unbind(2))
         return gru_gates(reset, cand, update, deter)
 
     def _first_block_layer(self, deter: torch.Tensor, x: torch.Tensor, w_h: torch.Tensor, block_x: Callable,

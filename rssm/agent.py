@@ -109,9 +109,9 @@ class Agent:
             float16 adds a dynamic loss scale on the device (`rssm.optim.LossScale`): its range is too narrow
             for small gradients otherwise.
         compile: None: eager. A torch.compile backend ("inductor"): the RSSM's posterior step, with its backward
-            pass, on a GPU also its prior step in imagination (`RSSM.compile_steps`), and acting are compiled
-            (static shapes; the first calls compile). The rest of an update is large batched products, which
-            compiling did not speed up on a CPU (README, Speed).
+            pass, on a GPU also its prior step in imagination (`RSSM.compile_steps`), the image encoder and decoder
+            (`WorldModel.compile_images`) and acting are compiled (the first calls compile). The rest of an update
+            is large batched products, which compiling did not speed up on a CPU (README, Speed).
         compile_mode: torch.compile's mode for the RSSM's steps: "default", or "reduce-overhead" for CUDA graphs
             of them on a CUDA device (`RSSM.compile_steps`). Acting compiles in the default mode: its recurrent state
             lives from one env step to the next, across updates, where a CUDA graph's outputs would be overwritten.
@@ -131,6 +131,8 @@ class Agent:
         # On a GPU also the prior step, whose operator calls are kernel launches there (on a CPU it did not pay).
         self.device = next(world_model.parameters()).device
         world_model.rssm.compile_steps(compile, compile_mode, prior=self.device.type == "cuda")
+        if compile is not None:
+            world_model.compile_images(compile)
         self._policy = (self._policy_step if compile is None
                         else torch.compile(self._policy_step, backend=compile, dynamic=False))
         assert not (behavior is not None and behavior.replay_value_grad and not joint), "replay_value_grad needs joint"

@@ -67,3 +67,32 @@ def test_compile_mode_reaches_the_posterior_step_alone(compose_config, monkeypat
         agent = build_agent(cfg, EnvSpec({"obs": (4,)}, (2,), True), torch.device("cpu"))
         assert sorted(calls) == [("_obs_step", expected), ("_policy_step", None)]
         assert agent.wm.rssm.cuda_graphs == (mode == "reduce-overhead")
+
+
+def test_compiled_image_model_matches_eager_and_keeps_its_names(compose_config, monkeypatch):
+    """With images, compile=true also compiles the encoder and decoder in place: the same parameter names (a
+    checkpoint loads either way), and updates and actions as eager's."""
+    monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
+    g = np.random.default_rng(0)
+    data = [{"image": g.integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8),
+             "action": np.eye(2, dtype=np.float32)[g.integers(0, 2, (2, 4))],
+             "reward": g.standard_normal((2, 4)).astype(np.float32), "is_first": g.random((2, 4)) < 0.2,
+             "is_terminal": g.random((2, 4)) < 0.1} for _ in range(2)]
+    results = {}
+    for compiled in (False, True):
+        cfg = compose_config("model=debug", "agent.horizon=2", f"compile={str(compiled).lower()}")
+        torch.manual_seed(0)
+        agent = build_agent(cfg, EnvSpec({"image": (16, 16, 3)}, (2,), True), torch.device("cpu"))
+        cnns = (agent.wm.image_encoder, agent.wm.image_decoder)
+        assert all((m._compiled_call_impl is not None) == compiled for m in cnns)  # nn.Module.compile's
+        metrics = [agent.update(b) for b in data]
+        actions, _ = agent.act({k: v[:, 0] for k, v in data[0].items()}, None, explore=False)
+        results[compiled] = metrics, actions, agent.wm.state_dict()
+    (m0, a0, s0), (m1, a1, s1) = results[False], results[True]
+    assert list(s1) == list(s0)
+    for eager, compiled in zip(m0, m1, strict=True):
+        for k in eager:
+            torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6, msg=k)
+    np.testing.assert_array_equal(a1, a0)
+    for k in s0:
+        torch.testing.assert_close(s1[k], s0[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -178,7 +178,8 @@ class Config:
     # fp32 | bf16 | fp16: forward passes under autocast in bfloat16 or float16 (with a dynamic loss scale); weights,
     # gradients and losses stay float32
     precision: str = "fp32"
-    # torch.compile the RSSM's posterior step (on a GPU also its prior step) and acting (about a minute at the start)
+    # torch.compile the RSSM's posterior step (on a GPU also its prior step), the image encoder and decoder, and
+    # acting (about a minute at the start)
     compile: bool = False
     # torch.compile's mode for the RSSM's steps: default | reduce-overhead (on a CUDA device, CUDA graphs of the
     # steps forward and backward; on a CPU the same as default)

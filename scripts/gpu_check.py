@@ -6,8 +6,9 @@
 3. `scripts/benchmark.py`'s rows for one size preset (`s` by default), vector and 64 x 64 image observations, the
    world-model update and the whole agent update, float32 and bfloat16, eager.
 4. The same with `compile=true` (torch.compile, inductor) for vector observations in bfloat16, the posterior step
-   as CUDA graphs (`compile_mode=reduce-overhead`) and without, its first call (compilation) timed apart; rows
-   that would start after `--budget` seconds are left out and listed as such.
+   as CUDA graphs (`compile_mode=reduce-overhead`) and without, then the image world-model update compiled (its
+   encoder and decoder too), each first call (compilation) timed apart; rows that would start after `--budget`
+   seconds are left out and listed as such.
 
 A row that fails is listed with its error and the check goes on; the table is written after every row, so a check
 stopped at its time limit keeps what it measured.
@@ -125,6 +126,7 @@ def main() -> None:
     plan = [(image, precision, part, False) for image in sizes for precision in ("fp32", "bf16")
             for part in ("wm", "behavior", "agent")]
     plan += [(0, "bf16", part, mode) for part in ("agent", "wm") for mode in ("reduce-overhead", "default")]
+    plan += [(64, "bf16", "wm", "default")] if 64 in sizes else []  # the compiled image encoder and decoder
     write()
     for image, precision, part, compiled in plan:
         head = f"{'image' if image else 'vector':>6} {part:>8} {precision:>9} {compiled or 'no':>15}"

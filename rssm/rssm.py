@@ -175,10 +175,11 @@ class RSSM(nn.Module):
         """The loop's per-step layers (`_bind`'s), each a plain linear layer: for prior steps, and for posterior
         steps under torch.compile, which forms their weight gradients itself."""
         weights = self._loop_weights() | {name: getattr(self, name).weight for name in ("post_h", "post_out")}
-        block = self._block_weights() if self.blocks else {}
-        if block:
-            weights["block_x"] = block.pop("block_x")
-        return {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()} | block
+        plain = {name: (lambda x, t, w=w: F.linear(x, w)) for name, w in weights.items()}
+        if self.blocks:
+            block = self._block_weights()
+            plain.update(block, block_x=lambda x, t, w=block["block_x"]: F.linear(x, w))
+        return plain
 
     def _block_weights(self) -> dict[str, torch.Tensor | tuple]:
         """With blocks, the parts of parameters that every step uses, taken apart once per loop: indexing a

@@ -158,9 +158,9 @@ def test_world_model_gradients_match_plain_autograd(monkeypatch, blocks):
         return loss.detach(), {n: p.grad for n, p in wm.named_parameters()}
 
     loss_fast, fast = grads()
-    plain = lambda weight, steps, rows: (lambda x, t: F.linear(x, weight))  # noqa: E731
-    monkeypatch.setattr(rssm.networks, "bind_loop_weight", plain)
-    monkeypatch.setattr(rssm.rssm, "bind_loop_weight", plain)
+    plain_bind = lambda weight, steps, rows: (lambda x, t: F.linear(x, weight))  # noqa: E731
+    monkeypatch.setattr(rssm.networks, "bind_loop_weight", plain_bind)
+    monkeypatch.setattr(rssm.rssm, "bind_loop_weight", plain_bind)
     loss_plain, plain = grads()
     torch.testing.assert_close(loss_fast, loss_plain)
     for name in plain:

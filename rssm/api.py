@@ -132,7 +132,9 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     validate(cfg)
     env, spec = build_env(cfg)
     env.close()
-    agent = build_agent(cfg, spec, resolve_device(device))
+    # eager: compiling is for a training run's thousands of updates; acting and imagining from Python, and
+    # evaluating, make too few calls for it to pay
+    agent = build_agent(OmegaConf.merge(cfg, {"compile": "false"}), spec, resolve_device(device))
     needed = ["world_model"] + (["actor"] if agent.actor is not None else [])
     if not set(needed) <= weights.keys():
         raise UserError(f"cannot load {path}: it does not hold the run's {' and '.join(needed)} weights")

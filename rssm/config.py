@@ -178,9 +178,10 @@ class Config:
     # fp32 | bf16 | fp16: forward passes under autocast in bfloat16 or float16 (with a dynamic loss scale); weights,
     # gradients and losses stay float32
     precision: str = "fp32"
-    # torch.compile the RSSM's posterior step (on a GPU also its prior step), the image encoder and decoder, and
-    # acting (about a minute at the start)
-    compile: bool = False
+    # auto | true | false: torch.compile the RSSM's posterior step (on a GPU also its prior step), the image encoder
+    # and decoder, and acting (about a minute at the start). auto: with image observations, where it was measured
+    # to pay (`compile_enabled` in rssm/build.py)
+    compile: str = "auto"
     # torch.compile's mode for the RSSM's steps: default | reduce-overhead (on a CUDA device, CUDA graphs of the
     # steps forward and backward; on a CPU the same as default)
     compile_mode: str = "default"
@@ -202,6 +203,7 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="rssm_schema", node=Config)
 
 
+COMPILE_CHOICES = ("auto", "true", "false")
 _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "env.image_size", "env.num_envs", "model.deter", "model.units", "model.groups",
@@ -290,6 +292,14 @@ def _check_env(cfg: DictConfig) -> None:
                         f"env.noop_max are Atari's, leave them unset")
 
 
+def _check_compute(cfg: DictConfig) -> None:
+    device = cfg.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    if str(cfg.compile).lower() not in COMPILE_CHOICES:  # a bool from the command line or a saved config is a choice
+        raise UserError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got '{cfg.compile}'")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
@@ -312,9 +322,7 @@ def validate(cfg: DictConfig) -> None:
     horizons = list(cfg.trainer.openloop_horizons)
     if not horizons or horizons[0] < 1 or any(a >= b for a, b in pairwise(horizons)):
         raise UserError(f"trainer.openloop_horizons must be increasing and >= 1, got {horizons}")
-    device = cfg.device
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    _check_compute(cfg)
     for key in cfg.allow_changes:
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise UserError(f"allow_changes names '{key}', which is not a config key")

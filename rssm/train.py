@@ -175,7 +175,8 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
         counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
         sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
         job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
-        status(f"rssm: {env_id(cfg)} on {device}{job}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
+        compiled = ", compiled" if agent.compiled else ""
+        status(f"rssm: {env_id(cfg)} on {device}{job}{compiled}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
                f"{run_dir}")
         status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}")
         if resumed:

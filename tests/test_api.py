@@ -33,6 +33,20 @@ def test_a_stopped_run_loads_from_its_checkpoint(runs, tmp_path):
     assert rssm.load(stopped).path == stopped / "model.pt"
 
 
+def test_a_model_of_images_loads_eager_whatever_its_run_compiled(runs, tmp_path):
+    """compile=auto compiled the run's updates; a loaded model acts and imagines eagerly (too few calls to pay for
+    compiling), and its config still says what the run did."""
+    copy = tmp_path / "pixels"
+    copy.mkdir()
+    shutil.copy(runs / "pixels" / "model.pt", copy / "model.pt")
+    config = (runs / "pixels" / "config.yaml").read_text()
+    assert re.search(r"^compile: .*$", config, re.M)
+    (copy / "config.yaml").write_text(re.sub(r"^compile: .*$", "compile: auto", config, flags=re.M))
+    run = rssm.load(copy)
+    assert run.config.compile == "auto" and run.world_model.module.image_encoder is not None
+    assert not run.agent.compiled
+
+
 def test_load_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="no rssm run at"):
         rssm.load(tmp_path)

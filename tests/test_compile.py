@@ -96,3 +96,26 @@ def test_compiled_image_model_matches_eager_and_keeps_its_names(compose_config, 
     np.testing.assert_array_equal(a1, a0)
     for k in s0:
         torch.testing.assert_close(s1[k], s0[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_compile_auto_compiles_models_of_images_where_torch_has_a_compiler(compose_config, monkeypatch):
+    """compile=auto, the default, compiles a model of images (where compiling was measured to pay on a CPU) and
+    leaves one of vectors eager; where torch.compile finds no C++ compiler it stays eager rather than failing at
+    the first update. true and false (or bools, as a saved config holds them) say it outright; the debug experiment
+    turns it off."""
+    assert compose_config().compile == "auto" and compose_config("experiment=debug").compile.lower() == "false"
+    cpu = torch.device("cpu")
+    images, vectors = EnvSpec({"image": (16, 16, 3)}, (2,), True), EnvSpec({"obs": (4,)}, (2,), True)
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpp_builder
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "g++")
+    assert build_agent(compose_config("model=debug"), images, cpu).compiled
+    assert not build_agent(compose_config("model=debug"), vectors, cpu).compiled
+    assert build_agent(compose_config("model=debug", "compile=true"), vectors, cpu).compiled
+    assert not build_agent(compose_config("model=debug", "compile=false"), images, cpu).compiled
+    assert [rssm.build.compile_enabled(s, True, cpu) for s in (True, False, "True", "false")] == [1, 0, 1, 0]
+    monkeypatch.undo()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler",))  # the search runs it: not found
+    assert not rssm.build.compile_enabled("auto", True, cpu)
+    assert rssm.build.compile_enabled("true", True, cpu)

@@ -121,6 +121,7 @@ def test_keys_that_change_nothing_learned_may_change_on_resume(compose_config):
     ("env.image_size=0", "env.image_size must be > 0"),
     ("model.cnn_depth=0", "model.cnn_depth must be > 0"),
     ("precision=fp8", "precision must be one of fp32, bf16, fp16, got 'fp8'"),
+    ("compile=sometimes", "compile must be one of auto, true, false, got 'sometimes'"),
 ])
 def test_validate_rejects_bad_values(compose_config, override, message):
     with pytest.raises(UserError, match=message):

@@ -276,6 +276,9 @@ class Agent:
         """
         keys = (*self.wm.obs_keys, "action", "is_first")
         data = to_torch({k: np.asarray(transitions[k])[:, None] for k in keys}, self.device)  # (N, 1, ...)
+        if state is None:  # a state like every later one: compiled acting then has one graph for all steps
+            state = RSSMState(*(x.clone(memory_format=torch.contiguous_format)
+                                for x in self.wm.rssm.initial(data["is_first"].shape[0])))
         out, state = self._policy(data, state, explore)
         out = out.cpu().numpy()  # (N, A + 1): the finite flags come to the host with the actions, one copy
         if not out[:, -1].all():

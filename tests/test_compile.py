@@ -119,3 +119,16 @@ def test_compile_auto_compiles_models_of_images_where_torch_has_a_compiler(compo
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler",))  # the search runs it: not found
     assert not rssm.build.compile_enabled("auto", True, cpu)
     assert rssm.build.compile_enabled("true", True, cpu)
+
+
+def test_compiled_acting_has_one_graph_from_the_first_step_on(compose_config, monkeypatch):
+    """Acting's first call, which has no state yet, starts from a state shaped like every later one: compiled, an
+    episode's steps share one graph (per explore or not), rather than compiling a second at the second step."""
+    monkeypatch.setattr(rssm.build, "COMPILE_BACKEND", "aot_eager")
+    agent = build_agent(compose_config("model=debug", "compile=true"), EnvSpec({"obs": (4,)}, (2,), True),
+                        torch.device("cpu"))
+    step = {k: v[:, 0] for k, v in batches(1)[0].items()}
+    _, state = agent.act(step, None, explore=True)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(2):
+            _, state = agent.act(step, state, explore=True)

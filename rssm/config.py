@@ -293,10 +293,12 @@ def _check_env(cfg: DictConfig) -> None:
 
 
 def _check_compute(cfg: DictConfig) -> None:
+    """Where and how the run computes: the device, and compile (a bool, as a command line or a saved config gives
+    it, stands for true or false)."""
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
-    if str(cfg.compile).lower() not in COMPILE_CHOICES:  # a bool from the command line or a saved config is a choice
+    if str(cfg.compile).lower() not in COMPILE_CHOICES:
         raise UserError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got '{cfg.compile}'")
 
 

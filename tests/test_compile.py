@@ -114,7 +114,8 @@ def test_compile_auto_compiles_models_of_images_where_torch_has_a_compiler(compo
     assert not build_agent(compose_config("model=debug"), vectors, cpu).compiled
     assert build_agent(compose_config("model=debug", "compile=true"), vectors, cpu).compiled
     assert not build_agent(compose_config("model=debug", "compile=false"), images, cpu).compiled
-    assert [rssm.build.compile_enabled(s, True, cpu) for s in (True, False, "True", "false")] == [1, 0, 1, 0]
+    settings = (True, False, "True", "false")
+    assert [rssm.build.compile_enabled(s, True, cpu) for s in settings] == [True, False, True, False]
     monkeypatch.undo()
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler",))  # the search runs it: not found
     assert not rssm.build.compile_enabled("auto", True, cpu)

@@ -175,7 +175,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
         counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
         sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
         job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
-        compiled = ", compiled" if agent.compiled else ""
+        compiled = ", compiled (the first update and actions wait for the compiler)" if agent.compiled else ""
         status(f"rssm: {env_id(cfg)} on {device}{job}{compiled}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
                f"{run_dir}")
         status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}")

@@ -5,6 +5,8 @@ The tests use the `aot_eager` backend (the graphs dynamo captures and AOT autogr
 checks the capture and the static shapes in seconds, where inductor's code generation takes half a minute on a
 CPU (scripts/benchmark.py --compile measures inductor)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,14 @@ def test_compile_auto_compiles_models_of_images_where_torch_has_a_compiler(compo
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler",))  # the search runs it: not found
     assert not rssm.build.compile_enabled("auto", True, cpu)
     assert rssm.build.compile_enabled("true", True, cpu)
+    cuda, find_spec = torch.device("cuda"), importlib.util.find_spec  # on a GPU, inductor's compiler is triton
+    for triton in (True, False):
+        def spec(name, present=triton):
+            return (object() if present else None) if name == "triton" else find_spec(name)
+
+        monkeypatch.setattr(importlib.util, "find_spec", spec)
+        assert rssm.build.compile_enabled("auto", True, cuda) == triton
+        assert not rssm.build.compile_enabled("auto", False, cuda)
 
 
 def test_compiled_acting_has_one_graph_from_the_first_step_on(compose_config, monkeypatch):

@@ -66,10 +66,12 @@ def test_lower_precision_losses_track_float32(compose_config, precision, overrid
     s = spec(discrete)
     data = batches(s, 30)
     fp32, bf16 = (run(compose_config, p, s, data, *overrides) for p in ("fp32", precision))
-    # Means over 5 updates: a latent or action drawn differently (a probability moved across the uniform number
-    # by rounding) makes single updates differ more than the trend; the critic's loss, on imagined returns, most.
+    # Means over 10 updates: a latent or action drawn differently (a probability moved across the uniform number
+    # by rounding) makes single updates differ more than the trend (by up to 5% in the reconstruction loss here,
+    # more in the critic's, on imagined returns), and a run then takes its own course; over 5 updates the means
+    # still differed by up to 8% and 14% under another torch version's bfloat16 kernels.
     for key, rtol in [("loss/wm", 0.05), ("loss/rec", 0.05), ("loss/reward", 0.05), ("behavior/critic_loss", 0.1)]:
-        a, b = (np.array([m[key] for m in run]).reshape(-1, 5).mean(1) for run in (fp32, bf16))
+        a, b = (np.array([m[key] for m in run]).reshape(-1, 10).mean(1) for run in (fp32, bf16))
         np.testing.assert_allclose(b, a, rtol=rtol, atol=0.01, err_msg=key)  # nan (a skipped update) fails
     wm = np.array([m["loss/wm"] for m in bf16])
     assert wm[-5:].mean() < 0.95 * wm[:5].mean()  # it learns, as float32 does

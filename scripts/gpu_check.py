@@ -11,6 +11,10 @@
    model alone in bfloat16 with graphs and without, then the image world-model update compiled (its encoder and
    decoder too), each first call (compilation) timed apart; rows that would start after `--budget` seconds are
    left out and listed as such.
+5. Two of torch's CUDA settings that rssm leaves at torch's defaults, each on one eager row: float32 products as
+   TF32 (`torch.set_float32_matmul_precision("high")`; the vector agent update in float32, against the TF32
+   matmul rate) and `torch.backends.cudnn.benchmark` (the image world-model update in bfloat16, whose
+   convolutions it lets cuDNN choose by timing): whether either should be set for a run on a GPU.
 
 A row that fails is listed with its error and the check goes on; the table is written after every row, so a check
 stopped at its time limit keeps what it measured.
@@ -23,6 +27,7 @@ stopped at its time limit keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import statistics
@@ -82,6 +87,20 @@ def sync_check(algo: str, args: argparse.Namespace, device: torch.device) -> str
         return f"sync at {where}: {str(e).splitlines()[0]}"
 
 
+@contextlib.contextmanager
+def torch_setting(setting: str | None):
+    """One of the CUDA settings the check compares (`tf32`, `cudnn.benchmark`) on, inside the block."""
+    if setting == "tf32":
+        torch.set_float32_matmul_precision("high")
+    elif setting == "cudnn.benchmark":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.benchmark = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="s")
@@ -105,14 +124,17 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rates = {str(dt).split(".")[-1]: benchmark.matmul_rate(device, dt) for dt in (torch.float32, torch.bfloat16)}
+    with torch_setting("tf32"):
+        rates["tf32"] = benchmark.matmul_rate(device, torch.float32)
     bw = bandwidth(device, 1024 if device.type == "cuda" else 64)
     say(f"device {name}; torch {torch.__version__}; matmul float32 {rates['float32'] / 1e12:.1f} TFLOP/s, "
-        f"bfloat16 {rates['bfloat16'] / 1e12:.1f} TFLOP/s; copy bandwidth {bw / 1e9:.0f} GB/s")
+        f"as TF32 {rates['tf32'] / 1e12:.1f}, bfloat16 {rates['bfloat16'] / 1e12:.1f}; "
+        f"copy bandwidth {bw / 1e9:.0f} GB/s")
     syncs = {algo: sync_check(algo, args, device) for algo in ("dreamerv3_cpu", "dreamerv3_2023")}
     for algo, result in syncs.items():
         say(f"host syncs inside an update ({algo}): {result}")
-    say(f"{'obs':>6} {'part':>8} {'precision':>9} {'compiled':>15} {'ms':>8} {'GFLOP':>8} {'TFLOP/s':>8} "
-        f"{'of matmul':>9} {'peak MB':>8} {'first s':>8}")
+    say(f"{'obs':>6} {'part':>8} {'precision':>9} {'compiled':>15} {'setting':>15} {'ms':>8} {'GFLOP':>8} "
+        f"{'TFLOP/s':>8} {'of matmul':>9} {'peak MB':>8} {'first s':>8}")
     rows, failed = [], []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,17 +146,22 @@ def main() -> None:
              "rows": rows, "failed": failed}, indent=2, default=str))
 
     sizes = [64 if kind == "image" else 0 for kind in args.obs]
-    # compiled: False (eager), or torch.compile's mode for the posterior step (`compile_mode`)
-    plan = [(image, precision, part, False) for image in sizes for precision in ("fp32", "bf16")
+    # compiled: False (eager), or torch.compile's mode for the posterior step (`compile_mode`); setting: one of
+    # `torch_setting`'s, or None
+    plan = [(image, precision, part, False, None) for image in sizes for precision in ("fp32", "bf16")
             for part in ("wm", "behavior", "agent")]
+    plan += [(0, "fp32", "agent", False, "tf32")] if 0 in sizes else []
+    plan += [(64, "bf16", "wm", False, "cudnn.benchmark")] if 64 in sizes else []
     # compiled, most telling first: the fastest path; vectors compiled at the default precision (whether
     # `compile=auto` should compile them on a GPU); the same in bfloat16 without CUDA graphs; the world model alone
-    plan += [(0, "bf16", "agent", "reduce-overhead"), (0, "fp32", "agent", "default"), (0, "bf16", "agent", "default"),
-             (0, "bf16", "wm", "reduce-overhead"), (0, "bf16", "wm", "default")]
-    plan += [(64, "bf16", "wm", "default")] if 64 in sizes else []  # the compiled image encoder and decoder
+    plan += [(0, "bf16", "agent", "reduce-overhead", None), (0, "fp32", "agent", "default", None),
+             (0, "bf16", "agent", "default", None), (0, "bf16", "wm", "reduce-overhead", None),
+             (0, "bf16", "wm", "default", None)]
+    plan += [(64, "bf16", "wm", "default", None)] if 64 in sizes else []  # the compiled image encoder and decoder
     write()
-    for image, precision, part, compiled in plan:
-        head = f"{'image' if image else 'vector':>6} {part:>8} {precision:>9} {compiled or 'no':>15}"
+    for image, precision, part, compiled, setting in plan:
+        head = (f"{'image' if image else 'vector':>6} {part:>8} {precision:>9} {compiled or 'no':>15} "
+                f"{setting or '-':>15}")
         if compiled and time.perf_counter() - start > args.budget:
             say(f"{head} left out: the check had run {args.budget:.0f} s")
             write()
@@ -144,14 +171,15 @@ def main() -> None:
             image=image, obs_dim=17, act_dim=6, continuous=not image, envs=16, seed=0, iters=args.iters,
             warmup=args.warmup)
         try:
-            r = benchmark.bench(args.model, part, bench_args, device)
+            with torch_setting(setting):
+                r = benchmark.bench(args.model, part, bench_args, device)
         except Exception as e:  # one row's failure (a compiler error, out of memory) is reported, not fatal
             failed.append({"row": head.split(), "error": f"{type(e).__name__}: {e}"})
             say(f"{head} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             write()
             continue
-        rate = rates["bfloat16" if precision == "bf16" else "float32"]
-        r.update(obs="image" if image else "vector", precision=precision, compiled=compiled,
+        rate = rates["bfloat16" if precision == "bf16" else setting if setting == "tf32" else "float32"]
+        r.update(obs="image" if image else "vector", precision=precision, compiled=compiled, setting=setting,
                  of_peak=r["gflops"] * 1e9 / rate)
         rows.append(r)
         say(f"{head} {r['ms']:8.1f} {r['gflop']:8.1f} {r['gflops'] / 1e3:8.2f} {r['of_peak']:9.1%} "

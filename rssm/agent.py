@@ -149,10 +149,13 @@ class Agent:
         self.skipped_in_a_row = torch.zeros((), dtype=torch.int64, device=self.device)
         # An update skipped for a float16 overflow counts among them: the scale halves, so few come in a row.
         self.loss_scale = LossScale(self.device) if precision == torch.float16 else None
+        self.posterior: RSSMState | None = None  # the latest update's posterior states (B, T, ...), detached
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """One gradient step on a (B, T) batch. Returns detached metric tensors. Nothing in it reads a value back
-        to the host: an update is queued on the device whole.
+    def update(self, batch: dict[str, np.ndarray], start: RSSMState | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step on a (B, T) batch, its sequences from the model state `start` (batch B; None: the
+        initial state, as `is_first` asks at their first step). Returns detached metric tensors, and keeps the
+        posterior states in `posterior`. Nothing in it reads a value back to the host: an update is queued on the
+        device whole.
 
         An update whose world-model loss or gradient is not finite changes nothing (the behaviour step is
         skipped with it) and returns its metrics as nan (`rssm.logging.MeanTracker` leaves them out); so does a
@@ -163,7 +166,8 @@ class Agent:
         if self.wm.rssm.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last update's graph outputs are free
         with self._autocast():
-            loss, metrics, post = self.wm.loss(data, self.scales)
+            loss, metrics, post = self.wm.loss(data, self.scales, start)
+        self.posterior = RSSMState(*(x.detach() for x in post))
         metrics["loss/wm"] = loss.detach()
         wm_part = ("wm", self.wm_opt, self.wm_params, self.wm_optim.grad_clip)
         if self.actor is not None and self.joint:

@@ -89,13 +89,21 @@ def build_envs(cfg: DictConfig, num: int | None = None, render_mode: str | None 
     return make_envs(lambda: build_env(cfg, render_mode)[0], num or cfg.env.num_envs, cfg.env.vector), spec
 
 
+def mlp_layers(cfg: DictConfig) -> int:
+    """Hidden layers of the encoder, decoder, actor and critic MLPs: `model.mlp_layers`, or the size preset's
+    `model.layers` where that is null."""
+    m = cfg.model
+    return m.layers if m.get("mlp_layers") is None else m.mlp_layers
+
+
 def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> WorldModel:
     """The world model for the observation keys `model.cnn_keys` and `model.mlp_keys` select."""
     m = cfg.model
     shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
-    variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, m.head_layers,
-                      m.twohot, m.cnn)
-    return WorldModel(shapes, action_dim, m.deter, m.units, m.layers, m.groups, m.classes, m.unimix, m.bins,
+    head_layers = m.layers if m.head_layers is None else m.head_layers  # as deep as the preset's MLPs (2023)
+    variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, head_layers,
+                      m.twohot, m.cnn, m.get("post_joint_init", False))
+    return WorldModel(shapes, action_dim, m.deter, m.units, mlp_layers(cfg), m.groups, m.classes, m.unimix, m.bins,
                       m.cnn_depth, variant)
 
 
@@ -129,9 +137,10 @@ def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ran
     if a.kind == "world_model":
         return Agent(wm, scales, opt["wm"], **shared)
     arch = Arch(m.norm, m.fan)
-    actor = Actor(wm.rssm.feat_dim, m.units, m.layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
+    layers = mlp_layers(cfg)
+    actor = Actor(wm.rssm.feat_dim, m.units, layers, list(spec.action_dims), spec.discrete, a.actor_unimix,
                   outscale=a.actor_outscale, arch=arch).to(device)
-    critic = Critic(wm.rssm.feat_dim, m.units, m.layers, m.bins, m.twohot, arch).to(device)
+    critic = Critic(wm.rssm.feat_dim, m.units, layers, m.bins, m.twohot, arch).to(device)
     grad = a.actor_grad_discrete if spec.discrete else a.actor_grad_continuous
     behavior = BehaviorSettings(a.horizon, a.gamma, a.lam, a.entropy, a.slow_rate, backprop=grad == "backprop",
                                 replay_value=a.replay_value, replay_value_grad=a.replay_value_grad,

@@ -171,6 +171,7 @@ def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collecto
     In a data-parallel job every rank calls this together: rank 0 writes one file with the agent (equal on every
     rank) and each rank's own part (`rank_parts`), in rank order under `ranks`. Raises UserError on every rank
     if rank 0 could not write it."""
+    replay.flush()  # the chunk files first: the rows whose stored states changed since they were written
     replay_state = replay.state_dict()
     replay_state["tail"] = arrays_to_tensors(replay_state["tail"])
     mine = {"replay": replay_state, "collector": to_tensors(collector.state_dict()),

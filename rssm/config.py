@@ -40,7 +40,7 @@ class EnvConfig:
 class ModelConfig:
     deter: int = 256  # GRU state size
     units: int = 256  # hidden width of every MLP
-    layers: int = 1  # hidden layers of encoder, decoder and heads
+    layers: int = 1  # hidden layers of encoder, decoder and heads (the size preset's depth)
     groups: int = 32  # stochastic state: G categoricals ...
     classes: int = 32  # ... of C classes each
     unimix: float = 0.01
@@ -58,6 +58,12 @@ class ModelConfig:
     head_layers: int | None = 1  # hidden layers of the reward and continue heads; null: `layers` (2023)
     twohot: str = "symexp"  # two-hot bins of reward and critic: symexp, in value space (now) | symlog (2023)
     cnn: str = "pooled"  # pooled: 5x5 convs with max-pooling, sigmoid decoder (now) | strided: 4x4 stride 2 (2023)
+    # hidden layers of the encoder, decoder, actor and critic MLPs in place of `layers`: 3 at every size (now);
+    # null: the size preset's `layers`
+    mlp_layers: int | None = None
+    # the posterior's first layer, Linear(concat(h, embed)), initialised as that one layer (fan-in D + E, now) |
+    # false: as its two parts apart (fan-in D and E)
+    post_joint_init: bool = False
 
 
 @dataclass
@@ -115,16 +121,24 @@ class ReplayConfig:
     # also keep the replay in the training device's memory and gather batches there (a GPU then gets no batch
     # from the host: for images); the same batches either way
     on_device: bool = False
+    # 1: store the model state acting and training reach at every step; a sampled sequence starts from the state
+    # of the step before it, and each update writes its posterior states back (now) | 0: from the initial state
+    context: int = 0
+    # each env's experience, cut into sequences as it comes in, is trained on once ahead of the uniform samples
+    online: bool = False
 
 
 @dataclass
 class TrainerConfig:
     steps: int = 20_000  # env steps (agent steps, after action repeat)
-    prefill: int = 1000  # env steps of data collected before the first update
+    # env steps of uniformly random actions before the first update; 0: the actor acts from the first step, and
+    # updates begin once the replay holds one batch of sequences (batch_size x batch_length of them)
+    prefill: int = 1000
     train_ratio: float = 64.0  # replayed steps per env step: batch_size * batch_length per update
     log_every: int = 1000  # env steps between TensorBoard writes
     eval_every: int = 5000  # env steps between evaluations (mode policy, separate env); 0: only at the end
     eval_episodes: int = 10
+    eval_policy: str = "mode"  # the evaluation's actions: mode | sample (the exploring policy's, as upstream scores)
     stop_return: float | None = None  # end the run once the mean eval return reaches this
     progress: bool = True  # progress bar in the terminal
     checkpoint_every: int = 10_000  # env steps between checkpoints; 0: only at the end and on SIGINT / SIGTERM
@@ -217,7 +231,8 @@ _RANGES = [  # (keys, test, what the test asks for)
       "agent.slow_rate", "agent.replay_value", "agent.grad_clip", "agent.actor_outscale", "optim.agc",
       "optim.warmup", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
-    (("model.head_layers",), lambda v: v is None or v >= 0, ">= 0 or null"),
+    (("model.head_layers", "model.mlp_layers"), lambda v: v is None or v >= 0, ">= 0 or null"),
+    (("replay.context",), lambda v: v in (0, 1), "0 or 1"),
     (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     (("env.game",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a game name such as ms_pacman"),
@@ -230,7 +245,7 @@ _CHOICES = {"env.vector": ("sync", "async"), "agent.kind": ("dreamer", "world_mo
             "agent.actor_grad_continuous": ("reinforce", "backprop"), "model.norm": ("rms", "layer"),
             "model.fan": ("in", "avg"), "model.twohot": ("symexp", "symlog"), "model.cnn": ("pooled", "strided"),
             "optim.name": ("laprop", "adam"), "precision": ("fp32", "bf16", "fp16"),
-            "compile_mode": ("default", "reduce-overhead"),
+            "compile_mode": ("default", "reduce-overhead"), "trainer.eval_policy": ("mode", "sample"),
             "logger.wandb.mode": ("offline", "online", "disabled")}
 
 
@@ -260,15 +275,18 @@ def _check_updates(cfg: DictConfig) -> None:
     """Refuse a run under which no update could happen: it would train nothing and still exit 0."""
     r, t = cfg.replay, cfg.trainer
     rows = r.capacity // cfg.env.num_envs  # each env's stretch of replay
-    if rows < r.batch_length:
+    length = r.batch_length + r.context  # a sampled sequence, with the step whose state it starts from
+    if rows < length:
         raise UserError(f"the replay holds {rows} steps per env (replay.capacity / env.num_envs), fewer than one "
-                        f"sequence of replay.batch_length={r.batch_length}: no update could be made")
+                        f"sequence of replay.batch_length={r.batch_length} (+ replay.context={r.context}): no update "
+                        f"could be made")
     if t.prefill >= t.steps:
         raise UserError(f"trainer.prefill ({t.prefill}) must be below trainer.steps ({t.steps}): updates begin "
                         f"after the prefill")
-    if -(-t.steps // cfg.env.num_envs) < r.batch_length:
+    if -(-t.steps // cfg.env.num_envs) < length:
         raise UserError(f"trainer.steps ({t.steps}) gives each of the {cfg.env.num_envs} envs fewer steps than one "
-                        f"sequence of replay.batch_length={r.batch_length}: no update could be made")
+                        f"sequence of replay.batch_length={r.batch_length} (+ replay.context={r.context}): no update "
+                        f"could be made")
     due = (t.steps - t.prefill) * t.train_ratio / (r.batch_size * r.batch_length)
     if due < 1:
         raise UserError(f"trainer.train_ratio={t.train_ratio} makes {due:.3g} updates due in the "
@@ -278,6 +296,9 @@ def _check_updates(cfg: DictConfig) -> None:
 
 def _check_algo(cfg: DictConfig) -> None:
     m = cfg.model
+    if cfg.replay.context and cfg.agent.kind == "world_model":
+        raise UserError("replay.context=1 stores the states the actor's model reaches while acting, and "
+                        "agent=world_model has no actor: set replay.context=0")
     if m.blocks and m.deter % m.blocks:
         raise UserError(f"model.deter ({m.deter}) must be a multiple of model.blocks ({m.blocks})")
     if cfg.agent.replay_value_grad and cfg.agent.replay_value > 0 and not cfg.optim.joint:
@@ -338,6 +359,7 @@ _ABSENT = object()
 # (`precision`) more than that, within the tracking its test checks.
 FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "compile_mode", "replay.on_device",
              "trainer.progress", "logger", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
+             "trainer.eval_policy",
              "trainer.checkpoint_every", "trainer.openloop_every", "trainer.openloop_context",
              "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,
@@ -355,7 +377,9 @@ ABSENT_MEANS = {"env.num_envs": 1, "env.vector": "sync", "agent.replay_value": 0
                 "agent.replay_value_grad": False,
                 "agent.contdisc": False, "agent.actor_unimix": 0.01, "agent.actor_outscale": 1.0,
                 "optim.name": "adam", "optim.joint": False, "optim.agc": 0.0, "optim.warmup": 0, "optim.beta1": 0.9,
-                "optim.beta2": 0.999, "logger.tensorboard": True}
+                "optim.beta2": 0.999, "logger.tensorboard": True, "model.mlp_layers": None,
+                "model.post_joint_init": False, "replay.context": 0, "replay.online": False,
+                "trainer.eval_policy": "mode"}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -71,15 +71,16 @@ def evaluation_seed(seed: int, steps: int) -> int:
 
 def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
                     stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
-    """Mean and spread of the mode policy's returns, on a fresh env playing its episodes one after another
-    (restarted if it fails, as in training). None if `stop()` said yes between two env steps. Each evaluation
-    plays episodes of its own, started from `evaluation_seed(cfg.seed, steps)`, and samples the model's latents
-    from random numbers of its own: training goes on the same whether an evaluation ran, and one redone after a
-    resume gives the same result."""
+    """Mean and spread of the policy's returns (its mode, or its samples with `trainer.eval_policy=sample`), on a
+    fresh env playing its episodes one after another (restarted if it fails, as in training). None if `stop()`
+    said yes between two env steps. Each evaluation plays episodes of its own, started from
+    `evaluation_seed(cfg.seed, steps)`, and samples the model's latents and actions from random numbers of its own:
+    training goes on the same whether an evaluation ran, and one redone after a resume gives the same result."""
     envs, spec = build_envs(cfg, num=1)
     try:
         with seeded(cfg.seed + 10_000 + steps, agent.device):
             played = run_episodes(agent, envs, spec, episodes, seed=evaluation_seed(cfg.seed, steps), stop=stop,
+                                  explore=cfg.trainer.get("eval_policy", "mode") == "sample",
                                   remake=lambda: build_envs(cfg, num=1)[0])
     finally:
         envs.close()

@@ -74,6 +74,15 @@ def init_weights(module: nn.Module, fan: str = "avg") -> None:
                 nn.init.zeros_(m.bias)
 
 
+def init_joint(layers: list[nn.Linear], fan: str = "avg") -> None:
+    """Initial weights of dense `layers` that share an output and hold the parts of one layer over their
+    concatenated inputs: drawn as that layer's (`init_weights`), with its fan-in, the sum of theirs."""
+    fan_in, fan_out = sum(m.weight.shape[1] for m in layers), layers[0].weight.shape[0]
+    std = math.sqrt(2.0 / (fan_in + fan_out) if fan == "avg" else 1.0 / fan_in) / _TRUNC_STD
+    for m in layers:
+        nn.init.trunc_normal_(m.weight, 0.0, std, -2.0 * std, 2.0 * std)
+
+
 def scale_output(layer: nn.Module, scale: float) -> None:
     """Scale an output layer's initial weights (DreamerV3's `outscale`); 0 zeroes it, bias included, so that a
     head starts by predicting 0 (reward and critic heads)."""

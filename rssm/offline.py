@@ -115,7 +115,8 @@ def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
         files = chunk_files(shard)
         for stream in chunk_streams(files):
             chunks = [read_chunk(files[i]) for i in stream]
-            data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}  # (rows, envs, ...)
+            # (rows, envs, ...); the model states a replay context stored are the other run's, not data
+            data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if not k.startswith("latent_")}
             for env in range(data["is_first"].shape[1]):
                 column = {k: v[:, env] for k, v in data.items()}
                 starts = [*np.flatnonzero(column["is_first"]), len(column["is_first"])]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import zipfile
+from collections import deque
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,13 @@ _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 # 21-28 ms, fsync included); np.savez_compressed's level 6 is 1.3-1.6x smaller again but takes 49-64 ms
 # (scripts/replay_benchmark.py).
 COMPRESS_LEVEL = 1
+
+
+class Windows(NamedTuple):
+    """Where the windows of a batch lie in the buffer."""
+
+    slots: np.ndarray  # (B, T)
+    env: np.ndarray  # (B, 1)
 
 
 def chunk_files(directory: Path) -> dict[int, Path]:
@@ -57,10 +65,15 @@ class Replay:
     With a `device`, the buffer also keeps a copy of its rows in that device's memory, written as rows are added
     and loaded, and `sample_tensors` gathers windows there: a GPU then gets its batches without a copy from the
     host (for images, most of an update's input). The host arrays stay the record that is saved.
+
+    With `online` (a window length L), each env's rows are cut into windows of L as they come in (rows 0..L-1,
+    L..2L-1, ...), and `train_batch` takes the queued windows first, each once, before uniform ones (DreamerV3's
+    online queue). `write` changes fields of rows already held (the model states a replay context stores); rows
+    of chunks already written are written again by `flush`, so that the files keep describing the buffer.
     """
 
     def __init__(self, capacity: int, seed: int, directory: Path | None = None, chunk: int = 1024, envs: int = 1,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, online: int = 0):
         if capacity < envs:
             raise UserError(f"replay.capacity ({capacity}) must hold at least one step of the {envs} envs")
         self.capacity, self.envs, self.directory, self.chunk = capacity // envs, envs, directory, chunk  # rows
@@ -73,6 +86,9 @@ class Replay:
         self.on_device: dict[str, torch.Tensor] = {}  # with a device: `data`'s copy there
         self.total = 0  # rows ever added; row r lives in slot r % capacity
         self.size = 0
+        self.online = online
+        self.queue: deque[tuple[int, int]] = deque()  # with `online`: windows not yet trained on, (first row, env)
+        self.dirty: set[int] = set()  # written chunks whose rows `write` changed since
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
 
@@ -96,6 +112,8 @@ class Replay:
                 self.on_device[k][self.ptr] = torch.as_tensor(self.data[k][self.ptr]).to(self.device)
         self.total += 1
         self.size = min(self.size + 1, self.capacity)
+        if self.online and self.total % self.online == 0:
+            self.queue.extend((self.total - self.online, env) for env in range(self.envs))
         if self.directory is not None and self.total % self.chunk == 0:
             self._write_chunk(self.total // self.chunk - 1)
 
@@ -121,6 +139,63 @@ class Replay:
         batch["is_first"][:, 0] = True
         return batch
 
+    def windows(self, length: int) -> int:
+        """How many windows of `length` rows the buffer holds, over all envs."""
+        return self.envs * max(0, self.size - length + 1)
+
+    def train_batch(self, batch_size: int, length: int) -> tuple[dict[str, np.ndarray | torch.Tensor], Windows]:
+        """A training batch of windows: queued ones first (`online`, each once), the rest uniform from the
+        buffer's generator; as arrays, or with a `device` as tensors there (`sample_tensors`). Returns the batch
+        and where its windows lie (for `write`)."""
+        idx, env = self._windows(batch_size, length, None, self._online_windows(batch_size, length))
+        if self.device is None:
+            batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...)
+        else:
+            at = [torch.as_tensor(x).to(self.device, non_blocking=True) for x in (idx, env)]
+            batch = {k: v[at[0], at[1]] for k, v in self.on_device.items()}  # (B, T, ...)
+        batch["is_first"][:, 0] = True
+        return batch, Windows(idx, env)
+
+    def _online_windows(self, batch_size: int, length: int) -> list[tuple[int, int]]:
+        """Up to `batch_size` queued windows, as (first row, env), oldest first; those no longer whole in the buffer
+        are dropped."""
+        taken = []
+        while self.queue and len(taken) < batch_size:
+            first, env = self.queue.popleft()
+            if first >= self.total - self.size and first + length <= self.total:
+                taken.append((first, env))
+        return taken
+
+    def write(self, where: Windows, fields: dict[str, np.ndarray]) -> None:
+        """Set `fields` (each (B, T', ...), one T' for all) at the last T' rows of the windows `where` of a
+        `train_batch`; chunks already written are marked for `flush`."""
+        steps = next(iter(fields.values())).shape[1]
+        idx = where.slots[:, -steps:]  # (B, T')
+        for k, v in fields.items():
+            self.data[k][idx, where.env] = v
+            if self.device is not None and self.device.type != "cpu":
+                at = [torch.as_tensor(x).to(self.device) for x in (idx, where.env)]
+                self.on_device[k][at[0], at[1]] = torch.as_tensor(v).to(self.device)
+        if self.directory is not None:
+            rows = self.total - 1 - (self.ptr - 1 - idx) % self.capacity  # (B, T'): the rows of those slots
+            self.dirty.update(int(c) for c in np.unique(rows // self.chunk) if c < self.total // self.chunk)
+
+    def flush(self) -> None:
+        """Write again the chunk files whose rows `write` changed, those rows as the buffer holds them now."""
+        for index in sorted(self.dirty):
+            lo, hi = index * self.chunk, (index + 1) * self.chunk
+            first = self.total - self.size  # the oldest row held
+            if hi <= first:
+                continue  # gone from the buffer: no run reads these rows again
+            if lo >= first:
+                arrays = {k: v[self._slots(lo, hi)] for k, v in self.data.items()}
+            else:  # partly overwritten: the rows still held replace theirs in the file
+                arrays = read_chunk(self._chunk_path(index))
+                for k, v in self.data.items():
+                    arrays[k][first - lo:] = v[self._slots(first, hi)]
+            atomic_write(self._chunk_path(index), lambda f, a=arrays: write_chunk(f, a))
+        self.dirty.clear()
+
     def sample_tensors(self, batch_size: int, length: int,
                        rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """`sample`'s windows (the same for the same generator state), gathered from the copy on the buffer's
@@ -133,17 +208,22 @@ class Replay:
         batch["is_first"][:, 0] = True
         return batch
 
-    def _windows(self, batch_size: int, length: int,
-                 rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform windows: their slots (B, T) and envs (B, 1), drawn from `rng` (default: the buffer's own)."""
+    def _windows(self, batch_size: int, length: int, rng: np.random.Generator | None,
+                 given: list[tuple[int, int]] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Windows: their slots (B, T) and envs (B, 1). The `given` ones, as (first row, env), first; the rest
+        uniform, drawn from `rng` (default: the buffer's own)."""
         if self.size < length:
             raise ValueError(f"replay holds {self.size} transitions, fewer than a sequence of {length}")
         # Valid windows never run across the write pointer, where old and new data meet.
         oldest = self.ptr if self.size == self.capacity else 0
         rng = self.rng if rng is None else rng
-        starts = oldest + rng.integers(0, self.size - length + 1, batch_size)  # (B,)
+        n = batch_size - len(given)
+        starts = oldest + rng.integers(0, self.size - length + 1, n)  # (n,)
+        env = rng.integers(0, self.envs, (n, 1)) if self.envs > 1 else np.zeros((n, 1), int)  # (n, 1)
+        if given:
+            starts = np.concatenate([np.array([first for first, _ in given]), starts])  # (B,)
+            env = np.concatenate([np.array([[e] for _, e in given], int), env])  # (B, 1)
         idx = (starts[:, None] + np.arange(length)) % self.capacity  # (B, T)
-        env = rng.integers(0, self.envs, (batch_size, 1)) if self.envs > 1 else np.zeros((batch_size, 1), int)
         return idx, env
 
     # Persistence.
@@ -160,13 +240,16 @@ class Replay:
         atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
 
     def state_dict(self) -> dict:
-        """Counters, the sampling RNG and the rows after the last full chunk (numpy arrays); `saved` is False,
-        and the tail empty, for a buffer without a directory."""
+        """Counters, the sampling RNG, the online queue and the rows after the last full chunk (numpy arrays);
+        `saved` is False, and the tail empty, for a buffer without a directory. The chunk files describe the rest
+        once `flush` has run."""
+        queue = [list(w) for w in self.queue]
         if self.directory is None:
-            return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": {}, "saved": False}
+            return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": {}, "saved": False,
+                    "queue": queue}
         start = self.total - self.total % self.chunk
         tail = {k: v[self._slots(start, self.total)] for k, v in self.data.items()}
-        return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail, "saved": True}
+        return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail, "saved": True, "queue": queue}
 
     def load_state_dict(self, state: dict) -> None:
         """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
@@ -182,6 +265,7 @@ class Replay:
         full = total // self.chunk
         self.data, self.total, self.size = {}, total, total - first
         self.rng.bit_generator.state = state["rng"]
+        self.queue, self.dirty = deque((int(a), int(b)) for a, b in state.get("queue", [])), set()
         for index in range(first // self.chunk, full):
             path = self._chunk_path(index)
             arrays = read_chunk(path)

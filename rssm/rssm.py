@@ -40,6 +40,7 @@ from rssm.networks import (
     bind_loop_weight,
     gru_gates,
     gru_update,
+    init_joint,
     init_weights,
     make_norm,
 )
@@ -79,11 +80,14 @@ class RSSM(nn.Module):
         prior_layers: hidden layers of the prior (2023: 1, now: 2).
         learned_initial: the state before an episode's first step is learned (2023: h = tanh(w), z the prior's
             mode at h), or zeros (now: h, z and the previous action are zero at an episode start).
+        post_joint_init: the posterior's first layer, Linear(concat(h, embed)), held as two parts (`post_h`,
+            `post_e`), draws its initial weights as the one layer it is (fan-in D + E, as upstream's), not as two
+            layers of fan-in D and E.
     """
 
     def __init__(self, action_dim: int, embed_dim: int, deter: int, units: int, groups: int,
                  classes: int, unimix: float = 0.01, *, arch: Arch = ARCH_2023, blocks: int = 0, dyn_layers: int = 1,
-                 prior_layers: int = 1, learned_initial: bool = True):
+                 prior_layers: int = 1, learned_initial: bool = True, post_joint_init: bool = False):
         super().__init__()
         assert blocks == 0 or deter % blocks == 0, (deter, blocks)
         self.deter, self.groups, self.classes, self.unimix = deter, groups, classes, unimix
@@ -121,6 +125,8 @@ class RSSM(nn.Module):
         if learned_initial:
             self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned, through tanh
         init_weights(self, arch.fan)
+        if post_joint_init:
+            init_joint([self.post_h, self.post_e], arch.fan)
         self.compiled_obs_step = None  # `compile_steps`
         self.compiled_img_step = None  # `compile_steps` with prior=True
         self.cuda_graphs = False  # `compile_steps` with mode reduce-overhead

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rssm import distributed
+from rssm import context, distributed
 from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, resolve_device
 from rssm.checkpoint import (
@@ -74,11 +74,13 @@ def replay_dir(run_dir: Path, ranks: Ranks) -> Path:
     return run_dir / "replay" if ranks.world == 1 else run_dir / "replay" / f"rank_{ranks.rank}"
 
 
-def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int) -> str:
+def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int, context: int = 0) -> str:
     """Each observation key with where it goes, and the replay's memory when full (capacity x bytes per
-    transition)."""
+    transition, with a replay `context` the stored model state too)."""
     example = blank_transition(spec)
     per = sum(v.nbytes for v in example.values())
+    if context:
+        per += 4 * wm.rssm.deter + 2 * wm.rssm.groups  # `rssm.context.stored`: h float32, z's indices int16
     where = {**dict.fromkeys(wm.image_keys, "CNN"), **dict.fromkeys(wm.vector_keys, "MLP")}
     keys = ", ".join(f"{k} {'x'.join(map(str, s))} {example[k].dtype} -> {where.get(k, 'not modelled')}"
                      for k, s in spec.obs_shapes.items())
@@ -165,7 +167,8 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     agent = build_agent(cfg, spec, device, ranks)
     seed_everything(seed)
     replay = Replay(cfg.replay.capacity, seed, replay_dir(run_dir, ranks) if cfg.replay.save else None,
-                    cfg.replay.chunk, envs.num_envs, agent.device if cfg.replay.on_device else None)
+                    cfg.replay.chunk, envs.num_envs, agent.device if cfg.replay.on_device else None,
+                    online=cfg.replay.batch_length + cfg.replay.context if cfg.replay.online else 0)
     collector = Collector(envs, spec, seed, remake=remake_envs)
     rng = np.random.default_rng(seed)
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
@@ -178,7 +181,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
         compiled = ", compiled (the first update and actions wait for the compiler)" if agent.compiled else ""
         status(f"rssm: {env_id(cfg)} on {device}{job}{compiled}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
                f"{run_dir}")
-        status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs)}")
+        status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs, cfg.replay.context)}")
         if resumed:
             status(f"rssm: resumed from {resumed[0]} at env step {progress.env_steps}, update {progress.updates}")
 
@@ -221,17 +224,33 @@ def _device(cfg: DictConfig, ranks: Ranks) -> torch.device:
 
 def _updates(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, p: Progress, tracker: MeanTracker,
              steps: int) -> None:
-    """The updates owed under the train ratio. Raises RunStopped after `trainer.max_nonfinite` skipped
-    updates in a row, before a checkpoint could store a diverged state."""
-    made = 0
-    while p.updates_due >= 1.0 and len(replay) >= cfg.replay.batch_length:
-        sample = replay.sample_tensors if replay.device is not None else replay.sample
-        tracker.add(agent.update(sample(cfg.replay.batch_size, cfg.replay.batch_length)))
+    """The updates owed under the train ratio, each on a batch of `Replay.train_batch`; with a replay context,
+    from the stored states, which each update then writes back (`rssm.context`). Raises RunStopped after
+    `trainer.max_nonfinite` skipped updates in a row, before a checkpoint could store a diverged state."""
+    made, r = 0, cfg.replay
+    while p.updates_due >= 1.0 and len(replay) >= r.batch_length + r.context:
+        batch, where = replay.train_batch(r.batch_size, r.batch_length + r.context)
+        if r.context:
+            batch, start = context.split(batch, r.context)
+            tracker.add(agent.update(batch, context.start_state(start, cfg.model.classes, agent.device)))
+            replay.write(where, context.stored(agent.posterior))  # a host sync: the states go to the replay
+        else:
+            tracker.add(agent.update(batch))
         p.updates, p.updates_due, made = p.updates + 1, p.updates_due - 1.0, made + 1
     # Read once after the updates of this env step (a host sync), not inside them.
     if made and (in_a_row := int(agent.skipped_in_a_row)) >= cfg.trainer.max_nonfinite:
         raise RunStopped(f"{in_a_row} updates in a row had a non-finite loss or gradient at env step {steps}; "
                          f"stopped, the last checkpoint in {run_dir} is kept", 1)
+
+
+def _owed(cfg: DictConfig, replay: Replay, before: int, steps: int) -> int:
+    """The env steps in (before, steps] that owe updates under the train ratio: those after `trainer.prefill`; with
+    no prefill, those taken once the replay holds one batch of sequences (DreamerV3's start: updates begin then,
+    and none are owed for the steps before)."""
+    t, r = cfg.trainer, cfg.replay
+    if t.prefill > 0:
+        return max(0, steps - max(before, t.prefill))
+    return steps - before if replay.windows(r.batch_length + r.context) >= r.batch_size * r.batch_length else 0
 
 
 def _next_actions(agent: Agent, transitions: dict[str, np.ndarray], state: RSSMState | None, spec: EnvSpec,
@@ -286,17 +305,18 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
         while p.env_steps < t.steps and not stop.agreed:
             before = p.env_steps
             transitions, episodes = _collect(collector, p, stop, ranks)
-            replay.add(transitions)
             warn_at = _warn_failures(collector, warn_at, ranks)
             p.actions, p.actor_state = _next_actions(agent, transitions, p.actor_state, spec, rng,
                                                      p.env_steps < t.prefill)
+            # With a replay context, each transition is stored with the state acting reached by it.
+            replay.add({**transitions, **context.stored(p.actor_state)} if cfg.replay.context else transitions)
             for episode in episodes:
                 tracker.add({"episode/return": episode["return"], "episode/length": episode["length"]})
                 p.last_return = episode["return"]
             steps = p.env_steps
             if steps == before:
                 continue  # only resets, which are not env steps
-            p.updates_due += max(0, steps - max(before, t.prefill)) * t.train_ratio / replayed_per_update
+            p.updates_due += _owed(cfg, replay, before, steps) * t.train_ratio / replayed_per_update
             _updates(cfg, run_dir, agent, replay, p, tracker, steps)
             if ranks.main and crossed(before, steps, t.openloop_every):
                 scalars, videos = open_loop_metrics(cfg, agent, replay, steps)

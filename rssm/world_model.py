@@ -52,6 +52,8 @@ class Variant:
     head_layers: hidden layers of the reward and continue heads; None: `layers`, as the other MLPs (2023); 1 now.
     twohot: bins of the reward head (`rssm.distributions.twohot_log_prob`): symlog (2023) or symexp (now).
     cnn: `strided` (2023: `ConvEncoder`, `ConvDecoder`) or `pooled` (now: `PooledConvEncoder`, `PooledConvDecoder`).
+    post_joint_init: the posterior's first layer initialised as one layer over concat(h, embed) (now), not as its
+        two parts apart (`RSSM`).
     """
 
     arch: Arch = Arch()
@@ -62,6 +64,7 @@ class Variant:
     head_layers: int | None = None
     twohot: str = "symlog"
     cnn: str = "strided"
+    post_joint_init: bool = False
 
 
 def kl_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn_scale: float, rep_scale: float,
@@ -157,7 +160,8 @@ class WorldModel(nn.Module):
             self.image_encoder = encoder(size, sum(self.image_channels), cnn_depth, arch)
             embed += self.image_encoder.out_dim
         self.rssm = RSSM(action_dim, embed, deter, units, groups, classes, unimix, arch=arch, blocks=v.blocks,
-                         dyn_layers=v.dyn_layers, prior_layers=v.prior_layers, learned_initial=v.learned_initial)
+                         dyn_layers=v.dyn_layers, prior_layers=v.prior_layers, learned_initial=v.learned_initial,
+                         post_joint_init=v.post_joint_init)
         feat = self.rssm.feat_dim
         if self.vector_keys:
             self.decoder = MLP(feat, units, layers, sum(self.vector_dims), arch)

@@ -47,6 +47,7 @@ from hydra import compose, initialize_config_module
 from torch.utils.flop_counter import FlopCounterMode
 
 import rssm.agent
+import rssm.context
 from rssm.build import build_agent
 from rssm.config import register_configs
 from rssm.envs import EnvSpec
@@ -196,9 +197,16 @@ def make_call(model: str, part: str, args: argparse.Namespace, device: torch.dev
         call.k = 0
     else:
         batches = [random_batch(spec, B, T, rng) for _ in range(2)]
+        start = None  # with a replay context (replay.context=1): sequences from stored states, written back after
+        if cfg.replay.context:
+            stored = {"latent_deter": rng.standard_normal((B, cfg.model.deter)).astype(np.float32),
+                      "latent_stoch": rng.integers(0, cfg.model.classes, (B, cfg.model.groups)).astype(np.int16)}
+            start = rssm.context.start_state(stored, cfg.model.classes, device)
 
         def call() -> None:
-            agent.update(batches[call.k % 2])
+            agent.update(batches[call.k % 2], start)
+            if start is not None:
+                rssm.context.stored(agent.posterior)  # the states' copy to the host, as the write-back makes it
             call.k += 1
         call.k = 0
     return call, agent, None if part == "act" else batches[0], (B, T)

@@ -150,8 +150,8 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(compose_config, tmp_pa
 
     real_loss = WorldModel.loss
 
-    def nan_loss(self, data, scales):
-        loss, metrics, post = real_loss(self, data, scales)
+    def nan_loss(self, data, scales, state=None):
+        loss, metrics, post = real_loss(self, data, scales, state)
         return loss * float("nan"), metrics, post
 
     cfg = compose_config(*DEBUG, "agent=world_model", "trainer.checkpoint_every=50", "trainer.max_nonfinite=5")

@@ -47,13 +47,14 @@ def test_every_env_config_leaves_the_agent_to_the_algo(compose_config, algo):
     replay capacity, never the algorithm's settings."""
     base = compose_config(f"algo={algo}")
     switches = ("norm", "fan", "blocks", "dyn_layers", "prior_layers", "learned_initial", "head_layers", "twohot",
-                "unimix", "bins")
+                "unimix", "bins", "mlp_layers", "post_joint_init")
     for env in ENVS:
         cfg = compose_config(f"algo={algo}", f"env={env}")
         for section in ("agent", "wm", "optim"):
             assert cfg[section] == base[section], (env, section)
         assert {k: cfg.model[k] for k in switches} == {k: base.model[k] for k in switches}, env
         assert (cfg.replay.batch_size, cfg.replay.batch_length) == (base.replay.batch_size, base.replay.batch_length)
+        assert (cfg.replay.context, cfg.replay.online) == (base.replay.context, base.replay.online)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

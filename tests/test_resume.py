@@ -123,10 +123,18 @@ def assert_same_run(a, b) -> None:
     assert_same_state(torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True))
 
 
+# DreamerV3's data pipeline (algo=dreamerv3): states stored in the replay and written back by every update, whose
+# rewritten chunk files a checkpoint must bring up to date; the online queue; updates from the first full batch.
+PIPELINE = ("agent=dreamer", "replay.context=1", "replay.online=true", "trainer.prefill=0",
+            "trainer.eval_policy=sample")
+
+
 @pytest.mark.parametrize("overrides, stop_at", [
     (("agent=dreamer",), 107),
     (("agent=world_model",), 151),
-    (("agent=dreamer", "env.num_envs=2", "env.vector=async"), 63),
+    (("agent=dreamer", "env.num_envs=2", "env.vector=async"), 65),
+    (PIPELINE, 107),
+    ((*PIPELINE, "env.num_envs=2"), 65),
 ])
 def test_a_run_stopped_mid_episode_resumes_as_if_never_stopped(compose_config, tmp_path, monkeypatch, straight,
                                                                overrides, stop_at):
@@ -158,9 +166,10 @@ class Crash(BaseException):
     """Ends a run as a kill would: no handler saves anything (the collector restarts envs on an Exception)."""
 
 
+@pytest.mark.parametrize("overrides", [("agent=dreamer",), PIPELINE])
 def test_a_run_killed_after_a_checkpoint_resumes_from_it_as_if_never_stopped(compose_config, tmp_path,
-                                                                             monkeypatch, straight):
-    reference = straight("agent=dreamer")
+                                                                             monkeypatch, straight, overrides):
+    reference = straight(*overrides)
     real = Collector.step
 
     def step(self, actions):
@@ -170,12 +179,12 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_as_if_never_stopped(com
 
     monkeypatch.setattr(Collector, "step", step)
     with pytest.raises(Crash):
-        train(compose_config(*RUN, "agent=dreamer"), tmp_path)
+        train(compose_config(*RUN, *overrides), tmp_path)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / CHECKPOINT)["collector"]["env_steps"] == 100
     assert scalars(tmp_path)["loss/wm"][-1][0] == 120  # logged after the checkpoint, dropped by the resume
     date_back(tmp_path)
-    train(compose_config(*RUN, "agent=dreamer", f"resume={tmp_path}"), tmp_path)
+    train(compose_config(*RUN, *overrides, f"resume={tmp_path}"), tmp_path)
     assert_same_run(reference, tmp_path)
 
 

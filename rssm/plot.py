@@ -1,10 +1,19 @@
-"""`rssm-plot RUNS... --tag eval/return_mean --out curve.png`: a TensorBoard scalar of runs against env steps.
+"""`rssm-plot RUNS... --tag eval/return_mean --out curve.png`: a scalar of runs against env steps, in groups.
 
-Several runs (seeds) are drawn as one line, their mean (or their interquartile mean, as rliable reports it) at each
-env step where two or more runs have a value, with a 95% bootstrap confidence band over the runs (the runs drawn
-with replacement); `--each` draws one line per run instead. Written as PNG and SVG (`--out` names either). A
-published curve can go beside it: `--reference` takes a CSV of `scripts/dreamerv3_scores.py` (task, step,
-score), its steps divided by `--reference-repeat` (DreamerV3's scores count control steps, rssm agent steps).
+A RUN is a run directory, whose TensorBoard scalar `--tag` is read, or a CSV file with the columns `step,value`
+(a header line; lines starting with `#` are comments), e.g. scores that `scripts/parity.py scores` wrote for a run
+of another implementation. Several runs (seeds) are drawn as one line, their mean (or their interquartile mean, as
+rliable reports it) at each env step where two or more runs have a value, with a 95% bootstrap confidence band over
+the runs (the runs drawn with replacement); `--each` draws one line per run instead. The positional RUNS are one
+group (named by `--label`); `--group LABEL RUN [RUN ...]`, repeatable, adds another, each its own line, band,
+colour and legend entry:
+
+    rssm-plot --group official off/seed_0.csv off/seed_1.csv --group rssm rssm/seed_0.csv rssm/seed_1.csv \
+        --ylabel return --out parity.png
+
+Written as PNG and SVG (`--out` names either). A published curve can go beside it: `--reference` takes a CSV of
+`scripts/dreamerv3_scores.py` (task, step, score), its steps divided by `--reference-repeat` (DreamerV3's scores
+count control steps, rssm agent steps).
 
 Needs matplotlib (`pip install 'rssm[plot]'`).
 """
@@ -41,6 +50,29 @@ def read_scalar(run_dir: Path, tag: str) -> dict[int, float]:
         tags = ", ".join(sorted(t for t in events.Tags()["scalars"] if "/" in t)[:12])
         raise UserError(f"{run_dir} has no scalar '{tag}' (it has {tags}, ...)")
     return {p.step: p.value for p in events.Scalars(tag)}
+
+
+def read_csv(path: Path) -> dict[int, float]:
+    """A curve from a CSV file with the columns `step,value` (a header line; `#` lines are comments).
+
+    Raises:
+        UserError: the file cannot be read, lacks a column, or holds a step or value that is not a number.
+    """
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        curve = {int(float(r["step"])): float(r["value"]) for r in rows}
+    except (OSError, KeyError, TypeError, ValueError, csv.Error) as e:
+        raise UserError(f"cannot read {path} as a CSV of step,value (a header line, then numbers): "
+                        f"{type(e).__name__}: {e}") from None
+    if not curve:
+        raise UserError(f"{path} holds no rows of step,value")
+    return curve
+
+
+def read_curve(run: Path, tag: str) -> dict[int, float]:
+    """A run's curve: from a CSV file (`read_csv`), else the TensorBoard scalar `tag` of a run directory."""
+    return read_csv(run) if run.is_file() else read_scalar(run, tag)
 
 
 def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -87,6 +119,46 @@ def read_reference(path: Path, task: str, repeat: int) -> tuple[list[float], lis
     return [int(r["step"]) / repeat for r in rows], [float(r["score"]) for r in rows]
 
 
+def run_groups(args: argparse.Namespace) -> list[tuple[str, list[Path]]]:
+    """The groups to draw, (label, runs) each: the positional runs (if any) first, then each `--group`.
+
+    Raises:
+        UserError: no runs at all, a `--group` without a run, or two groups of one label.
+    """
+    groups = [(args.label or "rssm", list(args.runs))] if args.runs else []
+    for label, *runs in args.group or []:
+        if not runs:
+            raise UserError(f"--group {label} names no run: give --group LABEL RUN [RUN ...]")
+        groups.append((label, [Path(r) for r in runs]))
+    if not groups:
+        raise UserError("no runs: give run directories or CSV files, or --group LABEL RUN [RUN ...]")
+    labels = [label for label, _ in groups]
+    if len(set(labels)) < len(labels):
+        raise UserError(f"two groups have one label ({', '.join(labels)}): give each --group its own")
+    return groups
+
+
+def draw_group(ax, label: str, runs: list[Path], curves: list[dict[int, float]], args: argparse.Namespace,
+               color: str | None, named: bool) -> bool:
+    """One group's runs: a line per run (`--each`, or a group of one run), else the statistic with its band.
+    `named`: the runs' lines say the group's label (the groups came from `--group`). Returns whether it drew a
+    band."""
+    if args.each or len(curves) == 1:
+        for run, curve in zip(runs, curves, strict=True):
+            name = f"{label}: {run.stem}" if named else run.name
+            ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=name, color=color)
+        return False
+    steps, centre, low, high = aggregate(curves, args.statistic)
+    if not len(steps):
+        raise UserError(f"the runs of '{label}' share no env step with a value: use --each")
+    name = "mean" if args.statistic == "mean" else "IQM"
+    line = ax.plot(steps, centre, marker="o", markersize=3, label=f"{label}: {name} of {len(curves)} runs",
+                   color=color)[0]
+    ax.fill_between(steps, low, high, alpha=0.25, color=line.get_color(),
+                    label=None if color else "95% bootstrap CI")  # several groups: the legend's title says it
+    return True
+
+
 def plot(args: argparse.Namespace) -> list[Path]:
     try:
         import matplotlib
@@ -95,30 +167,27 @@ def plot(args: argparse.Namespace) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [read_scalar(run, args.tag) for run in args.runs]
+    groups = run_groups(args)
+    curves = {label: [read_curve(run, args.tag) for run in runs] for label, runs in groups}
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     if args.reference is not None:
         steps, values = read_reference(args.reference, args.reference_task, args.reference_repeat)
         ax.plot(steps, values, color="black", linestyle=":", label=f"DreamerV3 published ({args.reference_task})")
-    if args.each or len(curves) == 1:
-        for run, curve in zip(args.runs, curves, strict=True):
-            ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=run.name)
-    else:
-        steps, centre, low, high = aggregate(curves, args.statistic)
-        if not len(steps):
-            raise UserError(f"the runs share no env step with a value of '{args.tag}': use --each")
-        name = "mean" if args.statistic == "mean" else "IQM"
-        ax.plot(steps, centre, marker="o", markersize=3, label=f"{args.label or 'rssm'}: {name} of {len(curves)} runs")
-        ax.fill_between(steps, low, high, alpha=0.25, label="95% bootstrap CI")
+    bands = []
+    for i, (label, runs) in enumerate(groups):
+        # One group keeps matplotlib's colour cycle (a colour per run with --each); several get a colour each.
+        color = f"C{i}" if len(groups) > 1 else None
+        bands.append(draw_group(ax, label, runs, curves[label], args, color, named=bool(args.group)))
     if args.target is not None:
         ax.axhline(args.target, color="gray", linestyle="--", linewidth=1)
     if args.ylim:
         ax.set_ylim(*args.ylim)
     if args.xmax:
         ax.set_xlim(0, args.xmax)
-    ax.set(xlabel="env steps", ylabel=args.tag, title=args.title)
+    ax.set(xlabel="env steps", ylabel=args.ylabel or args.tag, title=args.title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    title = "shaded: 95% bootstrap CI" if len(groups) > 1 and any(bands) else None
+    ax.legend(fontsize=8, title=title, title_fontsize=8)
     fig.tight_layout()
     written = []
     for suffix in (".png", ".svg"):
@@ -135,12 +204,16 @@ def plot(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rssm-plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (hold the TensorBoard events)")
-    parser.add_argument("--tag", default="eval/return_mean")
+    parser.add_argument("runs", nargs="*", type=Path,
+                        help="run directories (hold the TensorBoard events) or CSV files (step,value): one group")
+    parser.add_argument("--group", nargs="+", action="append", metavar=("LABEL", "RUN"),
+                        help="another group of runs, its label first (repeatable)")
+    parser.add_argument("--tag", default="eval/return_mean", help="the scalar read from TensorBoard runs")
+    parser.add_argument("--ylabel", default="", help="the y axis' label (default: the tag)")
     parser.add_argument("--out", type=Path, required=True, help="the plot: OUT.png and OUT.svg")
     parser.add_argument("--statistic", choices=["mean", "iqm"], default="mean", help="over the runs")
     parser.add_argument("--each", action="store_true", help="one line per run instead")
-    parser.add_argument("--label", default="", help="the aggregate line's name in the legend")
+    parser.add_argument("--label", default="", help="the positional runs' name in the legend (default: rssm)")
     parser.add_argument("--title", default="")
     parser.add_argument("--target", type=float, default=None, help="draw a horizontal line at this value")
     parser.add_argument("--ylim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")

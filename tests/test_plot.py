@@ -1,10 +1,13 @@
-"""`rssm-plot`: the mean or IQM of several runs' scalar with a bootstrap band, PNG and SVG."""
+"""`rssm-plot`: the mean or IQM of several runs' scalar with a bootstrap band, PNG and SVG; runs in groups, from
+TensorBoard events or CSV files."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rssm.plot import aggregate, iqm, main
+from rssm.plot import aggregate, iqm, main, read_csv
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -54,3 +57,60 @@ def test_rssm_plot_errors_are_one_line(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def write_csv(path, rows, comment="# scores of another implementation\n"):
+    path.write_text(comment + "step,value\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    return str(path)
+
+
+def test_read_csv_skips_comments_and_reads_steps_and_values(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [(1000, 1.5), (2000, -3)])
+    assert read_csv(Path(path)) == {1000: 1.5, 2000: -3.0}
+
+
+def test_two_groups_one_from_csv_files_are_two_lines_each_with_its_band(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    tensorboard = write_runs(tmp_path, [[1, 5, 9], [2, 6, 8]])  # steps 0, 1000, 2000
+    csvs = [write_csv(tmp_path / f"off{i}.csv", [(0, 10 + i), (1000, 20 + i), (2000, 30 + i)]) for i in range(3)]
+    lines, bands = [], []
+    real_plot, real_fill = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.fill_between
+
+    def plot(self, *a, **k):
+        lines.append((list(a[1]), k.get("label"), k.get("color")))
+        return real_plot(self, *a, **k)
+
+    def fill_between(self, *a, **k):
+        bands.append((list(a[1]), list(a[2]), k.get("color")))
+        return real_fill(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", fill_between)
+    main(["--group", "official", *csvs, "--group", "rssm", *tensorboard, "--ylabel", "return",
+          "--out", str(tmp_path / "both.png")])
+    assert (tmp_path / "both.png").stat().st_size > 1000 and (tmp_path / "both.svg").is_file()
+    (official, official_label, c0), (rssm, rssm_label, c1) = lines
+    assert official == pytest.approx([11, 21, 31]) and official_label == "official: mean of 3 runs"
+    assert rssm == pytest.approx([1.5, 5.5, 8.5]) and rssm_label == "rssm: mean of 2 runs"
+    assert c0 != c1 and [b[2] for b in bands] == [c0, c1]
+    low, high, _ = bands[0]
+    assert 10 <= low[0] < 11 < high[0] <= 12  # resampled means of the three official runs at step 0: 10, 11, 12
+
+
+def test_rssm_plot_without_runs_or_with_a_bad_csv_is_one_error_line(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,score\n1000,2\n")  # no column 'value'
+    words = tmp_path / "words.csv"
+    words.write_text("step,value\nten,2\n")
+    for argv, message in (([], "no runs"), (["--group", "official"], "names no run"),
+                          (["--group", "a", str(bad)], "cannot read"),
+                          (["--group", "a", str(words)], "cannot read"),
+                          (["--group", "a", str(bad), "--group", "a", str(bad)], "two groups have one label")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--out", str(tmp_path / "x.png")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("rssm-plot: error:"), err
+    assert not (tmp_path / "x.png").exists()

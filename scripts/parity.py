@@ -430,6 +430,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     diff, low, high = bootstrap_difference(rssm, official)
     verdict = ("within the official's spread" if high >= 0 else "below the official's spread") + \
         f" (the interval {'includes 0' if low <= 0 <= high else 'lies above 0' if low > 0 else 'lies below 0'})"
+    if min(len(rssm), len(official)) < 2:  # one value has no spread: its interval is that value
+        verdict = "not decided: a spread needs 2 or more seeds of each implementation"
     result = {"env": args.env, "every": every, "last": args.last, "up_to_step": end,
               "final_return": {impl: {str(k): v for k, v in seeds.items()} for impl, seeds in finals.items()},
               "mean": {impl: float(np.mean(list(finals[impl].values()))) for impl in IMPLS},
@@ -480,7 +482,8 @@ def time_command(impl: str, s: dict, args: argparse.Namespace, json_path: Path) 
     benchmark = Path(__file__).resolve().with_name("benchmark.py")
     overrides = [o for o in rssm_overrides(s, 0, None) if not o.startswith(("model=", "threads=", "precision=",
                                                                               "compile="))]
-    return pinned([sys.executable, str(benchmark), "--model", s["size"], "--part", "agent", "--threads", "1",
+    return pinned([sys.executable, str(benchmark), "--model", s["size"], "--part", "agent", "--threads",
+                   str(args.threads),
                    "--obs-dim", str(obs), "--act-dim", str(act), *([] if discrete else ["--continuous"]),
                    "--iters", str(args.iters), "--json", str(json_path), "--set", *overrides], args.cpus)
 
@@ -505,8 +508,9 @@ def cmd_time(args: argparse.Namespace) -> int:
             else:
                 ms = json.loads(json_path.read_text())["results"][0]["ms"]
             pin = f", cpus {args.cpus}" if args.cpus else ""
+            threads = f"{args.threads} torch threads" if impl == "rssm" else "XLA's threads"
             lines.append(f"{impl}: update {ms:.1f} ms (median of {args.iters}; batch {s['batch']} x {s['length']}, "
-                         f"model {s['size']}, {args.env}, float32, 1 thread{pin})")
+                         f"model {s['size']}, {args.env}, float32, {threads}{pin})")
     print("\n".join(lines))
     return 0
 
@@ -543,6 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("time", parents=[common, setup], help="the update's time of each implementation")
     p.add_argument("--impl", default="both", choices=[*IMPLS, "both"])
     p.add_argument("--iters", type=int, default=20, help="timed updates")
+    p.add_argument("--threads", type=int, default=1, help="rssm's torch threads (XLA takes every CPU it may use: "
+                   "pin it with --cpus)")
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "scores": cmd_scores, "compare": cmd_compare, "plot": cmd_plot, "time": cmd_time}
     try:

@@ -292,6 +292,14 @@ def test_compare_says_when_rssm_is_below_the_official_spread(parity, tmp_path, c
     assert result["ci95"][1] < 0 and result["verdict"].startswith("below") and "below" in out
 
 
+def test_compare_decides_nothing_from_one_seed_of_an_implementation(parity, tmp_path, capsys):
+    root, env = tmp_path / "runs", "dmc_cartpole_swingup"
+    fake_runs(parity, root, env, {"official": [800.0], "rssm": [100.0, 120.0]}, every=16 * 500, points=3)
+    code, out, err = run_main(parity, ["compare", "--root", str(root), "--env", env], capsys)
+    assert code == 0, err
+    assert json.loads((root / env / "compare.json").read_text())["verdict"].startswith("not decided")
+
+
 def test_plot_draws_both_implementations(parity, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     root, env = tmp_path / "runs", "gym_Pendulum-v1"

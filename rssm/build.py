@@ -93,16 +93,15 @@ def mlp_layers(cfg: DictConfig) -> int:
     """Hidden layers of the encoder, decoder, actor and critic MLPs: `model.mlp_layers`, or the size preset's
     `model.layers` where that is null."""
     m = cfg.model
-    return m.layers if m.get("mlp_layers") is None else m.mlp_layers
+    return m.layers if m.mlp_layers is None else m.mlp_layers
 
 
 def build_world_model(cfg: DictConfig, obs_shapes: dict[str, tuple[int, ...]], action_dim: int) -> WorldModel:
     """The world model for the observation keys `model.cnn_keys` and `model.mlp_keys` select."""
     m = cfg.model
     shapes = select_obs_keys(obs_shapes, m.cnn_keys, m.mlp_keys)
-    head_layers = m.layers if m.head_layers is None else m.head_layers  # as deep as the preset's MLPs (2023)
-    variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, head_layers,
-                      m.twohot, m.cnn, m.get("post_joint_init", False))
+    variant = Variant(Arch(m.norm, m.fan), m.blocks, m.dyn_layers, m.prior_layers, m.learned_initial, m.head_layers,
+                      m.twohot, m.cnn, m.post_joint_init)
     return WorldModel(shapes, action_dim, m.deter, m.units, mlp_layers(cfg), m.groups, m.classes, m.unimix, m.bins,
                       m.cnn_depth, variant)
 

@@ -55,7 +55,7 @@ class ModelConfig:
     dyn_layers: int = 1  # with blocks: block-diagonal hidden layers before the GRU layer
     prior_layers: int = 2  # hidden layers of the prior (now: 2, 2023: 1)
     learned_initial: bool = False  # learned initial state (2023) | zeros at each episode start (now)
-    head_layers: int | None = 1  # hidden layers of the reward and continue heads; null: `layers` (2023)
+    head_layers: int | None = 1  # hidden layers of the reward and continue heads; null: as the encoder's (2023)
     twohot: str = "symexp"  # two-hot bins of reward and critic: symexp, in value space (now) | symlog (2023)
     cnn: str = "pooled"  # pooled: 5x5 convs with max-pooling, sigmoid decoder (now) | strided: 4x4 stride 2 (2023)
     # hidden layers of the encoder, decoder, actor and critic MLPs in place of `layers`: 3 at every size (now);

@@ -80,7 +80,7 @@ def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0
     try:
         with seeded(cfg.seed + 10_000 + steps, agent.device):
             played = run_episodes(agent, envs, spec, episodes, seed=evaluation_seed(cfg.seed, steps), stop=stop,
-                                  explore=cfg.trainer.get("eval_policy", "mode") == "sample",
+                                  explore=cfg.trainer.eval_policy == "sample",
                                   remake=lambda: build_envs(cfg, num=1)[0])
     finally:
         envs.close()

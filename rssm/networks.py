@@ -62,14 +62,18 @@ def _fans(weight: torch.Tensor, transposed: bool = False) -> tuple[int, int]:
     return (fan_out, fan_in) if transposed else (fan_in, fan_out)
 
 
+def _draw(weight: torch.Tensor, fan_in: int, fan_out: int, fan: str) -> None:
+    """Truncated normal in [-2, 2] std, variance 1 / fan: the mean of fan-in and fan-out (avg) or fan-in (in)."""
+    std = math.sqrt(2.0 / (fan_in + fan_out) if fan == "avg" else 1.0 / fan_in) / _TRUNC_STD
+    nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
+
+
 def init_weights(module: nn.Module, fan: str = "avg") -> None:
     """Truncated-normal weights with variance 1 / fan (`Arch.fan`) and zero biases, for every dense, block and
     convolution layer in `module`."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, BlockLinear)):
-            fan_in, fan_out = _fans(m.weight, isinstance(m, nn.ConvTranspose2d))
-            std = math.sqrt(2.0 / (fan_in + fan_out) if fan == "avg" else 1.0 / fan_in) / _TRUNC_STD
-            nn.init.trunc_normal_(m.weight, 0.0, std, -2.0 * std, 2.0 * std)
+            _draw(m.weight, *_fans(m.weight, isinstance(m, nn.ConvTranspose2d)), fan)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -78,9 +82,8 @@ def init_joint(layers: list[nn.Linear], fan: str = "avg") -> None:
     """Initial weights of dense `layers` that share an output and hold the parts of one layer over their
     concatenated inputs: drawn as that layer's (`init_weights`), with its fan-in, the sum of theirs."""
     fan_in, fan_out = sum(m.weight.shape[1] for m in layers), layers[0].weight.shape[0]
-    std = math.sqrt(2.0 / (fan_in + fan_out) if fan == "avg" else 1.0 / fan_in) / _TRUNC_STD
     for m in layers:
-        nn.init.trunc_normal_(m.weight, 0.0, std, -2.0 * std, 2.0 * std)
+        _draw(m.weight, fan_in, fan_out, fan)
 
 
 def scale_output(layer: nn.Module, scale: float) -> None:

@@ -134,8 +134,15 @@ class Replay:
     def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Uniformly sampled windows: each field becomes (batch_size, length, ...). The start positions (and
         with several envs, the env of each window) are drawn from `rng`, by default the buffer's own generator."""
-        idx, env = self._windows(batch_size, length, rng)
-        batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...): one env per window
+        return self._gather(*self._windows(batch_size, length, rng), on_device=False)
+
+    def _gather(self, idx: np.ndarray, env: np.ndarray, on_device: bool) -> dict[str, np.ndarray | torch.Tensor]:
+        """The windows at slots `idx` (B, T) of envs `env` (B, 1): each field (B, T, ...), from the host arrays or
+        (`on_device`) from their copy on the buffer's device, where only the indices travel. Each window's first
+        step is marked `is_first`."""
+        if on_device:
+            idx, env = (torch.as_tensor(x).to(self.device, non_blocking=True) for x in (idx, env))
+        batch = {k: v[idx, env] for k, v in (self.on_device if on_device else self.data).items()}  # (B, T, ...)
         batch["is_first"][:, 0] = True
         return batch
 
@@ -148,13 +155,7 @@ class Replay:
         buffer's generator; as arrays, or with a `device` as tensors there (`sample_tensors`). Returns the batch
         and where its windows lie (for `write`)."""
         idx, env = self._windows(batch_size, length, None, self._online_windows(batch_size, length))
-        if self.device is None:
-            batch = {k: v[idx, env] for k, v in self.data.items()}  # (B, T, ...)
-        else:
-            at = [torch.as_tensor(x).to(self.device, non_blocking=True) for x in (idx, env)]
-            batch = {k: v[at[0], at[1]] for k, v in self.on_device.items()}  # (B, T, ...)
-        batch["is_first"][:, 0] = True
-        return batch, Windows(idx, env)
+        return self._gather(idx, env, on_device=self.device is not None), Windows(idx, env)
 
     def _online_windows(self, batch_size: int, length: int) -> list[tuple[int, int]]:
         """Up to `batch_size` queued windows, as (first row, env), oldest first; those no longer whole in the buffer
@@ -171,10 +172,11 @@ class Replay:
         `train_batch`; chunks already written are marked for `flush`."""
         steps = next(iter(fields.values())).shape[1]
         idx = where.slots[:, -steps:]  # (B, T')
+        mirror = self.device is not None and self.device.type != "cpu"  # on a CPU the copy shares the arrays
+        at = [torch.as_tensor(x).to(self.device) for x in (idx, where.env)] if mirror else None
         for k, v in fields.items():
             self.data[k][idx, where.env] = v
-            if self.device is not None and self.device.type != "cpu":
-                at = [torch.as_tensor(x).to(self.device) for x in (idx, where.env)]
+            if mirror:
                 self.on_device[k][at[0], at[1]] = torch.as_tensor(v).to(self.device)
         if self.directory is not None:
             rows = self.total - 1 - (self.ptr - 1 - idx) % self.capacity  # (B, T'): the rows of those slots
@@ -202,11 +204,7 @@ class Replay:
         device: tensors (batch_size, length, ...) there. Only the window indices travel from the host."""
         if self.device is None:
             raise ValueError("this replay keeps no copy on a device: sample() its arrays")
-        idx, env = (torch.as_tensor(x).to(self.device, non_blocking=True) for x in self._windows(batch_size, length,
-                                                                                                 rng))
-        batch = {k: v[idx, env] for k, v in self.on_device.items()}  # (B, T, ...)
-        batch["is_first"][:, 0] = True
-        return batch
+        return self._gather(*self._windows(batch_size, length, rng), on_device=True)
 
     def _windows(self, batch_size: int, length: int, rng: np.random.Generator | None,
                  given: list[tuple[int, int]] = ()) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.config import UserError
 from rssm.distributed import SINGLE, Ranks
-from rssm.files import atomic_write
+from rssm.files import WriteFailed, atomic_write
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
     from rssm.agent import Agent
@@ -169,7 +169,7 @@ def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collecto
     (`progress.state_dict()`) and every RNG. Then delete the replay chunks this checkpoint no longer needs.
 
     In a data-parallel job every rank calls this together: rank 0 writes one file with the agent (equal on every
-    rank) and each rank's own part (`rank_parts`), in rank order under `ranks`. Raises UserError on every rank
+    rank) and each rank's own part (`rank_parts`), in rank order under `ranks`. Raises WriteFailed on every rank
     if rank 0 could not write it."""
     replay.flush()  # the chunk files first: the rows whose stored states changed since they were written
     replay_state = replay.state_dict()
@@ -182,11 +182,11 @@ def save_run(path: Path, cfg: DictConfig, agent: Agent, replay: Replay, collecto
         run = {"config": OmegaConf.to_container(cfg, resolve=True), "agent": agent.state_dict()}
         try:
             save_checkpoint(path, {**run, **mine} if ranks.world == 1 else {**run, "ranks": parts})
-        except UserError as e:
-            problem = str(e)
+        except WriteFailed as e:
+            problem = e.reason
     problem = ranks.share(problem)
     if problem:
-        raise UserError(problem)
+        raise WriteFailed(path, problem)
     replay.prune(replay.total)
 
 

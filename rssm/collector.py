@@ -4,8 +4,10 @@ and turns each step into replay transitions."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import gymnasium as gym
@@ -80,6 +82,10 @@ class EnvFailing(UserError):
     """The envs kept failing: the run cannot go on (exit status 1), though its state is consistent."""
 
 
+class EnvTimeout(Exception):
+    """A reset or step of the envs took longer than `env.step_timeout`: an env failure."""
+
+
 class Collector:
     """Steps N environments together (a vector env from `make_envs`) and turns each step into N replay
     transitions.
@@ -96,13 +102,17 @@ class Collector:
     reported (no return, no terminal flag), and the next transitions start new ones with `is_first`. `failures`
     counts these, `last_error` describes the latest. `max_failures` failures within `failure_window` env steps
     (in a row, too) raise EnvFailing: an env that fails every few steps would otherwise train on fragments for ever.
+    An env that raises SystemExit or KeyboardInterrupt has failed too: rssm's own stops come as signals, which
+    it handles. With `step_timeout` (seconds; main thread only), a reset or step that takes longer fails with
+    EnvTimeout.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, spec: EnvSpec, seed: int,
                  remake: Callable[[], gym.vector.VectorEnv] | None = None, max_failures: int = 5,
-                 failure_window: int = 1000):
+                 failure_window: int = 1000, step_timeout: float | None = None):
         self.envs, self.spec, self.seed, self.num = envs, spec, seed, envs.num_envs
         self.remake, self.max_failures, self.failure_window = remake, max_failures, failure_window
+        self.step_timeout = step_timeout if threading.current_thread() is threading.main_thread() else None
         self.done = np.ones(self.num, bool)  # per env: the next step starts a new episode
         self.env_steps = 0  # env steps of all envs together (resets are not steps)
         self.episodes = 0
@@ -122,11 +132,34 @@ class Collector:
         each episode that just ended."""
         try:
             out = self._step(actions)
-        except Exception as e:  # noqa: BLE001 - whatever the env's own code raises
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - whatever the env's own code raises
             if self.remake is None:
                 raise
             return self._restart(e, actions)
         return out
+
+    def close(self, force: bool = False) -> None:
+        """Close the envs; with `force`, async workers are terminated rather than asked (a hung one never
+        answers)."""
+        self.envs.close(terminate=True) if force else self.envs.close()
+
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Raise EnvTimeout in the block once `step_timeout` seconds have passed (SIGALRM)."""
+        if not self.step_timeout:
+            yield
+            return
+
+        def expire(signum, frame):
+            raise EnvTimeout(f"no answer within env.step_timeout={self.step_timeout:g} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.step_timeout)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def _step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
         first = self.done.copy()  # (N,): these envs start an episode in this step
@@ -136,7 +169,8 @@ class Collector:
             self._start_episodes(first)
         env_actions = to_env_action(actions, self.spec)
         self._phase = "step"
-        obs, reward, terminated, truncated, _ = self.envs.step(env_actions)
+        with self._deadline():
+            obs, reward, terminated, truncated, _ = self.envs.step(env_actions)
         stepped = ~first
         actions = np.where(first[:, None], 0.0, actions)
         # Checked before any counter moves: a step with a non-finite value is a failure, not a step.
@@ -162,7 +196,8 @@ class Collector:
         """Reset the envs in `mask` (N,) with their next seeds; each holds its first observation for the step."""
         seeds = [self._next_seed(i) if mask[i] else None for i in range(self.num)]
         self._phase = "reset"
-        self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        with self._deadline():
+            self.envs.reset(seed=seeds, options={"reset_mask": mask})
         for i in np.flatnonzero(mask):
             self._seeds[i], self._actions[i] = seeds[i], []
 
@@ -203,7 +238,7 @@ class Collector:
             raise EnvFailing(f"{self.last_error}; {self.max_failures} failures within "
                              f"{self.env_steps - self._failed_at[0] + 1} env steps, giving up") from None
         try:
-            self.envs.close()
+            self.close(force=True)
         except Exception:  # noqa: BLE001 - a broken env may fail to close too; it is dropped anyway
             pass
         try:

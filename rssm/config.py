@@ -34,6 +34,7 @@ class EnvConfig:
     vector: str = "sync"  # sync: envs step in this process, one after another | async: one subprocess per env
     task: str = ""  # DeepMind Control task, domain_task, e.g. walker_walk; when set, the env is DMC's, not env.id
     camera: int = -1  # DeepMind Control: the camera of pixel frames; -1: DreamerV3's (2 for quadruped, else 0)
+    step_timeout: float | None = None  # seconds a reset or step of the envs may take; longer is an env failure
 
 
 @dataclass
@@ -232,6 +233,7 @@ _RANGES = [  # (keys, test, what the test asks for)
       "optim.warmup", "threads", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
     (("model.head_layers", "model.mlp_layers"), lambda v: v is None or v >= 0, ">= 0 or null"),
+    (("env.step_timeout",), lambda v: v is None or v > 0, "> 0 or null"),
     (("replay.context",), lambda v: v in (0, 1), "0 or 1"),
     (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),

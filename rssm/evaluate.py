@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,26 +23,31 @@ from rssm.config import UserError
 from rssm.envs import EnvSpec, install
 from rssm.files import atomic_write
 from rssm.loggers import encode_gif
+from rssm.run_state import ForcedStop, StopRequested
 
 
 def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False, record: bool = False,
-                 remake: Callable[[], gym.vector.VectorEnv] | None = None,
-                 stop: Callable[[], bool] | None = None) -> tuple[list[float], list[np.ndarray]] | None:
+                 remake: Callable[[], gym.vector.VectorEnv] | None = None, stop: StopRequested | None = None,
+                 step_timeout: float | None = None) -> tuple[list[float], list[np.ndarray]] | None:
     """Play `episodes` episodes on a vector env of N envs, each playing ceil(episodes / N) of them (taking the
     first episodes to finish would favour short ones). Returns their returns and, if `record`, the rgb frames
     of env 0's first episode. With `remake`, envs that fail are replaced as in training (`Collector`), and
     envs made that way are closed here; `envs` is the caller's to close. With `stop`, it is asked between env
-    steps, and the evaluation is abandoned (None) once it says yes."""
-    collector = Collector(envs, spec, seed, remake=remake)
+    steps, and the evaluation is abandoned (None) once it says yes; a second signal while the envs do not return
+    raises ForcedStop (`StopRequested.waiting`). `step_timeout`: as `Collector`'s."""
+    collector = Collector(envs, spec, seed, remake=remake, step_timeout=step_timeout)
     try:
         return _play(agent, collector, episodes, explore, record, stop)
+    except ForcedStop:
+        collector.close(force=True)  # its workers may hang: the caller's close must not wait on them
+        raise
     finally:
         if collector.envs is not envs:
-            collector.envs.close()
+            collector.close()
 
 
 def _play(agent, collector: Collector, episodes: int, explore: bool, record: bool,
-          stop: Callable[[], bool] | None) -> tuple[list[float], list[np.ndarray]] | None:
+          stop: StopRequested | None) -> tuple[list[float], list[np.ndarray]] | None:
     quota = -(-episodes // collector.num)
     played: list[list[float]] = [[] for _ in range(collector.num)]  # returns per env, in order
     frames, state = [], None
@@ -49,7 +56,8 @@ def _play(agent, collector: Collector, episodes: int, explore: bool, record: boo
         if stop is not None and stop():
             return None
         failures = collector.failures
-        transitions, finished = collector.step(actions)
+        with stop.waiting() if stop is not None else nullcontext():
+            transitions, finished = collector.step(actions)
         if collector.failures != failures:  # a restarted env drops its episode, and a recording's frames
             frames = [] if not played[0] else frames
         if record and not played[0]:
@@ -70,7 +78,7 @@ def evaluation_seed(seed: int, steps: int) -> int:
 
 
 def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
-                    stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+                    stop: StopRequested | None = None) -> dict[str, float] | None:
     """Mean and spread of the policy's returns (its mode, or its samples with `trainer.eval_policy=sample`), on a
     fresh env playing its episodes one after another (restarted if it fails, as in training). None if `stop()`
     said yes between two env steps. Each evaluation plays episodes of its own, started from
@@ -80,7 +88,7 @@ def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0
     try:
         with seeded(cfg.seed + 10_000 + steps, agent.device):
             played = run_episodes(agent, envs, spec, episodes, seed=evaluation_seed(cfg.seed, steps), stop=stop,
-                                  explore=cfg.trainer.eval_policy == "sample",
+                                  explore=cfg.trainer.eval_policy == "sample", step_timeout=cfg.env.step_timeout,
                                   remake=lambda: build_envs(cfg, num=1)[0])
     finally:
         envs.close()
@@ -142,24 +150,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video", type=Path, default=None, help="write the first episode as a video: an MP4 for a "
                         "name ending in .mp4 (the video extra, moviepy), else an animated GIF")
     args = parser.parse_args(argv)
-    try:
-        result, frames = _evaluate(args)
-        out = args.out or args.run_dir / "eval.json"
-        atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
-        if args.video is not None:
-            save_video(frames, args.video, fps=30)
-    except UserError as e:
-        print(f"rssm-eval: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteModel as e:
-        print(f"rssm-eval: {args.run_dir}: {e}", file=sys.stderr)
-        sys.exit(1)
+    with StopRequested() as stop:  # Ctrl-C or SIGTERM: the episodes stop; a file being written is finished first
+        try:
+            played = _evaluate(args, stop)
+            if played is None:
+                _stopped(stop.signum, "while playing the episodes; nothing written")
+            result, frames = played
+            out = args.out or args.run_dir / "eval.json"
+            atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+            if args.video is not None:
+                save_video(frames, args.video, fps=30)
+        except UserError as e:
+            print(f"rssm-eval: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except NonFiniteModel as e:
+            print(f"rssm-eval: {args.run_dir}: {e}", file=sys.stderr)
+            sys.exit(1)
+        except ForcedStop as e:
+            _stopped(e.signum, "while waiting on the env (a second signal); nothing written")
     print(f"rssm-eval: {result['env']} mean return {result['mean']:.1f} +- {result['std']:.1f} over "
           f"{len(result['returns'])} episodes -> {out}")
+    if stop.signum:
+        _stopped(stop.signum, "after its files were written")
 
 
-def _evaluate(args: argparse.Namespace) -> tuple[dict, list[np.ndarray]]:
-    """The JSON result of `rssm-eval`'s episodes and the recorded frames. Raises UserError for bad input."""
+def _stopped(signum: int, when: str) -> None:
+    print(f"rssm-eval: stopped by {signal.Signals(signum).name} {when}", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+def _evaluate(args: argparse.Namespace, stop: StopRequested) -> tuple[dict, list[np.ndarray]] | None:
+    """The JSON result of `rssm-eval`'s episodes and the recorded frames; None if `stop` said yes. Raises
+    UserError for bad input."""
     if args.episodes < 1:
         raise UserError("--episodes must be >= 1")
     for path in (args.out, args.video):  # checked before the episodes are played, not after
@@ -169,10 +191,14 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, list[np.ndarray]]:
     render_mode = "rgb_array" if args.video else None
     envs, spec = build_envs(cfg, num=1, render_mode=render_mode)
     try:
-        returns, frames = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None,
-                                       remake=lambda: build_envs(cfg, num=1, render_mode=render_mode)[0])
+        played = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None,
+                              remake=lambda: build_envs(cfg, num=1, render_mode=render_mode)[0], stop=stop,
+                              step_timeout=cfg.env.step_timeout)
     finally:
         envs.close()
+    if played is None:
+        return None
+    returns, frames = played
     result = {"env": env_id(cfg), "episodes": len(returns), "returns": returns,
               "mean": float(np.mean(returns)), "std": float(np.std(returns))}
     return result, frames

@@ -6,7 +6,8 @@ import errno
 import fcntl
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -17,10 +18,28 @@ TMP_SUFFIX = ".tmp"
 _LEFTOVER = re.compile(r".+\.\d+" + re.escape(TMP_SUFFIX))  # atomic_write's temporary files
 
 
+class WriteFailed(UserError):
+    """A file could not be written (a full disk, a read-only mount, a lost mount): a run stops at once, keeping
+    its last checkpoint whole. `path` is the file."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn an OSError inside the block into WriteFailed(path): appends to a log file, events, metrics."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(path, e.strerror or str(e)) from None
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write `path` through `write(file)`: into a temporary file beside it, fsynced, then renamed over it.
 
-    Readers see the old file or the new one, never a part. Raises UserError (the old file untouched) when
+    Readers see the old file or the new one, never a part. Raises WriteFailed (the old file untouched) when
     the write fails, e.g. on a full disk or a read-only file system.
     """
     path = Path(path)
@@ -41,7 +60,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         # errno ("unexpected pos 704 vs 598"): the file system's free space tells what happened.
         reason = e.strerror if isinstance(e, OSError) and e.strerror else _write_reason(path, e)  # tmp still full
         _remove(tmp)
-        raise UserError(f"cannot write {path}: {reason} (the previous file, if any, is intact)") from None
+        raise WriteFailed(path, f"{reason} (the previous file, if any, is intact)") from None
     except BaseException:
         _remove(tmp)
         raise

@@ -12,8 +12,11 @@ import io
 import json
 import logging
 import math
+import os
+import socket
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,14 @@ from typing import Any
 import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import summary as tb_summary
 
 from rssm.config import UserError, flatten
 from rssm.envs import install
+from rssm.files import WriteFailed, writing
 
 
 def encode_gif(frames: np.ndarray, fps: float) -> bytes:
@@ -54,19 +60,41 @@ class Backend:
 
 
 class TensorBoard(Backend):
-    """Events in the run directory; the config as text (TEXT tab) at a new run's start."""
+    """Events in the run directory (`events.out.tfevents.SECONDS.HOST.PID.N`, N counting the directory's event
+    files); the config as text (TEXT tab) at a new run's start.
+
+    Written as torch's SummaryWriter writes them, but in this thread: SummaryWriter writes from a thread of its
+    own, where a failed write (a full disk) prints a traceback and the run trains on. Here it raises WriteFailed."""
 
     def __init__(self, run_dir: Path, start: int, config: dict):
+        n = len(list(run_dir.glob("events.out.tfevents.*")))
+        self.path = run_dir / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{n}"
+        with writing(self.path):
+            self.file = self.path.open("ab")
+        self.records = RecordWriter(self.file)
         # A resumed run drops the events an interrupted run wrote after its checkpoint (step > start; those at
-        # `start` were written before the checkpoint was taken).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
-        if not start:
-            self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+        # `start` were written before the checkpoint was taken): TensorBoard purges them on a session start.
+        purge = start + 1 if start else 0
+        self._write(Event(wall_time=time.time(), step=purge, file_version="brain.Event:2"))
+        if start:
+            self._write(Event(wall_time=time.time(), step=purge, session_log=SessionLog(status=SessionLog.START)))
+        else:
+            self._write(Event(wall_time=time.time(), step=0, summary=tb_summary.text(
+                "config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```")))
+        self._flush()
+
+    def _write(self, event: Event) -> None:
+        with writing(self.path):
+            self.records.write(event.SerializeToString())
+
+    def _flush(self) -> None:
+        with writing(self.path):
+            self.file.flush()
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         for k, v in sorted(metrics.items()):
-            self.writer.add_scalar(k, v, step)
-        self.writer.flush()
+            self._write(Event(wall_time=time.time(), step=step, summary=tb_summary.scalar(k, v)))
+        self._flush()
 
     def videos(self, videos: dict[str, np.ndarray], step: int, fps: float) -> None:
         """Each video as an animated GIF in the images tab. Written as `SummaryWriter.add_video` writes it, but
@@ -74,11 +102,13 @@ class TensorBoard(Backend):
         for tag, frames in sorted(videos.items()):
             T, H, W, C = frames.shape
             image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=encode_gif(frames, fps))
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-        self.writer.flush()
+            self._write(Event(wall_time=time.time(), step=step, summary=Summary(value=[Summary.Value(tag=tag,
+                                                                                                     image=image)])))
+        self._flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.path):
+            self.file.close()
 
 
 class _Lines(Backend):
@@ -88,19 +118,21 @@ class _Lines(Backend):
 
     def __init__(self, path: Path, start: int):
         self.path = path
-        if start and path.is_file():
-            lines = path.read_text().splitlines(keepends=True)
-            kept = lines[:self.header] + [line for line in lines[self.header:] if self._step(line) <= start]
-            path.write_text("".join(kept))
-        elif path.is_file():
-            path.unlink()  # a run restarted in its own directory without resume=
-        self.file = path.open("a", newline="")
+        with writing(path):
+            if start and path.is_file():
+                lines = path.read_text().splitlines(keepends=True)
+                kept = lines[:self.header] + [line for line in lines[self.header:] if self._step(line) <= start]
+                path.write_text("".join(kept))
+            elif path.is_file():
+                path.unlink()  # a run restarted in its own directory without resume=
+            self.file = path.open("a", newline="")
 
     def _step(self, line: str) -> int:
         raise NotImplementedError
 
     def close(self) -> None:
-        self.file.close()
+        with writing(self.path):
+            self.file.close()
 
 
 class Jsonl(_Lines):
@@ -111,8 +143,9 @@ class Jsonl(_Lines):
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         values = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
-        self.file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
-        self.file.flush()
+        with writing(self.path):
+            self.file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+            self.file.flush()
 
 
 class Csv(_Lines):
@@ -124,14 +157,16 @@ class Csv(_Lines):
         super().__init__(path, start)
         self.writer = csv.writer(self.file, lineterminator="\n")
         if self.file.tell() == 0:
-            self.writer.writerow(["step", "tag", "value"])
+            with writing(path):
+                self.writer.writerow(["step", "tag", "value"])
 
     def _step(self, line: str) -> int:
         return int(line.split(",", 1)[0])
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        self.writer.writerows([step, k, v] for k, v in sorted(metrics.items()))
-        self.file.flush()
+        with writing(self.path):
+            self.writer.writerows([step, k, v] for k, v in sorted(metrics.items()))
+            self.file.flush()
 
 
 def _import(name: str, backend: str) -> Any:
@@ -162,9 +197,9 @@ class Wandb(Backend):
         try:
             self.run = wandb.init(project=settings.project, entity=settings.entity or None, dir=str(run_dir),
                                   mode=settings.mode, id=run_id, resume="allow", name=run_dir.name, config=config,
-                                  settings=wandb.Settings(silent=True, console="off"))
+                                  settings=wandb.Settings(silent=True, console="off", init_timeout=20))
         except Exception as e:  # noqa: BLE001 - wandb's many errors (login, network, settings) are the user's
-            raise UserError(f"logger=wandb: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+            raise UserError(f"logger=wandb: {type(e).__name__}: {_first_line(e)}") from None
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -191,7 +226,12 @@ class Mlflow(Backend):
         for name in ("mlflow", "alembic"):  # their INFO lines on creating a store
             logging.getLogger(name).setLevel(logging.WARNING)
         self.mlflow, self.run_dir = mlflow, run_dir
-        uri = settings.tracking_uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+        self.uri = uri = settings.tracking_uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+        if uri.startswith(("http://", "https://")):
+            # MLflow retries a request for minutes by default, with nothing on the terminal: a server that goes
+            # away mid-run stops the run within seconds instead (an environment variable set by the user wins).
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         try:
             mlflow.set_tracking_uri(uri)
             if not settings.tracking_uri and mlflow.get_experiment_by_name(settings.experiment) is None:
@@ -210,10 +250,13 @@ class Mlflow(Backend):
                     mlflow.log_params({k: params[k] for k in keys[i:i + 100]})
                 mlflow.log_dict(config, "config.yaml")
         except mlflow.exceptions.MlflowException as e:
-            raise UserError(f"logger=mlflow: {str(e).strip().splitlines()[0]}") from None
+            raise UserError(f"logger=mlflow: {_first_line(e)}") from None
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+        try:
+            self.mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+        except Exception as e:  # noqa: BLE001 - MlflowException, or the HTTP client's errors
+            raise WriteFailed(self.uri, _first_line(e)) from None
 
     def videos(self, videos: dict[str, np.ndarray], step: int, fps: float) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -224,6 +267,30 @@ class Mlflow(Backend):
 
     def close(self) -> None:
         self.mlflow.end_run()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_remote_loggers(cfg: DictConfig) -> None:
+    """Before a run writes anything: raise UserError if the MLflow tracking server it logs to cannot be reached
+    (a remote logger that cannot be reached fails in one line at the start, not after minutes of retries)."""
+    uri = cfg.logger.mlflow.tracking_uri
+    if cfg.logger.mlflow.enabled and uri and uri.startswith(("http://", "https://")):
+        _reachable(uri, "logger.mlflow.tracking_uri")
+
+
+def _reachable(uri: str, key: str, timeout: float = 5.0) -> None:
+    """Raise UserError unless a TCP connection to `uri`'s host and port opens within `timeout` seconds."""
+    parts = urllib.parse.urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"{key}={uri}: cannot reach {parts.hostname}:{port}: "
+                        f"{e.strerror or type(e).__name__}") from None
 
 
 def make_backends(cfg: DictConfig, run_dir: Path, start: int) -> list[Backend]:

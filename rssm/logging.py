@@ -89,7 +89,21 @@ class Logger:
         self.bar.update(steps - self.bar.n)
         self.bar.set_postfix(postfix, refresh=False)
 
-    def close(self) -> None:
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close(failing=kind is not None)
+
+    def close(self, failing: bool = False) -> None:
+        """Close every backend, then raise the first backend's error, unless the run is `failing` already (its
+        own error is the one to report)."""
         self.bar.close()
+        errors = []
         for backend in self.backends:
-            backend.close()
+            try:
+                backend.close()
+            except Exception as e:  # noqa: BLE001 - each backend is closed whatever the others do
+                errors.append(e)
+        if errors and not failing:
+            raise errors[0]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rssm.config import UserError
-from rssm.files import atomic_write
+from rssm.files import WriteFailed, atomic_write
 
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 # zlib level of the chunk files: the fastest, since chunks are written in the training loop. A 1024-step chunk of
@@ -235,7 +235,11 @@ class Replay:
     def _write_chunk(self, index: int) -> None:
         slots = self._slots(index * self.chunk, (index + 1) * self.chunk)
         arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, envs, ...)
-        atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
+        try:
+            atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
+        except WriteFailed:
+            self.dirty.add(index)  # `flush` writes it with the next checkpoint, which needs it
+            raise
 
     def state_dict(self) -> dict:
         """Counters, the sampling RNG, the online queue and the rows after the last full chunk (numpy arrays);

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,10 +55,20 @@ class Progress:
         return progress
 
 
+class ForcedStop(BaseException):
+    """A second signal while the run waited on its envs (`StopRequested.waiting`), which may never return. Not an
+    Exception: an env's own `except Exception` must not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopRequested:
     """Turns SIGINT and SIGTERM into a flag the loop and evaluation check between env steps (main thread only).
-    Installed for the whole run, checkpoint save included: a second signal during the save is noted, never
-    raised inside it.
+    Installed for the whole run, checkpoint save included: a second signal during the save, or the updates, is
+    noted, never raised inside it. While the run waits on its envs (`waiting`), a second signal raises
+    ForcedStop: an env that hangs would otherwise keep the run from ever reaching its next check.
 
     In a data-parallel job a signal reaches the ranks at different points of their loop, so the loop does not
     read `signum` there: it reads `agreed`, the signal the ranks agreed on after their last env step (the loop
@@ -64,6 +76,7 @@ class StopRequested:
 
     def __init__(self, shared: bool = False):
         self.signum, self.shared, self._agreed, self._previous = 0, shared, 0, {}
+        self._waiting = False
 
     @property
     def agreed(self) -> int:
@@ -80,7 +93,20 @@ class StopRequested:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A stretch spent waiting on the envs: the run's state is whole (the step has not been taken in), so a
+        ForcedStop raised here can still be followed by a checkpoint."""
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
     def _handle(self, signum, frame) -> None:
+        if self.signum and self._waiting:
+            self._waiting = False
+            raise ForcedStop(signum)
         self.signum = self.signum or signum  # the first signal names the stop
 
     def __call__(self) -> bool:

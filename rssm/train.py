@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -50,15 +51,16 @@ from rssm.config import UserError, check_changes, register_configs, validate
 from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
-from rssm.files import lock_run_dir, remove_leftovers
+from rssm.files import WriteFailed, lock_run_dir, remove_leftovers
 from rssm.host import setup_host
+from rssm.loggers import check_remote_loggers
 from rssm.logging import Logger, MeanTracker
 from rssm.messages import say, status
 from rssm.offline import offline_source, train_offline
 from rssm.openloop import label_video, open_loop_errors, open_loop_video, predict_open_loop
 from rssm.replay import Replay
 from rssm.rssm import RSSMState
-from rssm.run_state import Progress, RunStopped, StopRequested, crossed, seed_everything
+from rssm.run_state import ForcedStop, Progress, RunStopped, StopRequested, crossed, seed_everything
 from rssm.world_model import WorldModel
 
 
@@ -125,6 +127,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
             acting (last checkpoint kept, status 1).
     """
     validate(cfg)
+    check_remote_loggers(cfg)
     run_dir = checkpoint_path(cfg.resume).parent if cfg.resume else Path(run_dir)
     lock, problem = None, None
     try:
@@ -134,6 +137,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
                 if not cfg.resume and (run_dir / CHECKPOINT).exists():
                     raise UserError(f"{run_dir} already holds a run: continue it with {PROG} "
                                     f"resume={shlex.quote(str(run_dir))} or pick another dir")
+                if not cfg.resume and (run_dir / "model.pt").exists():
+                    raise UserError(f"{run_dir} already holds a run's model.pt (without its checkpoint.pt, so the run "
+                                    f"cannot be continued): pick another dir")
                 remove_leftovers(run_dir)  # of a writer killed mid-write; none can be writing: we hold the lock
             except UserError as e:
                 problem = str(e)
@@ -169,7 +175,7 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     replay = Replay(cfg.replay.capacity, seed, replay_dir(run_dir, ranks) if cfg.replay.save else None,
                     cfg.replay.chunk, envs.num_envs, agent.device if cfg.replay.on_device else None,
                     online=cfg.replay.batch_length + cfg.replay.context if cfg.replay.online else 0)
-    collector = Collector(envs, spec, seed, remake=remake_envs)
+    collector = Collector(envs, spec, seed, remake=remake_envs, step_timeout=cfg.env.step_timeout)
     rng = np.random.default_rng(seed)
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
                                         collector.env_steps) if resumed else Progress()
@@ -198,11 +204,19 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
             save()
             raise RunStopped(f"{e}; checkpoint saved at env step {progress.env_steps}, continue with: "
                              f"{_again(run_dir, ranks)} once the env is fixed", 1) from None
+        except WriteFailed as e:  # a full disk: stop at once, with a new checkpoint if it still fits
+            raise WriteFailed(e.path, f"{e.reason}; {_save_after(e, save, run_dir, progress, ranks)}") from None
+        except ForcedStop as e:  # the envs did not return: the state is as it was before their step
+            collector.close(force=True)  # and the close below does nothing
+            save()
+            raise RunStopped(f"stopped by a second {signal.Signals(e.signum).name} at env step {progress.env_steps} "
+                             f"while waiting on the env; checkpoint saved, continue with: {_again(run_dir, ranks)}",
+                             128 + e.signum) from None
         except NonFiniteModel as e:
             raise RunStopped(f"{e} at env step {progress.env_steps}; stopped, the last checkpoint in {run_dir} is "
                              f"kept", 1) from None
         finally:
-            collector.envs.close()
+            collector.close()
     if stop.agreed and not cfg.replay.save:
         raise RunStopped(f"stopped by {signal.Signals(stop.agreed).name} at env step {progress.env_steps}; "
                          f"weights saved to {run_dir / 'model.pt'} (replay.save=false: the run cannot be resumed)",
@@ -211,6 +225,21 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
         raise RunStopped(f"stopped by {signal.Signals(stop.agreed).name} at env step {progress.env_steps}; "
                          f"checkpoint saved, continue with: {_again(run_dir, ranks)}", 128 + stop.agreed)
     return last
+
+
+def _save_after(failed: WriteFailed, save, run_dir: Path, p: Progress, ranks: Ranks) -> str:
+    """After a file of the run could not be written, `save()` the checkpoint if there is still room for it (in a
+    single process: the ranks of a job are not at the same point); says which checkpoint the run keeps."""
+    if ranks.world == 1 and failed.path != run_dir / CHECKPOINT:
+        try:
+            save()
+            return (f"checkpoint saved at env step {p.env_steps}, continue with: {_again(run_dir, ranks)} once "
+                    f"there is room")
+        except WriteFailed:
+            pass  # atomic: the previous checkpoint is whole
+    if (run_dir / CHECKPOINT).exists():
+        return f"stopped, the last checkpoint in {run_dir} is kept"
+    return "stopped before the first checkpoint"
 
 
 def _device(cfg: DictConfig, ranks: Ranks) -> torch.device:
@@ -294,12 +323,11 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     so that they update, log, evaluate and checkpoint at the same steps."""
     t, spec, p = cfg.trainer, collector.spec, progress
     replayed_per_update = cfg.replay.batch_size * cfg.replay.batch_length * ranks.world
-    logger = Logger(cfg, run_dir, t.progress, start=p.env_steps) if ranks.main else None
     tracker, last, warn_at = p.tracker, {}, collector.failures + 1
     clock = time.perf_counter(), p.env_steps, p.updates  # when the last log was written, at what step and update
     if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
         p.actions, p.actor_state = random_action(spec, rng, collector.num), None
-    try:
+    with Logger(cfg, run_dir, t.progress, start=p.env_steps) if ranks.main else nullcontext() as logger:
         if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, p.env_steps, ranks):
             return last  # the evaluation a signal abandoned, redone at its step
         while p.env_steps < t.steps and not stop.agreed:
@@ -324,8 +352,8 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                 logger.videos(videos, steps)
             eval_due = agent.actor is not None and (crossed(before, steps, t.eval_every) or steps >= t.steps)
             if crossed(before, steps, t.log_every) or steps >= t.steps or eval_due:
+                p.eval_pending = eval_due  # set first: a run stopped by a failed write redoes the evaluation
                 last = _log(logger, agent, collector, p, ranks, clock)
-                p.eval_pending = eval_due
                 if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps, ranks):
                     break
                 clock = time.perf_counter(), steps, p.updates
@@ -334,9 +362,6 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
             if logger:
                 logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
                                 ret=f"{p.last_return:.1f}")
-    finally:
-        if logger:
-            logger.close()
     return last
 
 
@@ -384,7 +409,8 @@ def _collect(collector: Collector, p: Progress, stop: StopRequested,
     any rank (EnvFailing on every rank)."""
     before = collector.env_steps
     try:
-        transitions, episodes, failure = *collector.step(p.actions), None
+        with stop.waiting():
+            transitions, episodes, failure = *collector.step(p.actions), None
     except EnvFailing as e:
         if ranks.world == 1:
             raise

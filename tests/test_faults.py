@@ -32,6 +32,7 @@ RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eva
 ENV_MODULE = '''
 import os
 import signal
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -39,7 +40,26 @@ from gymnasium.envs.classic_control import CartPoleEnv
 
 from rssm.evaluate import evaluation_seed
 
-NAN_LEFT, MADE = [1], {}  # per mode: faults that happen once in a process, envs made
+NAN_LEFT, MADE, DONE = [1], {}, set()  # faults that happen once in a process; per mode: envs made
+
+
+def once(key) -> bool:
+    """True the first time `key` is asked in this process."""
+    first = key not in DONE
+    DONE.add(key)
+    return first
+
+
+def fill(path: str) -> None:
+    """Write zeros to `path` until its file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 # The reset seeds of the first episode of an evaluation at env steps 0 to 1,000 of a run of seed 0: its env 0 starts
 # episode 0 of seed stream 0 (rssm.collector.Collector).
 EVAL_SEEDS = {int(np.random.SeedSequence([evaluation_seed(0, steps), 0, 0, 0]).generate_state(1)[0])
@@ -70,6 +90,15 @@ class Faulty(CartPoleEnv):
             raise RuntimeError("simulator crashed")
         if self.mode == "flaky" and self.count % 3 == 0:
             raise RuntimeError("simulator crashed")
+        if self.mode == "hang" and self.count == 30:  # until a signal ends it
+            open(os.environ["HANG_MARK"], "w").close()
+            time.sleep(3600)
+        if self.mode == "hang_once" and self.count == 30 and once(self.mode):
+            time.sleep(3600)
+        if self.mode in ("system_exit", "keyboard_interrupt") and self.count == 30 and once(self.mode):
+            raise SystemExit(3) if self.mode == "system_exit" else KeyboardInterrupt
+        if self.mode == "fill_disk" and self.count == 150 and once(os.environ["FILL"]):
+            fill(os.environ["FILL"])
         if self.mode == "nan_once" and self.count == 30 and NAN_LEFT[0]:
             NAN_LEFT[0] -= 1
             obs = obs * np.nan
@@ -568,3 +597,132 @@ def test_sigterm_during_evaluation_stops_it_and_the_resumed_run_redoes_it(compos
     assert [s for s, _ in eval_events(run_dir)] == [100, 200]
     # The evaluation at 100 is the straight run's. (After a resume, episodes start afresh: later ones differ.)
     assert eval_events(run_dir)[0] == eval_events(straight)[0]
+
+
+# Work that must not be lost, and runs that must stop.
+
+
+def test_a_disk_that_fills_mid_run_stops_it_keeping_the_last_checkpoint(compose_config, tmpfs, faulty, monkeypatch):
+    disk = tmpfs("4m")
+    run_dir, filler = disk / "run", disk / "filler"
+    faulty("fill_disk")
+    monkeypatch.setenv("FILL", str(filler))  # filled at env step 150; the first write after is replay chunk 4's
+    args = (*RUN, "env.id=faulty_envs:Faulty-v0", "trainer.steps=300", "logger=[tensorboard,jsonl,csv]")
+    with pytest.raises(UserError) as e:
+        train(compose_config(*args), run_dir)
+    assert one_line(str(e.value)) == (f"cannot write {run_dir / 'replay' / 'chunk_000004.npz'}: No space left on "
+                                      f"device (the previous file, if any, is intact); stopped, the last checkpoint "
+                                      f"in {run_dir} is kept")
+    assert load_checkpoint(run_dir / CHECKPOINT)["collector"]["env_steps"] == 100
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "model.pt").exists()
+    filler.unlink()
+    faulty("")
+    last = train(compose_config(*args, f"resume={run_dir}"), run_dir)
+    assert last["eval/return_mean"] > 0 and (run_dir / "model.pt").exists()
+
+
+def test_a_disk_that_fills_saves_a_checkpoint_where_one_still_fits(compose_config, tmpfs, faulty, monkeypatch):
+    disk = tmpfs("4m")
+    run_dir, filler = disk / "run", disk / "filler"
+    faulty("fill_disk")
+    monkeypatch.setenv("FILL", str(filler))
+    real = rssm.train._save_after
+
+    def room_made(*args):  # space freed after the failed write: the stopping run's checkpoint fits
+        filler.unlink()
+        return real(*args)
+
+    monkeypatch.setattr(rssm.train, "_save_after", room_made)
+    args = (*RUN, "env.id=faulty_envs:Faulty-v0", "trainer.steps=300", "trainer.checkpoint_every=0")
+    with pytest.raises(UserError) as e:
+        train(compose_config(*args), run_dir)
+    assert one_line(str(e.value)).endswith(f"No space left on device (the previous file, if any, is intact); "
+                                           f"checkpoint saved at env step 154, continue with: rssm-train "
+                                           f"resume={run_dir} once there is room")
+    assert (run_dir / "replay" / "chunk_000004.npz").is_file()  # the chunk that failed, written with the checkpoint
+    faulty("")
+    last = train(compose_config(*args, f"resume={run_dir}"), run_dir)
+    assert last["eval/return_mean"] > 0 and (run_dir / "model.pt").exists()
+
+
+def test_a_second_signal_ends_a_run_whose_env_hangs(tmp_path, env_dir, cli_environ, compose_config, faulty):
+    run_dir, mark = tmp_path / "run", tmp_path / "hanging"
+    args = (*RUN, "env=gym", "env.id=faulty_envs:Faulty-v0", "trainer.checkpoint_every=0")
+    environ = {**cli_environ, "PYTHONPATH": os.pathsep.join((str(env_dir), cli_environ["PYTHONPATH"])),
+               "FAULTY": "hang", "HANG_MARK": str(mark)}
+    proc = subprocess.Popen([sys.executable, "-m", "rssm.train", *args, f"hydra.run.dir={run_dir}"],
+                            stderr=subprocess.PIPE, text=True, env=environ, cwd=tmp_path)
+    wait_for(mark.exists, proc.pid, "the env to hang", timeout=120)
+    proc.send_signal(signal.SIGINT)  # noted: the loop would stop at its next step, which never comes
+    time.sleep(1)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert one_line(stderr) == (f"rssm-train: stopped by a second SIGTERM at env step 29 while waiting on the env; "
+                                f"checkpoint saved, continue with: rssm-train resume={run_dir}")
+    faulty("")
+    last = train(compose_config(*args, f"resume={run_dir}"), run_dir)
+    assert last["eval/return_mean"] > 0 and (run_dir / "model.pt").exists()
+
+
+def test_a_step_timeout_restarts_an_env_that_hangs(compose_config, tmp_path, faulty, capsys):
+    faulty("hang_once")
+    start = time.monotonic()
+    last = train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0", "env.step_timeout=1"), tmp_path / "run")
+    assert last["train/env_failures"] == 1 and time.monotonic() - start < 600
+    assert "environment raised in step after env step 29: EnvTimeout('no answer within env.step_timeout=1 s')" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, raised", [("system_exit", "SystemExit(3)"),
+                                          ("keyboard_interrupt", "KeyboardInterrupt()")])
+def test_an_env_that_raises_system_exit_or_keyboard_interrupt_has_failed(compose_config, tmp_path, faulty, capsys,
+                                                                         mode, raised):
+    faulty(mode)
+    last = train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), tmp_path / "run")
+    assert last["train/env_failures"] == 1 and (tmp_path / "run" / "model.pt").exists()
+    assert f"environment raised in step after env step 29: {raised}; env restarted" in capsys.readouterr().err
+
+
+def test_an_mlflow_server_that_cannot_be_reached_is_refused_at_once(compose_config, tmp_path):
+    pytest.importorskip("mlflow")
+    start = time.monotonic()
+    refused(compose_config(*RUN, "logger.mlflow.enabled=true", "logger.mlflow.tracking_uri=http://127.0.0.1:9"),
+            tmp_path / "run", "logger.mlflow.tracking_uri=http://127.0.0.1:9: cannot reach 127.0.0.1:9: Connection "
+                              "refused")
+    assert time.monotonic() - start < 10 and not (tmp_path / "run").exists()
+
+
+def test_a_directory_holding_a_model_without_its_checkpoint_is_refused(compose_config, finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path / "run")
+    (run_dir / CHECKPOINT).unlink()
+    refused(compose_config(*RUN), run_dir, f"{run_dir} already holds a run's model.pt (without its checkpoint.pt, so "
+                                           f"the run cannot be continued): pick another dir", run_dir)
+
+
+def test_ctrl_c_in_rssm_eval(finished, tmp_path):
+    proc = subprocess.Popen(["rssm-eval", str(finished), "--episodes", "100000", "--out", str(tmp_path / "e.json")],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # loading (a signal before its handler is installed is a KeyboardInterrupt), then playing
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert one_line(stderr) == "rssm-eval: stopped by SIGINT while playing the episodes; nothing written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_rssm_eval_writes_its_video(finished, tmp_path, capsys, monkeypatch):
+    real = rssm.evaluate.encode_gif
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(rssm.evaluate, "encode_gif", signalled)
+    video = tmp_path / "a.gif"
+    with pytest.raises(SystemExit) as e:
+        rssm.evaluate.main([str(finished), "--episodes", "1", "--out", str(tmp_path / "e.json"), "--video", str(video)])
+    assert e.value.code == 128 + signal.SIGTERM
+    assert one_line(capsys.readouterr().err) == "rssm-eval: stopped by SIGTERM after its files were written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "e.json"]

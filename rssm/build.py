@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from omegaconf import DictConfig
@@ -14,7 +17,7 @@ from rssm.collector import make_envs
 from rssm.config import UserError
 from rssm.distributed import SINGLE, Ranks
 from rssm.dmc import make_dmc_env
-from rssm.envs import EnvSpec, atari_id, make_env
+from rssm.envs import EnvSpec, atari_id, close_env, make_env
 from rssm.networks import Arch
 from rssm.world_model import LossScales, Variant, WorldModel, select_obs_keys
 
@@ -24,7 +27,30 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} was asked for, but CUDA is not available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a device: give auto, cpu, cuda or cuda:N") from None
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+@contextmanager
+def allocating(what: str) -> Iterator[None]:
+    """Turn a failed allocation in the block into one UserError line: a config (a model's width, an image's size)
+    that asks for more memory than the machine has."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "can't allocate memory" not in text:
+            raise
+        torch_asked, numpy_asked = re.search(r"allocate (\d+) bytes", text), re.search(r"allocate ([\d.]+ \w+)", text)
+        size = gigabytes(int(torch_asked[1])) if torch_asked else numpy_asked[1] if numpy_asked else None
+        raise UserError(f"not enough memory for {what}" + (f": one array alone needs {size}" if size else "")) \
+            from None
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend with compile=true
@@ -84,8 +110,9 @@ def build_env(cfg: DictConfig, render_mode: str | None = None):
 def build_envs(cfg: DictConfig, num: int | None = None, render_mode: str | None = None):
     """`num` (default `env.num_envs`) copies of the config's env stepped together (`env.vector`: sync | async),
     and their EnvSpec. One env is made here first, so that a problem with it is a UserError in this process."""
-    env, spec = build_env(cfg, render_mode)
-    env.close()
+    with allocating(f"the env's observations (env.image_size={cfg.env.image_size})"):
+        env, spec = build_env(cfg, render_mode)
+    close_env(env)
     return make_envs(lambda: build_env(cfg, render_mode)[0], num or cfg.env.num_envs, cfg.env.vector), spec
 
 
@@ -125,6 +152,13 @@ def continue_target(cfg: DictConfig) -> float:
 def build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ranks = SINGLE) -> Agent:
     """The agent the config asks for, on `device`: a world model, plus actor and critic for `dreamer`; one rank of
     a data-parallel job with `ranks`."""
+    m = cfg.model
+    with allocating(f"the model (model.deter={m.deter}, model.units={m.units}, model.groups={m.groups}, "
+                    f"model.classes={m.classes}) on {device}"):
+        return _build_agent(cfg, spec, device, ranks)
+
+
+def _build_agent(cfg: DictConfig, spec: EnvSpec, device: torch.device, ranks: Ranks) -> Agent:
     w, a, m = cfg.wm, cfg.agent, cfg.model
     wm = build_world_model(cfg, spec.obs_shapes, spec.action_dim).to(device)
     scales = LossScales(w.rec_scale, w.reward_scale, w.cont_scale, w.kl_dyn_scale, w.kl_rep_scale, w.free_bits,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
+import re
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
-from rssm.files import atomic_write, check_run_dir
+from rssm.files import atomic_write, check_run_dir, first_missing
 from rssm.messages import say
 
 PROG = "rssm-train"
@@ -168,9 +171,42 @@ class RunDirCheck(Callback):
         except UserError as e:
             sys.stderr = sys.__stderr__  # hydra has not started the task: nothing else is held
             fail(str(e))
+        # Hydra makes the directory next: a run refused inside the task removes what was made (`made_dir`).
+        made = first_missing(Path(directory))
+        if made is None or config.get("resume"):
+            os.environ.pop(_MADE, None)
+        else:
+            os.environ[_MADE] = str(made)
+
+
+_MADE = "RSSM_MADE_DIR"  # set by RunDirCheck for the task of the same process: the folder hydra is about to make
+
+
+def made_dir(run_dir: Path) -> Path | None:
+    """The highest folder of `run_dir` that this process made, or is about to make (hydra makes a run's directory
+    before the task starts): what a refused run removes again. None: the directory was there before."""
+    told = os.environ.get(_MADE)
+    if told and (Path(told) == Path(run_dir).absolute() or Path(told) in Path(run_dir).absolute().parents):
+        return Path(told)
+    return first_missing(run_dir)
 
 
 # Resuming.
+
+
+def resume_override(run_dir: Path) -> str:
+    """`resume=RUN_DIR` as one shell word that hydra parses back to the path, whatever it holds: a path with
+    characters that mean something to hydra's override grammar (commas, brackets, quotes, `=`, spaces) or to the
+    shell is quoted for hydra, then for the shell."""
+    path = str(run_dir)
+    if _PLAIN.fullmatch(path):
+        return f"resume={path}"
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), path)
+    word = f"resume='{quoted}'"
+    return shlex.quote(word) if re.search(r'["$`\\!]', word) else f'"{word}"'
+
+
+_PLAIN = re.compile(r"[\w./+@%-]+")  # read as they are by the shell and by hydra
 
 
 def _key(override: str) -> str:
@@ -196,8 +232,20 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
         raise UserError(f"cannot load checkpoint {path}: it lacks config")
     saved_config = state.pop("config")
     del state
-    file = path.parent / OVERRIDES
-    saved = [str(o) for o in OmegaConf.load(file)] if file.is_file() else []
+    try:
+        base = saved_run_config(saved_config)
+    except Exception as e:  # noqa: BLE001 - omegaconf's errors for a key or value the schema does not take
+        raise UserError(f"cannot load checkpoint {path}: its config does not fit the schema: "
+                        f"{one_line(str(e))}") from None
+    file = path.parent / OVERRIDES  # written by `write_run_config`: a list of override strings
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(file)) if file.exists() else []
+    except Exception as e:  # noqa: BLE001 - the file system's, yaml's and omegaconf's errors
+        raise UserError(f"cannot read {file}: {one_line(str(e)) or type(e).__name__}") from None
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        kinds = sorted({type(o).__name__ for o in saved}) if isinstance(saved, list) else []
+        got = f"a list of {', '.join(kinds)}" if kinds else f"a {type(saved).__name__}"
+        raise UserError(f"cannot read {file}: expected a list of overrides (key=value strings), got {got}")
     given = [o for o in overrides if _key(o) not in _RESUME_KEYS]
     try:
         old = flatten(OmegaConf.to_container(compose(merge_overrides(saved, [])), resolve=True))
@@ -207,7 +255,6 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
                         f"{one_line(str(e))}") from None
     named = {_key(o) for o in given if "=" in o}
     touched = {k: v for k, v in new.items() if k in named or old.get(k, _ABSENT) != v}
-    base = saved_run_config(saved_config)
     for key, value in touched.items():
         OmegaConf.update(base, key, value, force_add=True)
     base.resume, base.allow_changes = cfg.resume, list(cfg.allow_changes)

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from rssm.config import UserError
-from rssm.envs import EnvSpec, to_env_action
+from rssm.envs import EnvSpec, close_env, to_env_action
 from rssm.messages import say
 
 
@@ -141,7 +141,10 @@ class Collector:
     def close(self, force: bool = False) -> None:
         """Close the envs; with `force`, async workers are terminated rather than asked (a hung one never
         answers)."""
-        self.envs.close(terminate=True) if force else self.envs.close()
+        if force:
+            self.envs.close(terminate=True)
+        else:
+            close_env(self.envs)
 
     @contextmanager
     def _deadline(self) -> Iterator[None]:

@@ -8,7 +8,6 @@ a header that names the panels and marks where the context ends (`rssm.openloop.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from rssm.agent import to_torch
 from rssm.config import UserError
 from rssm.evaluate import load_run, save_video
+from rssm.flags import Parser, integer, number
 from rssm.openloop import label_video, open_loop_video
 from rssm.replay import chunk_files, chunk_streams, read_chunk
 
@@ -115,24 +115,22 @@ def dream(run_dir: Path, context: int, horizon: int, sequences: int = 4, seed: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rssm-dream", description="Draw what a finished run's world model predicts on sequences of its replay: "
         "truth | prediction | error, the posterior's reconstruction over the context, then the prior alone.")
     parser.add_argument("run_dir", type=Path, help="the run directory (holds config.yaml, model.pt and replay/)")
-    parser.add_argument("--context", type=int, default=5, help="frames the posterior sees")
-    parser.add_argument("--horizon", type=int, default=45, help="frames the prior predicts after them")
-    parser.add_argument("--sequences", type=int, default=4, help="sequences, stacked top to bottom")
+    parser.add_argument("--context", type=integer(1), default=5, help="frames the posterior sees")
+    parser.add_argument("--horizon", type=integer(1), default=45, help="frames the prior predicts after them")
+    parser.add_argument("--sequences", type=integer(1), default=4, help="sequences, stacked top to bottom")
     parser.add_argument("--key", default=None, help="the image key to draw (default: the first)")
     parser.add_argument("--out", type=Path, default=None, help="the video (default: RUN_DIR/dream.gif; a name "
                         "ending in .mp4: an MP4)")
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0, help="picks the sequences and the sampled latents")
+    parser.add_argument("--fps", type=number(positive=True), default=10.0)
+    parser.add_argument("--seed", type=integer(0), default=0, help="picks the sequences and the sampled latents")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     out = args.out or args.run_dir / "dream.gif"
     try:
-        if args.fps <= 0:
-            raise UserError(f"--fps must be > 0, got {args.fps}")
         key, shown, frames = dream(args.run_dir, args.context, args.horizon, args.sequences, args.seed, args.key,
                                    args.device)
         try:

@@ -18,6 +18,7 @@ from gymnasium.wrappers import AtariPreprocessing
 from PIL import Image
 
 from rssm.config import UserError
+from rssm.messages import say
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,30 @@ def make_env(env_id: str, action_repeat: int = 1, time_limit: int = 0, render_mo
             env = Pixels(env, image_size, keep_state, grayscale)
         spec = env_spec(env.observation_space, env.action_space)
     except gym.error.DependencyNotInstalled as e:  # AtariPreprocessing's opencv
-        env.close()
+        close_env(env)
         raise _missing_dependency(env_id, e) from None
     except (UserError, gym.error.Error) as e:
-        env.close()
+        close_env(env)
         raise UserError(f"environment '{env_id}': {e}") from None
     return env, spec
+
+
+def one_line(space: gym.Space) -> str:
+    """A space as one line (the repr of a 2-D MultiDiscrete or Box spans several)."""
+    return " ".join(str(space).split())
+
+
+def close_env(env: gym.Env | gym.vector.VectorEnv) -> None:
+    """Close an env whose `close` may raise (a simulator's own bug): what was to be done goes on, after a warning
+    line. A vector env is marked closed, so that it is not closed again when it is collected."""
+    try:
+        env.close()
+    except Exception as e:  # noqa: BLE001 - whatever the env's own code raises
+        text = str(e).strip()
+        detail = f": {text.splitlines()[0]}" if text else ""
+        say(f"rssm: warning: the env's close() raised {type(e).__name__}{detail}; ignored")
+        if isinstance(env, gym.vector.VectorEnv | gym.vector.VectorWrapper):
+            env.unwrapped.closed = True
 
 
 def _gym_make(env_id: str, kwargs: dict) -> gym.Env:
@@ -209,9 +228,9 @@ def obs_shapes(obs_space: gym.Space) -> dict[str, tuple[int, ...]]:
         if not (vector or image) or key in RESERVED_KEYS:
             where = f" (key '{key}')" if isinstance(obs_space, gym.spaces.Dict) else ""
             reason = f"the key '{key}' is a transition field" if key in RESERVED_KEYS else f"rssm needs {_SUPPORTED}"
-            raise UserError(f"unsupported observation space {obs_space}{where}: {reason}")
+            raise UserError(f"unsupported observation space {one_line(obs_space)}{where}: {reason}")
     if not spaces:
-        raise UserError(f"unsupported observation space {obs_space}: an empty Dict")
+        raise UserError(f"unsupported observation space {one_line(obs_space)}: an empty Dict")
     return {key: tuple(int(n) for n in space.shape) for key, space in spaces.items()}
 
 
@@ -224,9 +243,10 @@ def env_spec(obs_space: gym.Space, action_space: gym.Space) -> EnvSpec:
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
-            raise UserError(f"unsupported action space {action_space}: a Box needs finite bounds")
+            raise UserError(f"unsupported action space {one_line(action_space)}: a Box needs finite bounds")
         return EnvSpec(shapes, (action_space.shape[0],), False, low, high)
-    raise UserError(f"unsupported action space {action_space}: rssm needs Discrete, 1-D MultiDiscrete or 1-D Box")
+    raise UserError(f"unsupported action space {one_line(action_space)}: rssm needs Discrete, 1-D MultiDiscrete or "
+                    f"1-D Box")
 
 
 def to_env_action(action: np.ndarray, spec: EnvSpec):

@@ -20,8 +20,9 @@ from rssm.build import build_envs, env_id
 from rssm.checkpoint import seeded
 from rssm.collector import Collector
 from rssm.config import UserError
-from rssm.envs import EnvSpec, install
+from rssm.envs import EnvSpec, close_env, install
 from rssm.files import atomic_write
+from rssm.flags import Parser, integer
 from rssm.loggers import encode_gif
 from rssm.run_state import ForcedStop, StopRequested
 
@@ -91,7 +92,7 @@ def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0
                                   explore=cfg.trainer.eval_policy == "sample", step_timeout=cfg.env.step_timeout,
                                   remake=lambda: build_envs(cfg, num=1)[0])
     finally:
-        envs.close()
+        close_env(envs)
     if played is None:
         return None
     returns = played[0]
@@ -141,10 +142,10 @@ def _first_line(e: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rssm-eval", description="Play a trained run's mode policy.")
+    parser = Parser(prog="rssm-eval", description="Play a trained run's mode policy.")
     parser.add_argument("run_dir", type=Path, help="the run directory, finished or stopped")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--episodes", type=integer(1), default=10)
+    parser.add_argument("--seed", type=integer(0), default=12345)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN_DIR/eval.json)")
     parser.add_argument("--video", type=Path, default=None, help="write the first episode as a video: an MP4 for a "
@@ -182,8 +183,6 @@ def _stopped(signum: int, when: str) -> None:
 def _evaluate(args: argparse.Namespace, stop: StopRequested) -> tuple[dict, list[np.ndarray]] | None:
     """The JSON result of `rssm-eval`'s episodes and the recorded frames; None if `stop` said yes. Raises
     UserError for bad input."""
-    if args.episodes < 1:
-        raise UserError("--episodes must be >= 1")
     for path in (args.out, args.video):  # checked before the episodes are played, not after
         if path is not None and not path.parent.is_dir():
             raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
@@ -195,7 +194,7 @@ def _evaluate(args: argparse.Namespace, stop: StopRequested) -> tuple[dict, list
                               remake=lambda: build_envs(cfg, num=1, render_mode=render_mode)[0], stop=stop,
                               step_timeout=cfg.env.step_timeout)
     finally:
-        envs.close()
+        close_env(envs)
     if played is None:
         return None
     returns, frames = played

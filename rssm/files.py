@@ -97,6 +97,33 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     return found
 
 
+def first_missing(path: Path) -> Path | None:
+    """The highest folder of `path` that does not exist yet, None if `path` exists: where making it begins."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_made(run_dir: Path, made: Path) -> None:
+    """Undo the making of `run_dir`, whose folders from `made` down did not exist, for a run that was refused: its
+    lock file and those folders, as long as they hold nothing else (a run that wrote files keeps them)."""
+    run_dir, made = Path(run_dir).absolute(), Path(made).absolute()
+    if made != run_dir and made not in run_dir.parents:
+        return
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            (run_dir / LOCK).unlink(missing_ok=True)
+        folder = run_dir
+        while True:
+            folder.rmdir()  # only an empty one
+            if folder == made:
+                break
+            folder = folder.parent
+    except OSError:
+        pass  # not empty, or not ours to remove: left as it is
+
+
 def lock_run_dir(run_dir: Path) -> IO[bytes]:
     """Make `run_dir` if needed and take an exclusive lock on its lock file, held until the returned file is
     closed (the OS releases it when the process dies). The lock file is created if absent and never written.

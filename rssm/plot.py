@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rssm.config import UserError
+from rssm.flags import Parser, integer, number
 
 
 def read_scalar(run_dir: Path, tag: str) -> dict[int, float]:
@@ -203,7 +204,7 @@ def plot(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rssm-plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = Parser(prog="rssm-plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("runs", nargs="*", type=Path,
                         help="run directories (hold the TensorBoard events) or CSV files (step,value): one group")
     parser.add_argument("--group", nargs="+", action="append", metavar=("LABEL", "RUN"),
@@ -215,13 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--each", action="store_true", help="one line per run instead")
     parser.add_argument("--label", default="", help="the positional runs' name in the legend (default: rssm)")
     parser.add_argument("--title", default="")
-    parser.add_argument("--target", type=float, default=None, help="draw a horizontal line at this value")
-    parser.add_argument("--ylim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")
-    parser.add_argument("--xmax", type=float, default=None, help="end of the x axis")
+    parser.add_argument("--target", type=number(), default=None, help="draw a horizontal line at this value")
+    parser.add_argument("--ylim", type=number(), nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")
+    parser.add_argument("--xmax", type=number(positive=True), default=None, help="end of the x axis")
     parser.add_argument("--reference", type=Path, default=None, help="CSV of a published curve (task, step, score)")
     parser.add_argument("--reference-task", default="", help="its task, e.g. dmc_walker_walk")
-    parser.add_argument("--reference-repeat", type=int, default=1, help="its steps per env step here")
+    parser.add_argument("--reference-repeat", type=integer(1), default=1, help="its steps per env step here")
     args = parser.parse_args(argv)
+    if args.ylim is not None and args.ylim[0] >= args.ylim[1]:
+        parser.error(f"argument --ylim: LOW must be below HIGH, got {args.ylim[0]:g} {args.ylim[1]:g}")
     try:
         written = plot(args)
     except UserError as e:

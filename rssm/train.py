@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-import shlex
+import os
 import signal
 import sys
 import time
@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from rssm import context, distributed
 from rssm.agent import Agent, NonFiniteModel, to_torch
-from rssm.build import build_agent, build_envs, env_id, resolve_device
+from rssm.build import build_agent, build_envs, env_id, gigabytes, resolve_device
 from rssm.checkpoint import (
     CHECKPOINT,
     checkpoint_path,
@@ -40,18 +40,20 @@ from rssm.cli import (
     HeldStderr,
     config_source,
     fail,
+    made_dir,
     merge_overrides,
     register_resolvers,
+    resume_override,
     resumed_config,
     with_general_env,
     write_run_config,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
-from rssm.config import UserError, check_changes, register_configs, validate
+from rssm.config import UserError, check_changes, config_changes, register_configs, validate
 from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
-from rssm.files import WriteFailed, lock_run_dir, remove_leftovers
+from rssm.files import WriteFailed, lock_run_dir, remove_leftovers, remove_made
 from rssm.host import setup_host
 from rssm.loggers import check_remote_loggers
 from rssm.logging import Logger, MeanTracker
@@ -76,13 +78,49 @@ def replay_dir(run_dir: Path, ranks: Ranks) -> Path:
     return run_dir / "replay" if ranks.world == 1 else run_dir / "replay" / f"rank_{ranks.rank}"
 
 
+def _announce(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, spec: EnvSpec, ranks: Ranks,
+              resumed: tuple[Path, list[str], Progress] | None) -> None:
+    """The run's first lines: what it trains, its sizes and, for a resumed run, what changed and where it goes on."""
+    if resumed and resumed[1]:
+        status(f"rssm: resuming with changes: {'; '.join(resumed[1])}")
+    counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
+    sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
+    job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
+    compiled = ", compiled (the first update and actions wait for the compiler)" if agent.compiled else ""
+    status(f"rssm: {env_id(cfg)} on {agent.device}{job}{compiled}, agent={cfg.agent.kind}; parameters: {sizes}; run "
+           f"dir {run_dir}")
+    status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs, cfg.replay.context)}")
+    if resumed:
+        status(f"rssm: resumed from {resumed[0]} at env step {resumed[2].env_steps}, update {resumed[2].updates}")
+
+
+def transition_bytes(spec: EnvSpec, wm: WorldModel, context: int = 0) -> int:
+    """The replay's bytes per transition: its fields and, with a replay `context`, the stored model state."""
+    per = sum(v.nbytes for v in blank_transition(spec).values())
+    if context:
+        per += 4 * wm.rssm.deter + 2 * wm.rssm.groups  # `rssm.context.stored`: h float32, z's indices int16
+    return per
+
+
+def check_replay_memory(spec: EnvSpec, wm: WorldModel, capacity: int, context: int, device: torch.device | None):
+    """Raise UserError, before anything is written, if the full replay cannot fit in the machine's memory (with
+    `device`, the GPU's): numpy would allocate it at the first transition, once the run's files are written."""
+    total = capacity * transition_bytes(spec, wm, context)
+    if device is not None and device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+    if total > have:
+        raise UserError(f"replay.capacity={capacity:,} needs {gigabytes(total)} of memory for the replay "
+                        f"({capacity:,} transitions x {transition_bytes(spec, wm, context):,} bytes), more than "
+                        f"{where} {gigabytes(have)}")
+
+
 def replay_line(spec: EnvSpec, wm: WorldModel, capacity: int, context: int = 0) -> str:
     """Each observation key with where it goes, and the replay's memory when full (capacity x bytes per
     transition, with a replay `context` the stored model state too)."""
     example = blank_transition(spec)
-    per = sum(v.nbytes for v in example.values())
-    if context:
-        per += 4 * wm.rssm.deter + 2 * wm.rssm.groups  # `rssm.context.stored`: h float32, z's indices int16
+    per = transition_bytes(spec, wm, context)
     where = {**dict.fromkeys(wm.image_keys, "CNN"), **dict.fromkeys(wm.vector_keys, "MLP")}
     keys = ", ".join(f"{k} {'x'.join(map(str, s))} {example[k].dtype} -> {where.get(k, 'not modelled')}"
                      for k, s in spec.obs_shapes.items())
@@ -126,6 +164,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
             saved, status 1); a diverged model: too many non-finite updates in a row, or a non-finite state when
             acting (last checkpoint kept, status 1).
     """
+    made = None if cfg.resume else made_dir(Path(run_dir))
+    try:
+        return _start(cfg, run_dir, overrides, ranks)
+    except UserError:  # refused: the file system as it was found (a run that wrote files keeps them)
+        if made is not None and ranks.main:
+            remove_made(Path(run_dir), made)
+        raise
+
+
+def _start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, ranks: Ranks) -> dict[str, float]:
     validate(cfg)
     check_remote_loggers(cfg)
     run_dir = checkpoint_path(cfg.resume).parent if cfg.resume else Path(run_dir)
@@ -136,7 +184,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
                 lock = lock_run_dir(run_dir)
                 if not cfg.resume and (run_dir / CHECKPOINT).exists():
                     raise UserError(f"{run_dir} already holds a run: continue it with {PROG} "
-                                    f"resume={shlex.quote(str(run_dir))} or pick another dir")
+                                    f"{resume_override(run_dir)} or pick another dir")
                 if not cfg.resume and (run_dir / "model.pt").exists():
                     raise UserError(f"{run_dir} already holds a run's model.pt (without its checkpoint.pt, so the run "
                                     f"cannot be continued): pick another dir")
@@ -171,25 +219,20 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
 
     envs, spec = build_envs(cfg)
     agent = build_agent(cfg, spec, device, ranks)
+    check_replay_memory(spec, agent.wm, cfg.replay.capacity, cfg.replay.context,
+                        agent.device if cfg.replay.on_device else None)
     seed_everything(seed)
     replay = Replay(cfg.replay.capacity, seed, replay_dir(run_dir, ranks) if cfg.replay.save else None,
                     cfg.replay.chunk, envs.num_envs, agent.device if cfg.replay.on_device else None,
                     online=cfg.replay.batch_length + cfg.replay.context if cfg.replay.online else 0)
     collector = Collector(envs, spec, seed, remake=remake_envs, step_timeout=cfg.env.step_timeout)
     rng = np.random.default_rng(seed)
+    changes = config_changes(resumed[1]["config"], cfg, everything=True) if resumed else []
     progress = Progress.from_state_dict(restore_run(*resumed, agent, replay, collector, rng, ranks), device,
                                         collector.env_steps) if resumed else Progress()
-    if ranks.main:
+    if ranks.main:  # the run is whole: a refused resume has written nothing, these lines included
         write_run_config(run_dir, cfg, overrides)
-        counts = {"world model": agent.wm, "actor": agent.actor, "critic": agent.critic}
-        sizes = ", ".join(f"{k} {sum(p.numel() for p in v.parameters()):,}" for k, v in counts.items() if v)
-        job = f" x {ranks.world} ranks" if ranks.world > 1 else ""
-        compiled = ", compiled (the first update and actions wait for the compiler)" if agent.compiled else ""
-        status(f"rssm: {env_id(cfg)} on {device}{job}{compiled}, agent={cfg.agent.kind}; parameters: {sizes}; run dir "
-               f"{run_dir}")
-        status(f"rssm: {replay_line(spec, agent.wm, replay.capacity * replay.envs, cfg.replay.context)}")
-        if resumed:
-            status(f"rssm: resumed from {resumed[0]} at env step {progress.env_steps}, update {progress.updates}")
+        _announce(cfg, run_dir, agent, replay, spec, ranks, resumed and (resumed[0], changes, progress))
 
     def save() -> None:
         save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, progress, rng, ranks)
@@ -394,7 +437,7 @@ def _warn_failures(collector: Collector, warn_at: int, ranks: Ranks) -> int:
 def _again(run_dir: Path, ranks: Ranks) -> str:
     """The command that continues the run in `run_dir`."""
     launch = f"torchrun with {ranks.world} ranks: " if ranks.world > 1 else ""
-    return f"{launch}{PROG} resume={shlex.quote(str(run_dir))}"
+    return f"{launch}{PROG} {resume_override(run_dir)}"
 
 
 def _rank(ranks: Ranks) -> str:
@@ -478,10 +521,8 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if cfg.resume:
-            cfg, overrides, changes = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
+            cfg, overrides, _ = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
             run_dir = checkpoint_path(cfg.resume).parent
-            if changes:
-                status(f"rssm: resuming with changes: {'; '.join(changes)}")
         else:
             overrides = merge_overrides([], overrides)
         last = train(cfg, ranks.share(run_dir), overrides, ranks)

@@ -195,7 +195,7 @@ def broken_copy(run_dir, to, model=None):
     ("no replay", r"copy/replay holds no replay chunks \(chunk_\*\.npz\): a run writes one every replay.chunk=32"),
     ("broken model", "cannot read .*model.pt as a torch file "),
     ("bad key", "--key state is not an image key of the world model \\(image\\)"),
-    ("bad horizon", "--horizon must be >= 1, got 0"),
+    ("bad horizon", "argument --horizon: expected an integer >= 1, got 0"),
 ])
 def test_rssm_dream_errors_are_one_line_with_status_2(pixel_runs, vector_run, tmp_path, capsys, case, words):
     logged = pixel_runs[0] / "logged"

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -74,6 +75,11 @@ class Faulty(CartPoleEnv):
         if self.mode == "crash_then_unmakeable" and MADE[self.mode] > 2:  # train makes one to check, then the envs
             raise ConnectionError("the simulator's licence server is down")
 
+    def close(self):
+        if self.mode == "close_raises":
+            raise RuntimeError("the simulator's licence lapsed")
+        super().close()
+
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             self.evaluating = seed in EVAL_SEEDS
@@ -105,6 +111,13 @@ class Faulty(CartPoleEnv):
         return obs, reward, terminated, truncated, info
 
 
+class GridActions(gym.Env):
+    """An action space rssm cannot take: a 2-D MultiDiscrete, whose repr spans two lines."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.MultiDiscrete([[2, 3], [4, 5]])
+
+
 class BigObs(gym.Env):
     """8 KB random observations: a replay chunk of 16 steps is 128 KB, and stays about that compressed."""
 
@@ -121,6 +134,7 @@ class BigObs(gym.Env):
 
 gym.register("Faulty-v0", entry_point=Faulty, max_episode_steps=500)
 gym.register("BigObs-v0", entry_point=BigObs, max_episode_steps=50)
+gym.register("GridActions-v0", entry_point=GridActions)
 '''
 
 # Runs rssm-train with a second SIGINT and a SIGTERM arriving while the stop's own checkpoint is written.
@@ -726,3 +740,91 @@ def test_sigterm_while_rssm_eval_writes_its_video(finished, tmp_path, capsys, mo
     assert e.value.code == 128 + signal.SIGTERM
     assert one_line(capsys.readouterr().err) == "rssm-eval: stopped by SIGTERM after its files were written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "e.json"]
+
+
+# Refusals leave the file system as they found it.
+
+
+def test_a_refused_config_leaves_no_directory(tmp_path, run_cli):
+    proc = run_cli("trainer.steps=0", f"hydra.run.dir={tmp_path / 'a' / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and one_line(proc.stderr) == "rssm-train: error: trainer.steps must be > 0, got 0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("model.units=1000000",), "not enough memory for the model (model.deter=32, model.units=1000000, model.groups=4, "
+                               "model.classes=4) on cpu: one array alone needs 4,000.0 GB"),
+    (("model.groups=100000", "model.classes=100000"), "not enough memory for the model"),
+    (("replay.capacity=100000000000",), "replay.capacity=100,000,000,000 needs 3,000.0 GB of memory for the replay "
+                                        "(100,000,000,000 transitions x 30 bytes), more than this machine's"),
+    (("env.pixels=true", "env.image_size=1000000"), "not enough memory for the env's observations "
+                                                     "(env.image_size=1000000): one array alone needs"),
+])
+def test_memory_the_run_cannot_have_is_refused_before_anything_is_written(compose_config, tmp_path, overrides,
+                                                                          message):
+    refused(compose_config(*RUN, *overrides), tmp_path / "run", message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_resume_writes_nothing(compose_config, finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(run_dir / "replay")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    refused(compose_config(*RUN, "trainer.steps=300", f"resume={run_dir}", "allow_changes=[trainer.steps]"), run_dir,
+            "cannot read replay chunk", run_dir)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no replay/ made again
+
+
+def test_an_env_whose_close_raises(compose_config, tmp_path, faulty, capsys):
+    faulty("close_raises")
+    last = train(compose_config(*RUN, "env.id=faulty_envs:Faulty-v0"), tmp_path / "run")
+    assert last["eval/return_mean"] > 0 and (tmp_path / "run" / "model.pt").exists()
+    assert "rssm: warning: the env's close() raised RuntimeError: the simulator's licence lapsed; ignored" \
+        in capsys.readouterr().err
+
+
+def test_an_action_space_whose_repr_spans_lines(compose_config, tmp_path, faulty):
+    refused(compose_config(*RUN, "env.id=faulty_envs:GridActions-v0"), tmp_path / "run",
+            "environment 'faulty_envs:GridActions-v0': unsupported action space MultiDiscrete([[2 3] [4 5]]): rssm "
+            "needs Discrete, 1-D MultiDiscrete or 1-D Box")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["plain-run", "a b,c=[d]'e\"f", "x$y\\"])
+def test_the_printed_resume_command_works_when_pasted(compose_config, finished, tmp_path, cli_environ, name):
+    run_dir = copy_run(finished, tmp_path / name)
+    with pytest.raises(UserError) as e:
+        train(compose_config(*RUN), run_dir)
+    command = re.fullmatch(r".* already holds a run: continue it with (.*) or pick another dir", str(e.value))[1]
+    if name == "plain-run":
+        assert command == f"rssm-train resume={run_dir}"
+    # A finished run: resuming it trains nothing, and ends well only if the path came through whole.
+    pasted = command.replace("rssm-train", f"{shlex.quote(sys.executable)} -m rssm.train", 1)
+    proc = subprocess.run(["bash", "-c", f"{pasted} trainer.progress=false"], capture_output=True, text=True,
+                          env=cli_environ, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"rssm: resumed from {run_dir / CHECKPOINT} at env step 200" in proc.stdout
+
+
+@pytest.mark.parametrize("command, argv, message", [
+    ("eval", ["--episodes", "0"], "argument --episodes: expected an integer >= 1, got 0"),
+    ("eval", ["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    ("eval", ["--episodes", "two"], "argument --episodes: expected an integer >= 1, got 'two'"),
+    ("dream", ["--fps", "nan"], "argument --fps: expected a finite number > 0, got nan"),
+    ("dream", ["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    ("plot", ["--xmax", "inf"], "argument --xmax: expected a finite number > 0, got inf"),
+    ("plot", ["--ylim", "1", "0"], "argument --ylim: LOW must be below HIGH, got 1 0"),
+    ("plot", ["--reference-repeat", "0"], "argument --reference-repeat: expected an integer >= 1, got 0"),
+    ("plot", ["--nope"], "unrecognized arguments: --nope"),
+])
+def test_bad_flags_of_every_command_are_one_line(finished, tmp_path, capsys, command, argv, message):
+    import rssm.dream
+    import rssm.plot
+
+    main = {"eval": rssm.evaluate.main, "dream": rssm.dream.main, "plot": rssm.plot.main}[command]
+    extra = ["--out", str(tmp_path / "out")] if command == "plot" else []
+    with pytest.raises(SystemExit) as e:
+        main([str(finished), *argv, *extra])
+    assert e.value.code == 2
+    assert one_line(capsys.readouterr().err) == f"rssm-{command}: error: {message} (see rssm-{command} --help)"
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,9 @@ from omegaconf.errors import OmegaConfBaseException
 from rssm.agent import Agent
 from rssm.build import build_agent, build_env, continue_target, resolve_device
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
-from rssm.collector import transition
 from rssm.config import UserError, saved_run_config, validate
 from rssm.envs import EnvSpec, to_env_action
-from rssm.imagination import EnvModel
+from rssm.imagination import EnvModel, as_array, check_obs, describe
 from rssm.rssm import RSSMState
 
 
@@ -48,6 +48,8 @@ class Policy:
 
     def __init__(self, agent: Agent, spec: EnvSpec):
         self.agent, self.spec = agent, spec
+        self.shapes = {k: spec.obs_shapes[k] for k in agent.wm.obs_keys}  # the keys the model sees
+        self.dict_obs = list(spec.obs_shapes) != ["obs"]
 
     def predict(self, obs: Any, state: PolicyState | None = None, episode_start: Any = None,
                 deterministic: bool = True) -> tuple[Any, PolicyState]:
@@ -55,40 +57,53 @@ class Policy:
 
         Args:
             obs: the env's observation as `reset` or `step` returns it (an array, or a dict of arrays for a Dict
-                space), or a batch of N with a leading axis (as a vector env returns them).
+                space; keys the model does not see are ignored), or a batch of N >= 1 with a leading axis (as a
+                vector env returns them). Vectors of an integer or float dtype, images of an integer dtype in
+                [0, 255].
             state: the returned state of the previous call for the same envs; None at the start.
-            episode_start: per env (N,) or one bool: whether `obs` starts an episode (the model state starts
-                afresh there). Default: True where `state` is None, else False.
+            episode_start: per env (N,) or one bool (or 0 and 1): whether `obs` starts an episode (the model state
+                starts afresh there). Default: True where `state` is None, else False.
             deterministic: the policy's mode (True) or a sample from it.
         Returns:
-            The env's action (batched like `obs`: an int or array for one, a leading axis of N for a batch), and
-            the state to pass to the next call.
+            The env's action (batched like `obs`: an int or array for one, a leading axis of N for a batch; Box
+            actions within the bounds), and the state to pass to the next call.
+        Raises:
+            ValueError: in one line, before the model runs: `obs` not of the env's shapes (a key missing, keys
+                batched differently, an empty batch), not real numbers, or nan or inf (as float32); a `state` of
+                another batch size; an `episode_start` not bools, or not broadcastable to (N,).
         """
-        batched = _batched(obs, self.spec)
-        obs = obs if batched else _add_axis(obs)
-        N = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
-        if episode_start is None:
-            episode_start = state is None
-        first = np.broadcast_to(np.asarray(episode_start, bool), (N,)).copy()
+        arrays, lead = check_obs(obs, self.shapes, self.dict_obs, "obs")
+        N = lead[0] if lead else 1
+        arrays = arrays if lead else {k: v[None] for k, v in arrays.items()}  # (N, ...)
+        if state is not None:
+            if not isinstance(state, PolicyState):
+                raise ValueError(f"state must be the PolicyState that predict returned, or None; got "
+                                 f"{describe(state)}")
+            if len(state.action) != N:
+                raise ValueError(f"state holds {len(state.action)} envs, but obs holds {N}: pass the state that "
+                                 f"predict returned for the same envs, or None")
+        first = _episode_start(episode_start, state is None, N)
         last = np.zeros((N, self.spec.action_dim), np.float32) if state is None else state.action
-        step = transition(self.spec, obs, last, np.zeros(N), first, np.zeros(N, bool))
+        step = {**arrays, "action": last, "is_first": first}
         actions, model = self.agent.act(step, None if state is None else state.model, explore=not deterministic)
         env_actions = to_env_action(actions, self.spec)
-        return (env_actions if batched else env_actions[0]), PolicyState(model, actions)
+        if not self.spec.discrete:  # float32 rounding may step past a bound, which the env's space refuses
+            env_actions = np.clip(env_actions, self.spec.low, self.spec.high)
+        return (env_actions if lead else env_actions[0]), PolicyState(model, actions)
 
 
-def _add_axis(obs: Any) -> Any:
-    return {k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
-
-
-def _batched(obs: Any, spec: EnvSpec) -> bool:
-    """Whether `obs` holds a batch: its arrays have one axis more than the env's observations."""
-    key, shape = next(iter(spec.obs_shapes.items()))
-    value = np.asarray(obs[key] if isinstance(obs, dict) else obs)
-    if value.ndim not in (len(shape), len(shape) + 1):
-        raise ValueError(f"observation {key!r} has shape {value.shape}: the env's is {shape}, or (N, *{shape}) for a "
-                         f"batch")
-    return value.ndim == len(shape) + 1
+def _episode_start(value: Any, default: bool, N: int) -> np.ndarray:
+    """`predict`'s episode_start as (N,) bools, checked."""
+    if value is None:
+        return np.full(N, default)
+    start = as_array(value, "episode_start")
+    if start.dtype.kind not in "biuf" or not np.isin(start, (0, 1)).all():
+        raise ValueError(f"episode_start must be bools (or 0 and 1); got {describe(value)}")
+    try:
+        return np.broadcast_to(start.astype(bool), (N,)).copy()
+    except ValueError:
+        raise ValueError(f"episode_start must be one bool or N = {N} of them (one per observation); got shape "
+                         f"{start.shape}") from None
 
 
 @dataclass
@@ -113,9 +128,19 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     read where there is one (the newest weights of a finished or a stopped run); else its `model.pt` with its
     `config.yaml` (a run with replay.save=false that was stopped, or a directory copied without the checkpoint).
 
+    Args:
+        path: a run directory or a checkpoint file.
+        device: where the model runs: "cpu", "cuda", "cuda:N", another torch device, or "auto" (CUDA where there
+            is a GPU).
     Raises:
-        UserError: the path holds no run, or files that cannot be read as one.
+        ValueError: `path` is not a str or path, or `device` names no torch device.
+        UserError: the path holds no run, or files that cannot be read as one (an empty config, a config that is
+            not a mapping of rssm's config keys, weights that do not fit it).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a run directory or a checkpoint file (a str or a Path); got "
+                         f"{describe(path)}")
+    device = _check_device(device)
     path = Path(path).expanduser()
     if path.is_dir() and (path / CHECKPOINT).is_file():
         path = path / CHECKPOINT
@@ -123,7 +148,7 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
         state = load_checkpoint(path, mmap=True)
         if not {"config", "agent"} <= state.keys():
             raise UserError(f"cannot load {path}: it is not a run's checkpoint (no config and weights)")
-        cfg, weights = saved_run_config(state["config"]), state["agent"]
+        cfg, weights = _run_config(state["config"], f"cannot load {path}: its config"), state["agent"]
     elif (path / "model.pt").is_file() and (path / "config.yaml").is_file():
         cfg, weights, path = _config_file(path / "config.yaml"), _model_file(path / "model.pt"), path / "model.pt"
     else:
@@ -136,32 +161,70 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     # evaluating, make too few calls for it to pay
     agent = build_agent(OmegaConf.merge(cfg, {"compile": "false"}), spec, resolve_device(device))
     needed = ["world_model"] + (["actor"] if agent.actor is not None else [])
-    if not set(needed) <= weights.keys():
+    if not isinstance(weights, dict) or not set(needed) <= weights.keys():
         raise UserError(f"cannot load {path}: it does not hold the run's {' and '.join(needed)} weights")
     try:
         for name, module in agent.modules().items():
             if name in weights:  # model.pt holds no return normaliser: acting does not need it
                 module.load_state_dict(weights[name])
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"cannot load the weights in {path}: {str(e).strip().splitlines()[0]}") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot load the weights in {path}: {_first_line(e)}") from None
     for module in agent.modules().values():
         module.eval()
     policy = Policy(agent, spec) if agent.actor is not None else None
     return Loaded(cfg, spec, EnvModel(agent.wm, spec, agent.actor, continue_target(cfg)), policy, agent, path)
 
 
+def _check_device(device: Any) -> str:
+    """`load`'s device as `resolve_device` takes it, refused in one line where torch knows no such device."""
+    device = str(device) if isinstance(device, torch.device) else device
+    if isinstance(device, str) and device == "auto":
+        return device
+    parsed = None
+    if isinstance(device, str):
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, ValueError):
+            pass  # refused below
+    if parsed is None:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', another torch device or 'auto'; got "
+                         f"{describe(device)}")
+    if parsed.type == "cuda" and parsed.index is not None and torch.cuda.is_available() and \
+            parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device must be one of this machine's {torch.cuda.device_count()} GPUs, cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}; got {device!r}")
+    return str(parsed)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _run_config(saved: Any, what: str) -> DictConfig:
+    """A saved run config over rssm's schema; `what` (the file's config) begins the error's line."""
+    if not isinstance(saved, dict):
+        raise UserError(f"{what} is a {type(saved).__name__}, not a mapping of rssm's config keys")
+    if not saved:
+        raise UserError(f"{what} is empty")
+    try:
+        return saved_run_config(saved)
+    except (ValueError, TypeError, OmegaConfBaseException) as e:
+        raise UserError(f"{what} does not fit rssm's config: {_first_line(e)}") from None
+
+
 def _config_file(path: Path) -> DictConfig:
     try:
-        return saved_run_config(OmegaConf.to_container(OmegaConf.load(path)))
+        saved = OmegaConf.to_container(OmegaConf.load(path))
     except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {path}: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+    return _run_config(saved, str(path))
 
 
 def _model_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"cannot read {path} as a torch file ({str(e).strip().splitlines()[0]})") from None
+        raise UserError(f"cannot read {path} as a torch file ({_first_line(e)})") from None
     if not isinstance(state, dict) or "world_model" not in state:
         raise UserError(f"cannot load {path}: it does not hold a run's world model weights")
     return state

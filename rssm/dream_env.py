@@ -26,7 +26,7 @@ from rssm.checkpoint import seeded
 from rssm.config import UserError
 from rssm.dream import replay_sequences
 from rssm.envs import ATARI_FRAME_SKIP, to_env_action
-from rssm.imagination import EnvModel
+from rssm.imagination import EnvModel, check_actions, describe
 from rssm.replay import chunk_files
 from rssm.rssm import RSSMState
 
@@ -103,7 +103,9 @@ class _ReplayStarts:
         spec, keys = loaded.spec, loaded.world_model.module.obs_keys
         obs = {k: windows[k] for k in keys}
         self.obs = obs if list(spec.obs_shapes) != ["obs"] else obs["obs"]
-        self.actions = to_env_action(windows["action"][:, 1:], spec)  # (S, context - 1, ...): between the obs
+        actions = to_env_action(windows["action"][:, 1:], spec)  # (S, context - 1, ...): between the obs
+        # float32 rounding may step past a bound, which the model's checked `start` refuses
+        self.actions = actions if spec.discrete else np.clip(actions, spec.low, spec.high)
 
     def draw(self, rows: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
         pick = rng.integers(len(self.actions), size=len(rows))
@@ -118,11 +120,8 @@ class _Dreams:
 
     def __init__(self, run: str | Path | Loaded, num: int, start: str, context: int, pool: int,
                  max_episode_steps: int | None, termination: str, device: str):
+        _check_dream(num, start, context, pool, max_episode_steps, termination)
         loaded = run if isinstance(run, Loaded) else load(run, device)
-        if start not in ("env", "replay"):
-            raise ValueError(f"start must be 'env' or 'replay', got {start!r}")
-        if termination not in ("sample", "mode"):
-            raise ValueError(f"termination must be 'sample' or 'mode', got {termination!r}")
         self.termination = termination
         self.loaded, self.model, self.num = loaded, loaded.world_model, num
         real = loaded.make_env()
@@ -148,9 +147,9 @@ class _Dreams:
         last = _rows(obs, (slice(None), -1)) if actions is not None else obs
         return _clip(last, self.observation_space)
 
-    def step(self, actions: Any, rng: np.random.Generator) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-        """One prior step of every episode under env actions (num, ...): observations, rewards, terminated,
-        truncated."""
+    def step(self, actions: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        """One prior step of every episode under env actions (num, ...) that `check_actions` took: observations,
+        rewards, terminated, truncated."""
         uniform = torch.as_tensor(rng.random((self.num, self.rssm.groups, 1), np.float32), device=self.model.device)
         self.state = self.model.step(self.state, self.model.actions_to_model(actions).float(), uniform)
         obs, reward, cont = self.model.predict(self.state)
@@ -169,9 +168,30 @@ class _Dreams:
         return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_dream(num: Any, start: Any, context: Any, pool: Any, max_episode_steps: Any, termination: Any) -> None:
+    """The arguments of `DreamEnv` and `DreamVecEnv` (`num`: num_envs), refused in one line before the run loads."""
+    for name, value in (("num_envs", num), ("context", context), ("pool", pool)):
+        if not (_whole(value) and value >= 1):
+            raise ValueError(f"{name} must be an int >= 1; got {describe(value)}")
+    if max_episode_steps is not None and not (_whole(max_episode_steps) and max_episode_steps >= 1):
+        raise ValueError(f"max_episode_steps must be None (the run's time limit) or an int >= 1; got "
+                         f"{describe(max_episode_steps)}")
+    if not (isinstance(start, str) and start in ("env", "replay")):
+        raise ValueError(f"start must be 'env' or 'replay'; got {describe(start)}")
+    if not (isinstance(termination, str) and termination in ("sample", "mode")):
+        raise ValueError(f"termination must be 'sample' or 'mode'; got {describe(termination)}")
+
+
+def _check_render_mode(mode: Any) -> None:
+    if not (mode is None or (isinstance(mode, str) and mode == "rgb_array")):
+        raise ValueError(f"render_mode must be None or 'rgb_array'; got {describe(mode)}")
+
+
 def _check_render(mode: str | None, model: EnvModel) -> None:
-    if mode not in (None, "rgb_array"):
-        raise ValueError(f"render_mode must be None or 'rgb_array', got {mode!r}")
     if mode and not model.module.image_keys:
         raise UserError("render_mode='rgb_array' needs a world model with image observations; this one sees "
                         f"{', '.join(model.module.obs_keys)}")
@@ -190,6 +210,15 @@ class DreamEnv(gym.Env):
             "mode" (it ends where that probability is above one half).
         render_mode: None or "rgb_array" (the decoded image, for a world model with image observations).
         device: where the model runs (when `run` is a path).
+    Raises:
+        ValueError: in one line, before the run loads: `context` or `pool` not an int >= 1, `max_episode_steps`
+            neither None nor an int >= 1, an unknown `start`, `termination` or `render_mode`.
+
+    `step` takes what `action_space.contains` takes and refuses the rest with a one-line ValueError before the
+    model steps: for Discrete, an int or a numpy integer in range (Python's bool is an int; numpy's bool, floats
+    and uint64 are refused); for MultiDiscrete, integer indices in range; for Box, real numbers of its shape,
+    finite and within its bounds, of any real dtype (`contains` refuses float64 for a float32 Box; `step` takes
+    it). A Box action outside the bounds is refused, not clipped.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -197,6 +226,7 @@ class DreamEnv(gym.Env):
     def __init__(self, run: str | Path | Loaded, start: str = "env", context: int = 8, pool: int = 1024,
                  max_episode_steps: int | None = None, termination: str = "sample", render_mode: str | None = None,
                  device: str = "cpu"):
+        _check_render_mode(render_mode)
         self._dreams = _Dreams(run, 1, start, context, pool, max_episode_steps, termination, device)
         _check_render(render_mode, self._dreams.model)
         self.observation_space = self._dreams.observation_space
@@ -211,7 +241,10 @@ class DreamEnv(gym.Env):
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         if self._dreams.state is None:
             raise gym.error.ResetNeeded("call reset before step")
-        obs, reward, terminated, truncated = self._dreams.step(np.asarray(action)[None], self.np_random)
+        if isinstance(action, bool) and self._dreams.model.spec.discrete:
+            action = int(action)  # as Discrete.contains takes it: Python's bool is an int, numpy's is not
+        action = check_actions(action, self._dreams.model.spec, (), "action")
+        obs, reward, terminated, truncated = self._dreams.step(action[None], self.np_random)
         return _rows(obs, 0), float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
 
     def render(self) -> np.ndarray | None:
@@ -226,13 +259,16 @@ class DreamEnv(gym.Env):
 class DreamVecEnv(gym.vector.VectorEnv):
     """`num_envs` dream envs stepped in one batched call of the world model: gymnasium's vector env API, with
     its next-step autoreset (the step after an episode ends starts a new one and ignores that env's action).
-    Arguments as `DreamEnv`'s."""
+    Arguments as `DreamEnv`'s; `num_envs` must be an int >= 1 (else ValueError). `step` takes (num_envs, ...)
+    actions, each as `DreamEnv.step` takes one (for Discrete: integer indices, an integer dtype), and refuses
+    others, or another number of them, with a one-line ValueError before the model steps."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30, "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
     def __init__(self, run: str | Path | Loaded, num_envs: int, start: str = "env", context: int = 8,
                  pool: int = 1024, max_episode_steps: int | None = None, termination: str = "sample",
                  render_mode: str | None = None, device: str = "cpu"):
+        _check_render_mode(render_mode)
         self._dreams = _Dreams(run, num_envs, start, context, pool, max_episode_steps, termination, device)
         _check_render(render_mode, self._dreams.model)
         self.num_envs, self.render_mode = num_envs, render_mode
@@ -251,7 +287,8 @@ class DreamVecEnv(gym.vector.VectorEnv):
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         if self._dreams.state is None:
             raise gym.error.ResetNeeded("call reset before step")
-        obs, reward, terminated, truncated = self._dreams.step(np.asarray(actions), self.np_random)
+        actions = check_actions(actions, self._dreams.model.spec, (self.num_envs,), "actions")
+        obs, reward, terminated, truncated = self._dreams.step(actions, self.np_random)
         if self._done.any():  # the envs whose episode ended last step start afresh instead
             rows = np.flatnonzero(self._done)
             fresh = self._dreams.reset(rows, self.np_random)

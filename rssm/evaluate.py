@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from rssm.agent import Agent, NonFiniteModel
 from rssm.api import load
-from rssm.build import build_envs, env_id
+from rssm.build import build_envs, env_id, resolve_device
 from rssm.checkpoint import seeded
 from rssm.collector import Collector
 from rssm.config import UserError
@@ -106,6 +106,7 @@ def load_run(run_dir: Path, device: str, policy: bool = True):
     Raises UserError if the run is unusable."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file: give an rssm run directory")
+    resolve_device(device)  # a flag's device is the user's input: UserError, one line
     loaded = load(run_dir, device)
     if policy and loaded.policy is None:
         raise UserError(f"{run_dir} trained a world model alone (agent={loaded.config.agent.kind}): it has no policy "

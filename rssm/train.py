@@ -20,7 +20,7 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rssm import context, distributed
 from rssm.agent import Agent, NonFiniteModel, to_torch
@@ -517,7 +517,7 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
     the job, in rank 0's directory."""
     held.release()
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # as typed: `${...}` unresolved
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if cfg.resume:

@@ -828,3 +828,15 @@ def test_bad_flags_of_every_command_are_one_line(finished, tmp_path, capsys, com
     assert e.value.code == 2
     assert one_line(capsys.readouterr().err) == f"rssm-{command}: error: {message} (see rssm-{command} --help)"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["eval", "dream"])
+def test_a_device_that_does_not_exist(finished, tmp_path, capsys, command):
+    import rssm.dream
+
+    main = {"eval": rssm.evaluate.main, "dream": rssm.dream.main}[command]
+    with pytest.raises(SystemExit) as e:
+        main([str(finished), "--device", "banana", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert one_line(capsys.readouterr().err) == (f"rssm-{command}: error: device=banana is not a device: give auto, "
+                                                 f"cpu, cuda or cuda:N")

@@ -840,3 +840,12 @@ def test_a_device_that_does_not_exist(finished, tmp_path, capsys, command):
     assert e.value.code == 2
     assert one_line(capsys.readouterr().err) == (f"rssm-{command}: error: device=banana is not a device: give auto, "
                                                  f"cpu, cuda or cuda:N")
+
+
+def test_an_offline_run_whose_dataset_is_missing_leaves_no_directory(compose_config, tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    (tmp_path / "datasets").mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    refused(compose_config(*DEBUG, "agent=world_model", "offline.minari=no/such-v0"), tmp_path / "out" / "run",
+            "cannot load the Minari dataset 'no/such-v0'")
+    assert not (tmp_path / "out").exists()

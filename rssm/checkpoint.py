@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from rssm.config import UserError
+from rssm.collector import blank_transition
+from rssm.config import UserError, saved_run_config
 from rssm.distributed import SINGLE, Ranks
+from rssm.envs import EnvSpec
 from rssm.files import WriteFailed, atomic_write
+from rssm.replay import as_rows
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
     from rssm.agent import Agent
@@ -71,7 +75,21 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"cannot load checkpoint {path}: the file is {what}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"cannot load checkpoint {path}: not an rssm checkpoint of format {FORMAT}")
+    _check_config(path, state.get("config", {}))
     return state
+
+
+def _check_config(path: Path, config: Any) -> None:
+    """Raise UserError unless a checkpoint's `config` is a mapping that the schema takes (`saved_run_config`)."""
+    if not isinstance(config, dict):
+        raise UserError(f"cannot load checkpoint {path}: its config is a {type(config).__name__}, not a mapping of "
+                        f"the run's settings")
+    try:
+        saved_run_config(config)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise UserError(f"cannot load checkpoint {path}: its config does not fit the schema: "
+                        f"{f'{key}: ' if key else ''}{str(e).strip().splitlines()[0]}") from None
 
 
 def _damaged_zip(path: Path) -> bool:
@@ -213,11 +231,27 @@ def restore_run(path: Path, state: dict, agent: Agent, replay: Replay, collector
         check_shapes(path, name, state["agent"].get(name, {}), module.state_dict())
     agent.load_state_dict(state["agent"])
     part = rank_parts(path, state, ranks.world)[ranks.rank]
-    replay.load_state_dict({**part["replay"], "tail": tensors_to_arrays(part["replay"]["tail"])})
+    tail = tensors_to_arrays(part["replay"]["tail"])
+    check_tail(path, tail, collector.spec, replay.envs)
+    replay.load_state_dict({**part["replay"], "tail": tail})
     collector.load_state_dict(to_arrays(part["collector"]))
     set_rng_state(part["rng"])
     rng.bit_generator.state = part["rng"]["actions"]
     return part["progress"]
+
+
+def check_tail(path: Path, tail: dict[str, np.ndarray], spec: EnvSpec, envs: int) -> None:
+    """Raise UserError if the replay rows a checkpoint at `path` holds (its `tail`, whose layout every chunk file
+    must have) are not the rows of `envs` envs of `spec` that the resumed run adds to them."""
+    rows = as_rows(tail)
+    if not rows:  # an empty replay
+        return
+    for k, v in blank_transition(spec).items():
+        if k not in rows:
+            raise UserError(f"cannot resume from checkpoint {path}: its replay lacks '{k}'")
+        if rows[k].shape[1:] != (envs, *v.shape):
+            raise UserError(f"cannot resume from checkpoint {path}: its replay's '{k}' has rows of shape "
+                            f"{rows[k].shape[1:]}, the env's are {(envs, *v.shape)}")
 
 
 def save_model(agent: Agent, path: Path) -> None:

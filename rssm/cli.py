@@ -232,11 +232,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
         raise UserError(f"cannot load checkpoint {path}: it lacks config")
     saved_config = state.pop("config")
     del state
-    try:
-        base = saved_run_config(saved_config)
-    except Exception as e:  # noqa: BLE001 - omegaconf's errors for a key or value the schema does not take
-        raise UserError(f"cannot load checkpoint {path}: its config does not fit the schema: "
-                        f"{one_line(str(e))}") from None
+    base = saved_run_config(saved_config)  # which `load_checkpoint` found the schema to take
     file = path.parent / OVERRIDES  # written by `write_run_config`: a list of override strings
     try:
         saved = OmegaConf.to_container(OmegaConf.load(file)) if file.exists() else []

@@ -225,7 +225,7 @@ _RANGES = [  # (keys, test, what the test asks for)
       "model.classes", "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
       "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
       "trainer.train_ratio", "trainer.eval_episodes", "wm.lr", "wm.eps", "agent.horizon",
-      "agent.actor_lr", "agent.critic_lr", "agent.eps", "model.dyn_layers"),
+      "agent.actor_lr", "agent.critic_lr", "agent.eps", "model.dyn_layers", "offline.updates"),
      lambda v: v > 0, "> 0"),
     (("env.time_limit", "env.noop_max", "model.layers", "model.blocks", "model.prior_layers", "trainer.prefill",
       "trainer.eval_every", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
@@ -235,7 +235,8 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("model.head_layers", "model.mlp_layers"), lambda v: v is None or v >= 0, ">= 0 or null"),
     (("env.step_timeout",), lambda v: v is None or v > 0, "> 0 or null"),
     (("replay.context",), lambda v: v in (0, 1), "0 or 1"),
-    (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2", "offline.holdout"), lambda v: 0.0 <= v < 1.0,
+     "in [0, 1)"),
     (("env.sticky_actions",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     (("env.game",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a game name such as ms_pacman"),
     (("env.task",), lambda v: re.fullmatch(r"\w*", v, re.ASCII) is not None, "a task name such as walker_walk"),
@@ -429,3 +430,23 @@ def check_changes(saved: dict, cfg: DictConfig, where: Path | str) -> None:
         keys = ",".join(c.split(":")[0] for c in changes)
         raise UserError(f"config differs from the run's ({where}): {'; '.join(changes)}. Resume with the run's "
                         f"own config (resume=RUN_DIR alone), or allow the change with allow_changes=[{keys}]")
+    _check_data_changes(saved, cfg)
+
+
+def _check_data_changes(saved: dict, cfg: DictConfig) -> None:
+    """Refuse an allowed change that the saved replay cannot take: its chunk files hold rows of `env.num_envs`
+    transitions, `replay.chunk` rows each, and no model states unless `replay.context` stored them. (An offline
+    run keeps no replay of its own; the model's shapes are checked against the checkpoint's weights.)"""
+    old = {**ABSENT_MEANS, **flatten(saved)}
+    if old.get("offline.minari") or old.get("offline.replay"):
+        return
+    envs = old.get("env.num_envs")
+    if envs != cfg.env.num_envs:
+        raise UserError(f"env.num_envs cannot change on resume: the replay's chunks hold {envs} env"
+                        f"{'s' if envs != 1 else ''} per row")
+    chunk = old.get("replay.chunk", ReplayConfig.chunk)
+    if chunk != cfg.replay.chunk:
+        raise UserError(f"replay.chunk cannot change on resume: the replay's chunk files hold {chunk} rows each")
+    if not old.get("replay.context") and cfg.replay.context:
+        raise UserError("replay.context=1 cannot be given on resume of a run with replay.context=0: its replay "
+                        "holds no model states to start sequences from")

@@ -30,6 +30,7 @@ from rssm.agent import Agent, to_torch
 from rssm.build import build_agent, build_env, env_id, resolve_device
 from rssm.checkpoint import (
     CHECKPOINT,
+    check_shapes,
     checkpoint_path,
     load_checkpoint,
     rng_state,
@@ -39,7 +40,7 @@ from rssm.checkpoint import (
     set_rng_state,
 )
 from rssm.cli import write_run_config
-from rssm.collector import transition
+from rssm.collector import blank_transition, transition
 from rssm.config import UserError, check_changes
 from rssm.envs import EnvSpec, env_spec, from_env_action, install
 from rssm.files import atomic_write
@@ -47,7 +48,7 @@ from rssm.host import setup_host
 from rssm.logging import Logger, MeanTracker
 from rssm.messages import status
 from rssm.openloop import open_loop_errors
-from rssm.replay import Replay, chunk_files, chunk_streams, read_chunk
+from rssm.replay import Layout, Replay, check_chunk, chunk_files, chunk_streams, layout, read_chunk
 from rssm.run_state import RunStopped, StopRequested, crossed, seed_everything
 
 Episode = dict[str, np.ndarray]  # a transition's fields, each (T + 1, ...): the first observation, then T steps
@@ -107,14 +108,20 @@ def _action_words(spec: EnvSpec) -> str:
 
 def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
     """The episodes in another run's replay chunks (every rank's shard), each env's stream split at its episode
-    starts; the last, unfinished episode of a stream is kept as it is."""
+    starts; the last, unfinished episode of a stream is kept as it is. Every chunk is checked against the first
+    one's layout (`check_chunk`), and that against the env's spaces."""
     run_dir = Path(run_dir).expanduser()
     shards = sorted((run_dir / "replay").glob("rank_*")) or [run_dir / "replay"]
-    episodes = []
+    episodes, expected = [], None
     for shard in shards:
         files = chunk_files(shard)
         for stream in chunk_streams(files):
-            chunks = [read_chunk(files[i]) for i in stream]
+            chunks = []
+            for index in stream:
+                arrays = read_chunk(files[index])
+                expected = expected or _replay_layout(run_dir, files[index], arrays, spec)
+                check_chunk(files[index], arrays, expected, doing="train on", whose="the first chunk's")
+                chunks.append(arrays)
             # (rows, envs, ...); the model states a replay context stored are the other run's, not data
             data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if not k.startswith("latent_")}
             for env in range(data["is_first"].shape[1]):
@@ -123,12 +130,20 @@ def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
                 episodes += [{k: v[a:b] for k, v in column.items()} for a, b in pairwise(starts) if b > a]
     if not episodes:
         raise UserError(f"{run_dir} holds no replay chunks (replay/chunk_*.npz) to train on")
-    shapes = {k: episodes[0][k].shape[1:] for k in spec.obs_shapes}
-    if shapes != spec.obs_shapes or episodes[0]["action"].shape[1:] != (spec.action_dim,):
-        raise UserError(f"the replay of {run_dir} has observations {shapes} and actions of "
-                        f"{episodes[0]['action'].shape[1:]}, the env {spec.obs_shapes} and {spec.action_dim}: pick "
-                        f"the env the run trained in")
     return episodes
+
+
+def _replay_layout(run_dir: Path, path: Path, arrays: dict[str, np.ndarray], spec: EnvSpec) -> Layout:
+    """The layout of another run's first chunk `arrays` (at `path`), which every chunk must share, once it is
+    found to hold the fields of transitions in the env of `spec`."""
+    if missing := [k for k in blank_transition(spec) if k not in arrays]:
+        raise UserError(f"cannot train on replay chunk {path}: it lacks {', '.join(map(repr, missing))}")
+    shapes = {k: arrays[k].shape[2:] for k in spec.obs_shapes}
+    if shapes != spec.obs_shapes or arrays["action"].shape[2:] != (spec.action_dim,):
+        raise UserError(f"the replay of {run_dir} has observations {shapes} and actions of "
+                        f"{arrays['action'].shape[2:]}, the env {spec.obs_shapes} and {spec.action_dim}: pick "
+                        f"the env the run trained in")
+    return layout(arrays)
 
 
 def split(episodes: list[Episode], share: float, seed: int) -> tuple[list[Episode], list[Episode]]:
@@ -179,6 +194,11 @@ def _episodes(cfg: DictConfig, spec: EnvSpec) -> tuple[list[Episode], list[Episo
     if held_steps < length:
         raise UserError(f"the held-out episodes hold {held_steps} steps, fewer than one sequence of "
                         f"trainer.openloop_context + the longest horizon = {length}: raise offline.holdout")
+    train_steps = sum(len(e["is_first"]) for e in train_eps)
+    if train_steps < cfg.replay.batch_length:
+        raise UserError(f"offline.holdout={cfg.offline.holdout} leaves {len(train_eps)} of the {len(episodes)} "
+                        f"episodes to train on, {train_steps} steps, fewer than one sequence of "
+                        f"replay.batch_length={cfg.replay.batch_length}: lower offline.holdout")
     return train_eps, held_eps
 
 
@@ -252,6 +272,8 @@ def _resume(cfg: DictConfig, agent: Agent, replay: Replay) -> int:
     if "offline" not in state:
         raise UserError(f"{path} is the checkpoint of a run in an env, not of an offline run")
     check_changes(state["config"], cfg, path)
+    for name, module in agent.modules().items():
+        check_shapes(path, name, state["agent"].get(name, {}), module.state_dict())
     agent.load_state_dict(state["agent"])
     replay.rng.bit_generator.state = state["offline"]["sampler"]
     set_rng_state(state["offline"]["rng"])

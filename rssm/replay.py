@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rssm.config import UserError
-from rssm.files import WriteFailed, atomic_write
+from rssm.files import WriteFailed, atomic_write, writing
 
 _CHUNK = re.compile(r"chunk_(\d+)\.npz")
 # zlib level of the chunk files: the fastest, since chunks are written in the training loop. A 1024-step chunk of
@@ -57,9 +57,10 @@ class Replay:
     They may cross episode boundaries: `is_first` marks where the model state is reset. The first step of
     every sampled window is marked `is_first` too, since the model starts each window from its initial state.
 
-    With a `directory`, every `chunk` rows are written there as `chunk_NNNNNN.npz` (compressed, `write_chunk`)
-    as soon as they are all in (row r is in chunk r // chunk). Files are written once, atomically; the partial
-    chunk at the end is part of `state_dict()` instead, so a checkpoint and the files describe the buffer.
+    With a `directory` (made at the first chunk or `flush`), every `chunk` rows are written there as `chunk_NNNNNN.npz`
+    (compressed, `write_chunk`) as soon as they are all in (row r is in chunk r // chunk). Files are written once,
+    atomically; the partial chunk at the end is part of `state_dict()` instead, so a checkpoint and the files
+    describe the buffer.
     Without one the buffer is not saved: `state_dict()` holds no transitions and cannot be loaded back.
 
     With a `device`, the buffer also keeps a copy of its rows in that device's memory, written as rows are added
@@ -89,8 +90,6 @@ class Replay:
         self.online = online
         self.queue: deque[tuple[int, int]] = deque()  # with `online`: windows not yet trained on, (first row, env)
         self.dirty: set[int] = set()  # written chunks whose rows `write` changed since
-        if directory is not None:
-            Path(directory).mkdir(parents=True, exist_ok=True)
 
     @property
     def ptr(self) -> int:
@@ -183,7 +182,10 @@ class Replay:
             self.dirty.update(int(c) for c in np.unique(rows // self.chunk) if c < self.total // self.chunk)
 
     def flush(self) -> None:
-        """Write again the chunk files whose rows `write` changed, those rows as the buffer holds them now."""
+        """Write again the chunk files whose rows `write` changed, those rows as the buffer holds them now. Makes
+        the directory if no chunk has yet: a saved buffer has one."""
+        if self.directory is not None:
+            self._make_directory()
         for index in sorted(self.dirty):
             lo, hi = index * self.chunk, (index + 1) * self.chunk
             first = self.total - self.size  # the oldest row held
@@ -195,7 +197,7 @@ class Replay:
                 arrays = read_chunk(self._chunk_path(index))
                 for k, v in self.data.items():
                     arrays[k][first - lo:] = v[self._slots(first, hi)]
-            atomic_write(self._chunk_path(index), lambda f, a=arrays: write_chunk(f, a))
+            self._save_chunk(index, arrays)
         self.dirty.clear()
 
     def sample_tensors(self, batch_size: int, length: int,
@@ -236,10 +238,20 @@ class Replay:
         slots = self._slots(index * self.chunk, (index + 1) * self.chunk)
         arrays = {k: v[slots] for k, v in self.data.items()}  # (chunk, envs, ...)
         try:
-            atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
+            self._save_chunk(index, arrays)
         except WriteFailed:
             self.dirty.add(index)  # `flush` writes it with the next checkpoint, which needs it
             raise
+
+    def _save_chunk(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        self._make_directory()
+        atomic_write(self._chunk_path(index), lambda f: write_chunk(f, arrays))
+
+    def _make_directory(self) -> None:
+        """The directory is made when the buffer first writes to it (a chunk, or `flush` before a checkpoint), not
+        when it is built: a resume that is refused makes none."""
+        with writing(self.directory):
+            Path(self.directory).mkdir(parents=True, exist_ok=True)
 
     def state_dict(self) -> dict:
         """Counters, the sampling RNG, the online queue and the rows after the last full chunk (numpy arrays);
@@ -254,10 +266,11 @@ class Replay:
         return {"total": self.total, "rng": self.rng.bit_generator.state, "tail": tail, "saved": True, "queue": queue}
 
     def load_state_dict(self, state: dict) -> None:
-        """Refill the buffer from the chunk files and the saved tail: each chunk is read, copied into its
-        slots and dropped, so loading needs the buffer's memory plus one chunk. Chunk files written after
-        the checkpoint (by a run that went on, or was killed, after it) are deleted. Raises UserError for the
-        state of a buffer that was not saved."""
+        """Refill the buffer from the chunk files and the saved tail: each chunk is read, checked against the
+        tail's layout (`check_chunk`), copied into its slots and dropped, so loading needs the buffer's memory plus
+        one chunk. Chunk files written after the checkpoint (by a run that went on, or was killed, after it) are
+        deleted once every chunk is in. Raises UserError for the state of a buffer that was not saved, and for a
+        chunk file that cannot be read or does not hold the run's rows."""
         if not state.get("saved", True):  # checkpoints from before `saved` always had their replay saved
             raise UserError("the checkpoint holds no replay: its run had replay.save=false")
         if self.directory is None:
@@ -268,9 +281,13 @@ class Replay:
         self.data, self.total, self.size = {}, total, total - first
         self.rng.bit_generator.state = state["rng"]
         self.queue, self.dirty = deque((int(a), int(b)) for a, b in state.get("queue", [])), set()
+        # Every chunk holds `chunk` rows laid out as the tail's (the rows after them, saved by the same run).
+        expected = layout(tail, rows=self.chunk) if tail else None
         for index in range(first // self.chunk, full):
             path = self._chunk_path(index)
             arrays = read_chunk(path)
+            expected = expected or layout(arrays, rows=self.chunk)
+            check_chunk(path, arrays, expected)
             if not self.data:
                 self._allocate({k: v[0] for k, v in arrays.items()})
             lo = max(first, index * self.chunk)  # the chunk's part still in the buffer
@@ -280,7 +297,7 @@ class Replay:
             self._allocate({k: np.asarray(v)[0] for k, v in tail.items()})
         for k, v in tail.items() if self.data else ():
             self.data[k][self._slots(full * self.chunk, total)] = v
-        for path in Path(self.directory).iterdir():
+        for path in _entries(self.directory):
             match = _CHUNK.fullmatch(path.name)
             if (match and int(match[1]) >= full) or path.name.endswith(".tmp"):
                 path.unlink()
@@ -290,10 +307,15 @@ class Replay:
         """Delete chunk files that a checkpoint taken at `total` rows no longer needs."""
         if self.directory is None:
             return
-        for path in Path(self.directory).iterdir():
+        for path in _entries(self.directory):
             match = _CHUNK.fullmatch(path.name)
             if match and (int(match[1]) + 1) * self.chunk <= total - self.capacity:
                 path.unlink()
+
+
+def _entries(directory: Path) -> list[Path]:
+    """What `directory` holds; nothing before its first chunk made it."""
+    return list(Path(directory).iterdir()) if Path(directory).is_dir() else []
 
 
 def write_chunk(file: IO[bytes], arrays: dict[str, np.ndarray], level: int = COMPRESS_LEVEL) -> None:
@@ -317,8 +339,48 @@ def read_chunk(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarra
 
 
 def as_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stored transitions (with at least `is_first`) as rows (n, envs, ...): files written before replays had an
-    env axis hold (n, ...)."""
-    if arrays and arrays["is_first"].ndim == 1:  # (n,): one env
+    """Stored transitions as rows (n, envs, ...): files written before replays had an env axis hold (n, ...), and
+    their `is_first` is (n,)."""
+    if "is_first" in arrays and np.ndim(arrays["is_first"]) == 1:  # (n,): one env
         return {k: v[:, None] for k, v in arrays.items()}
     return arrays
+
+
+Layout = dict[str, tuple[tuple[int, ...], np.dtype]]  # each field's shape (rows, envs, ...) and dtype
+
+
+def layout(arrays: dict[str, np.ndarray], rows: int | None = None) -> Layout:
+    """The shape and dtype of each field of `arrays` (n, envs, ...), with `rows` rows in place of n if given."""
+    return {k: (np.shape(v) if rows is None else (rows, *np.shape(v)[1:]), np.asarray(v).dtype)
+            for k, v in arrays.items()}
+
+
+def check_chunk(path: Path, arrays: dict[str, np.ndarray], expected: Layout, doing: str = "resume from",
+                whose: str = "the run's") -> None:
+    """Raise UserError naming the chunk file `path` where its `arrays` (as `read_chunk` gives them) differ from
+    the `expected` layout: a field missing or extra, of another shape or dtype, or a float field of the data (an
+    observation, the action, the reward) with a value that is not finite. The model states a replay context
+    stores (`latent_*`) are the run's own computation, not data: a non-finite one is what the run left there.
+    One pass over each field."""
+
+    def refuse(problem: str) -> None:
+        raise UserError(f"cannot {doing} replay chunk {path}: {problem}")
+
+    if missing := sorted(expected.keys() - arrays.keys()):
+        refuse(f"it lacks {_names(missing)}, which {whose} rows hold")
+    if extra := sorted(arrays.keys() - expected.keys()):
+        refuse(f"it holds {_names(extra)}, which {whose} rows do not")
+    for k, (shape, dtype) in expected.items():
+        v = arrays[k]
+        if v.shape != shape:
+            refuse(f"its '{k}' has shape {v.shape}, {whose} is {shape}")
+        if v.dtype != dtype:
+            refuse(f"its '{k}' is {v.dtype}, {whose} is {dtype}")
+        if np.issubdtype(v.dtype, np.floating) and not k.startswith("latent_"):
+            bad = v.size - np.count_nonzero(np.isfinite(v))
+            if bad:
+                refuse(f"its '{k}' is not finite: {bad} of its {v.size} values are NaN or inf")
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(f"'{k}'" for k in keys)

@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class UserError(Exception):
@@ -222,7 +223,7 @@ COMPILE_CHOICES = ("auto", "true", "false")
 _WM_KEYS = tuple(f"wm.{f.name}" for f in fields(WorldModelConfig))
 _RANGES = [  # (keys, test, what the test asks for)
     (("env.action_repeat", "env.image_size", "env.num_envs", "model.deter", "model.units", "model.groups",
-      "model.classes", "model.bins", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
+      "model.classes", "model.cnn_depth", "replay.capacity", "replay.batch_size", "replay.batch_length",
       "replay.chunk", "trainer.steps", "trainer.log_every", "trainer.max_nonfinite", "trainer.openloop_context",
       "trainer.train_ratio", "trainer.eval_episodes", "wm.lr", "wm.eps", "agent.horizon",
       "agent.actor_lr", "agent.critic_lr", "agent.eps", "model.dyn_layers", "offline.updates"),
@@ -230,8 +231,9 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("env.time_limit", "env.noop_max", "model.layers", "model.blocks", "model.prior_layers", "trainer.prefill",
       "trainer.eval_every", "trainer.checkpoint_every", "trainer.openloop_every", "agent.lam", "agent.entropy",
       "agent.slow_rate", "agent.replay_value", "agent.grad_clip", "agent.actor_outscale", "optim.agc",
-      "optim.warmup", "threads", *_WM_KEYS),
+      "optim.warmup", "threads", "seed", *_WM_KEYS),
      lambda v: v >= 0, ">= 0"),
+    (("model.bins",), lambda v: v >= 2, ">= 2 (two-hot needs two bins)"),
     (("model.head_layers", "model.mlp_layers"), lambda v: v is None or v >= 0, ">= 0 or null"),
     (("env.step_timeout",), lambda v: v is None or v > 0, "> 0 or null"),
     (("replay.context",), lambda v: v in (0, 1), "0 or 1"),
@@ -329,6 +331,12 @@ def _check_compute(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express. Raises UserError naming the key."""
     _check_keys(cfg, Config)
+    try:  # an interpolation (`${...}`) that names no key, or a resolver's error
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{key + ': ' if key else ''}cannot resolve the config: {detail}") from None
     _check_env(cfg)
     _check_finite(cfg)
     for keys, ok, wanted in _RANGES:

@@ -245,6 +245,9 @@ def refused(cfg, run_dir: Path, message: str, *unchanged: Path) -> None:
     ("trainer.prefill=300", "trainer.prefill (300) must be below trainer.steps (300)"),
     ("trainer.steps=14", "trainer.steps (14) gives each of the 2 envs fewer steps than one sequence"),
     ("+trainer.speed=3", "unknown config key 'trainer.speed'"),
+    ("trainer.steps=${oops}", "trainer.steps: cannot resolve the config: Interpolation key 'oops' not found"),
+    ("seed=-1", "seed must be >= 0, got -1"),
+    ("model.bins=1", "model.bins must be >= 2 (two-hot needs two bins), got 1"),
 ])
 def test_configs_that_cannot_train_are_refused(compose_config, finished, tmp_path, override, message):
     extra = ("env.num_envs=2", "trainer.prefill=0", "replay.chunk=4") if "trainer.steps=14" in override else ()

@@ -2,8 +2,9 @@
 
 For each seed, PPO from stable-baselines3 (rl-zoo's CartPole-v1 settings: 8 envs, 32 steps each per rollout,
 batch 256, 20 epochs, gamma 0.98, GAE 0.8, learning rate 1e-3 and clip range 0.2 both falling linearly to 0)
-trains for `--steps` env steps twice: inside `rssm.DreamEnv(run)` (episodes started from resets of the real env,
-every later step the world model's; `--termination` as DreamEnv's), and on the run's real env. Both are then
+trains for `--steps` env steps twice: inside `rssm.sb3.DreamVecEnv(run, envs)` (the batched dream, one call of the
+world model steps all envs; episodes started from resets of the real env, every later step the world model's;
+`--termination` as DreamEnv's), and on the run's real env (SB3's DummyVecEnv of `envs` copies). Both are then
 evaluated on the real env: mean return of the deterministic policy over `--episodes` episodes (seeds 1000, 1001,
 ...).
 
@@ -24,7 +25,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import rssm
+import rssm.sb3
 
 
 def ppo(envs, seed: int) -> PPO:
@@ -67,10 +68,13 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         row = {"seed": seed}
-        dream = lambda: rssm.DreamEnv(loaded, termination=args.termination)  # noqa: E731
-        for where, make in (("dream", dream), ("real", loaded.make_env)):
+        dream = lambda: rssm.sb3.DreamVecEnv(loaded, args.envs, termination=args.termination)  # noqa: E731
+        real = lambda: DummyVecEnv([loaded.make_env] * args.envs)  # noqa: E731
+        for where, make in (("dream", dream), ("real", real)):
             start = time.perf_counter()
-            agent = ppo(DummyVecEnv([make] * args.envs), seed).learn(args.steps)
+            envs = make()
+            agent = ppo(envs, seed).learn(args.steps)
+            envs.close()
             row[f"{where}_minutes"] = (time.perf_counter() - start) / 60
             row[f"{where}_return"] = real_return(agent, loaded, args.episodes)
         rows.append(row)

@@ -1,13 +1,14 @@
 """Gymnasium envs inside a trained world model: `DreamEnv` (one) and `DreamVecEnv` (N stepped in one batched call).
 
 An episode starts from real observations, either a reset of the run's real env (`start="env"`) or `context`
-consecutive steps of one episode from the run's replay (`start="replay"`), which the posterior sees. From then on
-each step is the world model's prior under the given action: the observation is the decoder's prediction in the
-env's own space (clipped into it), the reward the reward head's; the episode terminates at a step with the
-probability the continue head gives that it ends there (`termination="sample"`; `"mode"`: where that probability
-is above one half), and it is truncated after `max_episode_steps` (by default the run's time limit, in agent
-steps, where its env has one). The observation and action spaces are the real env's (for a
-Dict, the keys the world model sees). Latents are drawn from the env's own generator, so a seeded reset repeats.
+consecutive steps of one episode from the run's replay (`start="replay"`: its chunk files and the rows after them
+in its checkpoint, `rssm.replay_read`), which the posterior sees. From then on each step is the world model's prior
+under the given action: the observation is the decoder's prediction in the env's own space (clipped into it), the
+reward the reward head's; the episode terminates at a step with the probability the continue head gives that it
+ends there (`termination="sample"`; `"mode"`: where that probability is above one half), and it is truncated after
+`max_episode_steps` (by default the run's time limit, in agent steps, where its env has one). The observation and
+action spaces are the real env's (for a Dict, the keys the world model sees). Latents are drawn from the env's own
+generator, so a seeded reset repeats.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from rssm.api import Loaded, load
 from rssm.build import env_id
 from rssm.checkpoint import seeded
 from rssm.config import UserError
-from rssm.dream import replay_sequences
 from rssm.envs import ATARI_FRAME_SKIP, to_env_action
 from rssm.imagination import EnvModel, check_actions, describe
 from rssm.replay import chunk_files
+from rssm.replay_read import checkpoint_tail, replay_dir, replay_sequences
 from rssm.rssm import RSSMState
 
 
@@ -94,12 +95,14 @@ class _ReplayStarts:
 
     def __init__(self, loaded: Loaded, context: int, pool: int, seed: int):
         run_dir = loaded.path.parent
-        replay = run_dir / "replay"
-        replay = replay / "rank_0" if (replay / "rank_0").is_dir() else replay
-        if not chunk_files(replay):
+        replay = replay_dir(run_dir)
+        # the rows after the last chunk file are in the checkpoint: all of them in a run shorter than one chunk
+        checkpoint = loaded.path if loaded.path.name != "model.pt" else None
+        tail = checkpoint_tail(checkpoint, loaded.config.replay.chunk)
+        if not chunk_files(replay) and tail is None:
             raise UserError(f"{run_dir} has no replay chunks to start dreams from (replay/chunk_*.npz): use "
                             f"start='env'")
-        windows = replay_sequences(replay, context, pool, np.random.default_rng(seed))  # (S, context, ...)
+        windows = replay_sequences(replay, context, pool, np.random.default_rng(seed), tail)  # (S, context, ...)
         spec, keys = loaded.spec, loaded.world_model.module.obs_keys
         obs = {k: windows[k] for k in keys}
         self.obs = obs if list(spec.obs_shapes) != ["obs"] else obs["obs"]

@@ -10,16 +10,19 @@ prediction of obs[context + k - 1], made k prior steps after the last observatio
     horizon k:                                    1                    2
 
 `open_loop_video` draws the same prediction for a few sequences: truth | prediction | error, where the prediction
-of the context steps is the posterior's reconstruction and from then on the prior's.
+of the context steps is the posterior's reconstruction and from then on the prior's; `open_loop_curves` gives it
+for vectors, each dimension with the reward and the continue flag, as curves over time (`rssm-dream` draws them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from rssm.distributions import symexp
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
@@ -37,7 +40,8 @@ def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context
         obs: a dict of the observation keys (B, H, ...) as the decoder predicts them (vectors in symlog space,
         images in [0, 1]); reward (B, H) and the continue probability cont (B, H). The latents of the prior
         rollout are sampled, as in imagination. With `reconstruct` also recon: a dict of the observation keys
-        (B, context, ...) decoded from the posterior, which saw them.
+        (B, context, ...) decoded from the posterior, which saw them, and its recon_reward and recon_cont
+        (B, context).
     """
     action, is_first = batch["action"], batch["is_first"]
     B, T = is_first.shape
@@ -50,7 +54,9 @@ def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context
     out = {"obs": wm.decode(feat), "reward": wm.predicted_reward(feat),
            "cont": torch.sigmoid(wm.cont(feat).squeeze(-1))}
     if reconstruct:
-        out["recon"] = wm.decode(features(post))  # (B, context, ...) per key
+        seen_feat = features(post)  # (B, context, F)
+        out.update(recon=wm.decode(seen_feat), recon_reward=wm.predicted_reward(seen_feat),  # (B, context, ...)
+                   recon_cont=torch.sigmoid(wm.cont(seen_feat).squeeze(-1)))
     return out
 
 
@@ -130,30 +136,122 @@ def open_loop_video(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: 
     return panels.transpose(0, 1).flatten(1, 2).cpu().numpy()  # (T, S * H, 3W, C)
 
 
-LABEL_HEIGHT = 14  # rows of the header `label_video` adds: text, then a bar that shows where the context ends
+@torch.no_grad()
+def open_loop_curves(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int, horizon: int,
+                     sequences: int = 4, keys: Sequence[str] | None = None, cont_scale: float = 1.0,
+                     prediction: dict | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Truth and prediction over time of each dimension of the vector keys, the reward and the continue flag, for
+    the first `sequences` sequences, in the env's units: the posterior's reconstruction over the first `context`
+    steps, then the prior's open-loop prediction over the next `horizon`.
+
+    Args:
+        batch: as for `open_loop_errors`, with T >= context + horizon.
+        keys: the vector keys to draw; default all of `wm.vector_keys`.
+        cont_scale: what the continue head learns for a step the episode goes on from
+            (`rssm.build.continue_target`): its output over this is P(continue), against the truth 1 - is_terminal.
+        prediction: `predict_open_loop(wm, batch, context, >= horizon, reconstruct=True)` if already made.
+    Returns:
+        The names of the N = D + 2 rows (`key[i]` for each of the D dimensions, then "reward" and "continue"), and
+        the truth and the prediction, each (S, N, context + horizon) float32 with S = min(sequences, B).
+    """
+    keys = wm.vector_keys if keys is None else list(keys)
+    if prediction is None:
+        prediction = predict_open_loop(wm, batch, context, horizon, reconstruct=True)
+    S, T = min(sequences, batch["is_first"].shape[0]), context + horizon
+
+    def joined(seen: torch.Tensor, dreamt: torch.Tensor) -> torch.Tensor:  # (S, T, ...) from (B, context | H', ...)
+        return torch.cat([seen[:S], dreamt[:S, :horizon]], 1)
+
+    truth = [batch[k][:S, :T].float() for k in keys]  # each (S, T, D_k)
+    pred = [symexp(joined(prediction["recon"][k], prediction["obs"][k])) for k in keys]  # decoded in symlog space
+    truth += [batch["reward"][:S, :T, None].float(), 1.0 - batch["is_terminal"][:S, :T, None].float()]
+    pred += [joined(prediction["recon_reward"], prediction["reward"])[..., None],
+             (joined(prediction["recon_cont"], prediction["cont"]) / cont_scale).clamp(0.0, 1.0)[..., None]]
+    names = [f"{k}[{i}]" for k in keys for i in range(batch[k].shape[-1])] + ["reward", "continue"]
+    truth, pred = (torch.cat(x, -1).transpose(1, 2).cpu().numpy() for x in (truth, pred))  # (S, N, T) each
+    return names, truth, pred
+
+
+LABEL_HEIGHT = 14  # rows of `label_video`'s header over panels 20 pixels wide or more: text, then a 2-row bar
+NARROW_LABEL_HEIGHT = 20  # over narrower ones: two lines of text (the middle label on the second), then the bar
+LABEL_SIZES = (10, 9, 8, 7)  # font sizes in pixels, the largest at which the labels fit is used
+LABEL_GAP = 2  # dark columns at least between a label and the next panel's on the same line
+
+
+class Header(NamedTuple):
+    """How `label_video` labels panels of a width: the font size, the header's rows, its lines of text (1: the
+    three labels side by side; 2: the middle one under the others) and each frame's labels, left to right."""
+
+    size: int
+    height: int
+    lines: int
+    labels: list[tuple[str, str, str]]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, OSError, ImportError):  # Pillow before 10.1, or without FreeType: its one bitmap font
+        return ImageFont.load_default()
+
+
+def _label_left(width: int) -> int:
+    """Where a label starts in its panel: two pixels in, or at the edge of a narrow one."""
+    return 2 if width >= 32 else 0
+
+
+def header_layout(width: int, context: int, frames: int) -> Header:
+    """The header of `label_video` over panels `width` pixels wide, for `frames` frames of which the first
+    `context` were seen: "truth", "seen" or "dream +k" (the prior's k-th prediction), "error". On one line at the
+    largest size of `LABEL_SIZES` at which each label ends `LABEL_GAP` columns before its panel does ("+k" where
+    "dream +k" would not); where none does (panels under 20 pixels), the middle label goes on a second line, each
+    label within its panel at the smallest size (16 pixels: all fit); cut at the panel's edge where one cannot."""
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    h = frames - context  # the last prediction's k: its label is the widest
+
+    def fits(text: str, size: int, gap: int) -> bool:
+        return draw.textbbox((_label_left(width), 0), text, font=_font(size))[2] <= width - gap
+
+    def labels(dream: str) -> list[tuple[str, str, str]]:
+        return [("truth", "seen" if t < context else dream.format(t - context + 1), "error") for t in range(frames)]
+
+    for size in LABEL_SIZES:
+        dream = "dream +{}" if fits(f"dream +{h}", size, LABEL_GAP) else "+{}"
+        if all(fits(text, size, LABEL_GAP) for text in ("truth", "seen", dream.format(h), "error")):
+            return Header(size, LABEL_HEIGHT, 1, labels(dream))
+    return Header(LABEL_SIZES[-1], NARROW_LABEL_HEIGHT, 2, labels("+{}"))
 
 
 def label_video(video: np.ndarray, context: int) -> np.ndarray:
     """An `open_loop_video` with a header over its three panels, in RGB: "truth", then "seen" over the posterior's
     reconstruction of the context frames and "dream +k" over the prior's k-th prediction, then "error"; under the
-    text a bar, green over the context frames and red from the first predicted one.
+    text a bar, green over the context frames and red from the first predicted one. Over narrow panels the font is
+    smaller, "dream +k" is "+k", and under 20 pixels the middle label has a line of its own (`header_layout`).
 
     Shapes:
-        (T, S * H, 3 * W, C) uint8, C = 1 or 3 -> (T, LABEL_HEIGHT + S * H, 3 * W, 3) uint8.
+        (T, S * H, 3 * W, C) uint8, C = 1 or 3 -> (T, R + S * H, 3 * W, 3) uint8 with R = `header_layout(W, context,
+        T).height`: `LABEL_HEIGHT`, or `NARROW_LABEL_HEIGHT` under panels narrower than 20 pixels.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     T, _, width, C = video.shape
     W = width // 3
-    font = ImageFont.load_default()
+    header = header_layout(W, context, T)
+    font, line = _font(header.size), (header.height - 2) // header.lines  # rows of each line of text
+    top = (LABEL_SIZES[0] - header.size) // 2 if header.lines == 1 else 0  # a smaller font in the middle of its line
     rgb = np.repeat(video, 3, -1) if C == 1 else video
     frames = []
     for t in range(T):
-        header = Image.new("RGB", (width, LABEL_HEIGHT))
-        draw = ImageDraw.Draw(header)
-        middle = "seen" if t < context else f"dream +{t - context + 1}"
-        for i, text in enumerate(("truth", middle, "error")):
-            draw.text((i * W + 2, 0), text, fill=(255, 255, 255), font=font)
-        draw.rectangle((0, LABEL_HEIGHT - 2, width, LABEL_HEIGHT), fill=(0, 160, 0) if t < context else (200, 0, 0))
-        frames.append(np.concatenate([np.asarray(header), rgb[t]], 0))
+        image = Image.new("RGB", (width, header.height))
+        for i, text in enumerate(header.labels[t]):
+            panel = Image.new("RGB", (W, line))  # drawn apart: a label never reaches into the next panel
+            ImageDraw.Draw(panel).text((_label_left(W), top), text, fill=(255, 255, 255), font=font)
+            image.paste(panel, (i * W, line if header.lines == 2 and i == 1 else 0))
+        ImageDraw.Draw(image).rectangle((0, header.height - 2, width, header.height),
+                                        fill=(0, 160, 0) if t < context else (200, 0, 0))
+        frames.append(np.concatenate([np.asarray(image), rgb[t]], 0))
     return np.stack(frames)

@@ -4,6 +4,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +16,24 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_images import image_batch, image_model
 from test_train import read_scalars
 
-from rssm.config import register_configs
-from rssm.dream import episode_windows, longest_episode, main, replay_sequences
+from rssm.build import continue_target
+from rssm.checkpoint import CHECKPOINT, load_checkpoint
+from rssm.config import UserError, register_configs
+from rssm.dream import curve_figure, curve_frames, dream_batch, main
 from rssm.evaluate import main as eval_main
 from rssm.loggers import encode_gif
-from rssm.openloop import LABEL_HEIGHT, open_loop_errors, open_loop_video, predict_open_loop
+from rssm.openloop import (
+    LABEL_HEIGHT,
+    NARROW_LABEL_HEIGHT,
+    header_layout,
+    label_video,
+    open_loop_curves,
+    open_loop_errors,
+    open_loop_video,
+    predict_open_loop,
+)
 from rssm.replay import Replay
+from rssm.replay_read import checkpoint_tail, episode_windows, longest_episode, replay_sequences
 from rssm.rssm import features
 from rssm.train import train
 
@@ -145,11 +158,18 @@ def pixel_runs(tmp_path_factory):
     return root, plain, logged
 
 
+def short_debug_run(tmp_path_factory) -> Path:
+    """The first run the README suggests, `rssm-train experiment=debug` (CartPole, 300 env steps): fewer rows than
+    replay.chunk=1024, so no chunk file, and all of its replay in its checkpoint. Trained once a session."""
+    run_dir = tmp_path_factory.getbasetemp() / "short_debug_run"
+    if not (run_dir / "model.pt").exists():
+        train(compose_run("experiment=debug", "trainer.progress=false"), run_dir)
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def vector_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("vector")
-    train(compose_run("experiment=debug", "trainer.progress=false", "trainer.steps=110"), run_dir)
-    return run_dir
+    return short_debug_run(tmp_path_factory)
 
 
 def test_a_pixel_run_logs_the_video_and_its_training_is_unchanged(pixel_runs):
@@ -164,8 +184,8 @@ def test_a_pixel_run_logs_the_video_and_its_training_is_unchanged(pixel_runs):
     assert [e.step for e in images] == [50, 100, 150, 200]
     gif = Image.open(io.BytesIO(images[-1].encoded_image_string))
     # Debug batch of 4 sequences, 5 context and 15 predicted frames, 16 x 16 images as truth | prediction | error,
-    # under the labels' header.
-    assert gif.format == "GIF" and gif.n_frames == 20 and gif.size == (3 * 16, LABEL_HEIGHT + 4 * 16)
+    # under the labels' header: two lines of it over panels this narrow.
+    assert gif.format == "GIF" and gif.n_frames == 20 and gif.size == (3 * 16, NARROW_LABEL_HEIGHT + 4 * 16)
     assert (images[-1].width, images[-1].height) == gif.size
 
 
@@ -175,7 +195,7 @@ def test_rssm_dream_draws_a_gif_from_a_world_model_runs_replay(pixel_runs, tmp_p
     main([str(root / "logged"), "--context", "3", "--horizon", "7", "--sequences", "2", "--out", str(out)])
     assert capsys.readouterr().out == f"rssm-dream: 'image', 2 sequences x (3 seen + 7 predicted frames) -> {out}\n"
     gif = Image.open(out)
-    assert gif.n_frames == 10 and gif.size == (3 * 16, LABEL_HEIGHT + 2 * 16)
+    assert gif.n_frames == 10 and gif.size == (3 * 16, NARROW_LABEL_HEIGHT + 2 * 16)
     with pytest.raises(SystemExit) as exit_info:  # rssm-eval still wants a policy
         eval_main([str(root / "logged"), "--episodes", "1"])
     assert exit_info.value.code == 2 and "no policy to play" in capsys.readouterr().err
@@ -190,16 +210,23 @@ def broken_copy(run_dir, to, model=None):
 
 @pytest.mark.parametrize("case, words", [
     ("missing", "no rssm run at .*nothing: give a run directory"),
-    ("vector", "has no image observations \\(it models obs\\)"),
+    ("vector key", "--key image is not an observation key of the world model \\(obs\\)"),
+    ("no matplotlib", "needs matplotlib to draw a run of vector observations: pip install 'rssm\\[plot\\]'$"),
     ("too long", "no stretch of the replay in .* has 1005 steps within one episode \\(the longest has \\d+\\): lower"),
-    ("no replay", r"copy/replay holds no replay chunks \(chunk_\*\.npz\): a run writes one every replay.chunk=32"),
+    ("no replay", r"copy/replay holds no replay chunks \(chunk_\*\.npz\) and .*copy no checkpoint.pt with the rows "
+                  r"after them: a run writes a chunk every replay.chunk=32 transitions and keeps the rest in its"),
     ("broken model", "cannot read .*model.pt as a torch file "),
     ("bad key", "--key state is not an image key of the world model \\(image\\)"),
     ("bad horizon", "argument --horizon: expected an integer >= 1, got 0"),
 ])
-def test_rssm_dream_errors_are_one_line_with_status_2(pixel_runs, vector_run, tmp_path, capsys, case, words):
+def test_rssm_dream_errors_are_one_line_with_status_2(pixel_runs, vector_run, tmp_path, capsys, monkeypatch, case,
+                                                       words):
     logged = pixel_runs[0] / "logged"
-    args = {"missing": lambda: [str(tmp_path / "nothing")], "vector": lambda: [str(vector_run)],
+    if case == "no matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if it were not installed
+    args = {"missing": lambda: [str(tmp_path / "nothing")],
+            "vector key": lambda: [str(vector_run), "--key", "image"],
+            "no matplotlib": lambda: [str(vector_run), "--horizon", "2", "--out", str(tmp_path / "d.png")],
             "too long": lambda: [str(logged), "--horizon", "1000"],
             "no replay": lambda: [str(broken_copy(logged, tmp_path / "copy"))],
             "broken model": lambda: [str(broken_copy(logged, tmp_path / "copy", model=b"not a model"))],
@@ -210,6 +237,7 @@ def test_rssm_dream_errors_are_one_line_with_status_2(pixel_runs, vector_run, tm
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("rssm-dream: error: ") and err.count("\n") == 1, err
     assert re.search(words, err), err
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_python_dash_m_rssm_dream_reports_a_missing_run_without_a_traceback(tmp_path):
@@ -221,8 +249,6 @@ def test_python_dash_m_rssm_dream_reports_a_missing_run_without_a_traceback(tmp_
 
 
 def test_a_labelled_video_names_its_panels_and_marks_where_the_context_ends():
-    from rssm.openloop import label_video
-
     video = np.zeros((5, 64, 3 * 64, 1), np.uint8)  # grey: labelled in RGB
     video[:, :, :64] = 77
     labelled = label_video(video, context=2)
@@ -232,3 +258,104 @@ def test_a_labelled_video_names_its_panels_and_marks_where_the_context_ends():
     assert (bar[:2, 1] > bar[:2, 0]).all() and (bar[2:, 0] > bar[2:, 1]).all()
     assert labelled[0, :LABEL_HEIGHT - 2].max() > 200  # the text
     assert not np.array_equal(labelled[2, :LABEL_HEIGHT - 2], labelled[3, :LABEL_HEIGHT - 2])  # dream +1, dream +2
+
+
+@pytest.mark.parametrize("width, lines, last", [(16, 2, "+45"), (20, 1, "+45"), (64, 1, "dream +45")])
+def test_labels_fit_apart_over_narrow_and_wide_panels(width, lines, last):
+    """Each label lies within its panel with a dark column before the next one: over 16-pixel panels the middle
+    label has a line of its own, at a font of 7 pixels; over 64-pixel ones all is as it always was."""
+    context, T = 5, 50
+    header = header_layout(width, context, T)
+    assert header.lines == lines and header.size >= 7
+    assert header.labels[0] == ("truth", "seen", "error") and header.labels[-1] == ("truth", last, "error")
+    assert header.height == (NARROW_LABEL_HEIGHT if lines == 2 else LABEL_HEIGHT)
+    labelled = label_video(np.zeros((T, width, 3 * width, 3), np.uint8), context)
+    assert labelled.shape == (T, header.height + width, 3 * width, 3)
+    line = (header.height - 2) // lines  # rows of each line of text
+    for t in (0, context, T - 1):
+        ink = labelled[t, :header.height - 2].max(-1) > 100  # (text rows, 3W): the letters
+        where = np.zeros_like(ink)
+        for i in range(3):
+            top = line if lines == 2 and i == 1 else 0
+            label = ink[top:top + line, i * width:(i + 1) * width]
+            assert label.any() and not label[:, -1].any(), (t, i)  # drawn, and apart from the next panel's
+            where[top:top + line, i * width:(i + 1) * width] = True
+        assert not (ink & ~where).any()  # no letter outside its label's place
+
+
+def test_replay_sequences_go_on_into_the_rows_a_checkpoint_holds(tmp_path):
+    replay = Replay(capacity=100, seed=0, directory=tmp_path, chunk=8)
+
+    def add(i):  # episodes start every 10 steps; chunk files hold 0-7, 8-15, ...
+        replay.add({"obs": np.full((1, 2), i, np.float32), "action": np.zeros((1, 1), np.float32),
+                    "reward": np.full(1, i, np.float32), "is_first": np.full(1, i % 10 == 0),
+                    "is_terminal": np.zeros(1, bool)})
+
+    for i in range(21):
+        add(i)
+    state = replay.state_dict()  # the rows 16-20, after the last chunk file: the checkpoint's
+    tail = (state["total"] // 8, state["tail"])
+    assert tail[0] == 2 and len(tail[1]["is_first"]) == 5
+    starts = replay_sequences(tmp_path, 4, 50, np.random.default_rng(0), tail)["reward"][:, 0]
+    assert list(starts) == [0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16]  # 13-16 read the tail
+    files_alone = replay_sequences(tmp_path, 4, 50, np.random.default_rng(0))["reward"][:, 0]
+    assert list(files_alone) == [0, 1, 2, 3, 4, 5, 6, 10, 11, 12]
+    for i in range(21, 24):  # the run went on after its checkpoint: chunk 2 (16-23) holds the tail's rows and more
+        add(i)
+    batch = replay_sequences(tmp_path, 4, 50, np.random.default_rng(0), tail)
+    assert list(batch["reward"][:, 0]) == [0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 20]
+    np.testing.assert_array_equal(batch["obs"][..., 0], batch["reward"][:, :1] + np.arange(4))
+
+
+def test_a_short_run_s_replay_is_its_checkpoint_s_tail(vector_run):
+    assert not list((vector_run / "replay").glob("chunk_*.npz"))
+    total = load_checkpoint(vector_run / CHECKPOINT, mmap=True)["replay"]["total"]
+    index, rows = checkpoint_tail(vector_run / CHECKPOINT, 1024)
+    assert index == 0 and 300 <= len(rows["is_first"]) == total < 1024 and rows["obs"].shape == (total, 1, 4)
+    with pytest.raises(UserError, match=f"it holds {total} rows after {total} in all, which is not what "
+                                        f"replay.chunk=64 leaves"):
+        checkpoint_tail(vector_run / CHECKPOINT, 64)
+    assert checkpoint_tail(vector_run / "nothing.pt", 1024) is None and checkpoint_tail(None, 1024) is None
+
+
+def test_rssm_dream_draws_a_vector_run_as_curves(vector_run, tmp_path, capsys):
+    """CartPole (4 observation dimensions), a run shorter than one replay chunk: a figure with a column per
+    sequence and a row per dimension, then the reward and the continue flag; a PNG, and a GIF whose curves grow."""
+    png, gif = tmp_path / "dream.png", tmp_path / "dream.gif"
+    for out in (png, gif):
+        main([str(vector_run), "--context", "3", "--horizon", "7", "--sequences", "2", "--out", str(out)])
+        assert capsys.readouterr().out == (f"rssm-dream: 'obs' (4 dimensions, reward and continue), 2 sequences x "
+                                           f"(3 seen + 7 predicted steps) -> {out}\n")
+    cfg, wm, key, batch = dream_batch(vector_run, 3, 7, 2)  # what main drew: the same seed
+    names, truth, pred = open_loop_curves(wm, batch, 3, 7, 2, cont_scale=continue_target(cfg))
+    fig = curve_figure(names, truth, pred, 3)
+    assert key is None and names == ["obs[0]", "obs[1]", "obs[2]", "obs[3]", "reward", "continue"]
+    assert len(fig.axes) == 6 * 2  # a row per curve, a column per sequence
+    for i, ax in enumerate(fig.axes):
+        n, s = divmod(i, 2)
+        truth_line, pred_line = ax.get_lines()[:2]
+        assert np.array_equal(truth_line.get_ydata(), truth[s, n]) and np.array_equal(pred_line.get_ydata(), pred[s, n])
+    np.testing.assert_array_equal(truth[:, :4], batch["obs"].transpose(1, 2).numpy())
+    size = tuple((fig.get_size_inches() * fig.dpi).round().astype(int))
+    still, video = Image.open(png), Image.open(gif)
+    assert still.format == "PNG" and still.size == size
+    assert video.format == "GIF" and video.n_frames == 10 and video.size == size
+    orange = [(np.abs(np.asarray(f.convert("RGB"), int) - (255, 127, 14)).sum(-1) < 60).sum()
+              for f in ImageSequence.Iterator(video)]  # pixels of the predicted curves, frame by frame
+    assert all(a < b for a, b in zip(orange, orange[1:], strict=False)), orange
+    fewer = curve_figure(names[-2:], truth[:, -2:], pred[:, -2:], 3)  # the reward and continue rows alone
+    width, height = (fewer.get_size_inches() * fewer.dpi).round().astype(int)
+    assert width == size[0] and height < size[1]  # a row less for each curve less
+    assert curve_frames(fewer, truth[:, -2:], pred[:, -2:]).shape == (10, height, width, 3)
+
+
+def test_rssm_dream_help_describes_every_flag_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    options = " ".join(capsys.readouterr().out.split()).split("options:")[1]
+    for flag in ("context", "horizon", "sequences", "key", "out", "fps", "seed", "device"):
+        assert re.search(rf"--{flag} {flag.upper()} [^(]+ \(default: ", options), flag
+    for flag, default in (("context", "5"), ("horizon", "45"), ("sequences", "4"), ("fps", "10.0"), ("seed", "0"),
+                          ("device", "cpu")):
+        assert re.search(rf"--{flag} {flag.upper()} [^(]+ \(default: {default}\)", options), flag

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from test_dream import short_debug_run
 
 import rssm
 from rssm.agent import to_torch
@@ -15,6 +16,7 @@ from rssm.config import UserError
 from rssm.distributions import symexp
 from rssm.envs import from_env_action, to_env_action
 from rssm.openloop import predict_open_loop
+from rssm.replay_read import checkpoint_tail
 
 
 def real_episode(run, steps: int, seed: int = 0):
@@ -208,3 +210,20 @@ def test_dream_episodes_end_as_often_as_the_continue_head_says(runs):
         else:
             expected, spread = (1 - cont).sum(), np.sqrt((cont * (1 - cont)).sum())
             assert abs(terminated.sum() - expected) < 4 * spread + 1, (terminated.sum(), expected, spread)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    return short_debug_run(tmp_path_factory)
+
+
+def test_a_run_shorter_than_a_replay_chunk_dreams_from_the_rows_its_checkpoint_holds(short_run):
+    """experiment=debug (300 env steps) writes no chunk file (replay.chunk=1024): its replay is in its checkpoint,
+    and the dreams start from it, whether the run is given by its directory or its checkpoint."""
+    assert not list((short_run / "replay").glob("chunk_*.npz"))
+    recorded = checkpoint_tail(short_run / "checkpoint.pt", 1024)[1]["obs"][:, 0]  # (rows, 4): one env
+    for run in (short_run, short_run / "checkpoint.pt"):
+        env = rssm.DreamEnv(run, start="replay", context=3)
+        obs, _ = env.reset(seed=0)
+        assert (recorded == obs).all(-1).any()  # the last of 3 recorded steps of an episode
+        assert env.observation_space.contains(env.step(0)[0])

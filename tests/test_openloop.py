@@ -1,10 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from rssm.distributions import symlog, twohot_mean
-from rssm.openloop import open_loop_errors
+from rssm.distributions import symexp, symlog, twohot_mean
+from rssm.openloop import open_loop_curves, open_loop_errors, predict_open_loop
 from rssm.rssm import RSSMState, features
 from rssm.world_model import WorldModel
 
@@ -111,3 +112,43 @@ def test_sequences_shorter_than_context_plus_horizon_are_refused():
     wm, batch = make_world_model(), make_batch()
     with pytest.raises(AssertionError):
         open_loop_errors(wm, {k: v[:, :-1] for k, v in batch.items()}, CONTEXT, HORIZONS)
+
+
+def test_curves_are_the_open_loop_prediction_in_the_env_s_units():
+    """`open_loop_curves`: each observation dimension, the reward and P(continue), the truth against the
+    posterior's reconstruction over the context and the prior's prediction after it, from one prediction."""
+    wm, batch = make_world_model(), make_batch()
+    H, S = 5, 3
+    torch.manual_seed(7)
+    prediction = predict_open_loop(wm, batch, CONTEXT, H, reconstruct=True)
+    names, truth, pred = open_loop_curves(wm, batch, CONTEXT, H, sequences=S, cont_scale=0.9, prediction=prediction)
+    assert names == ["obs[0]", "obs[1]", "obs[2]", "reward", "continue"]
+    assert truth.shape == pred.shape == (S, OBS + 2, CONTEXT + H)
+    steps = slice(0, CONTEXT + H)
+    torch.testing.assert_close(torch.from_numpy(truth[:, :OBS]), batch["obs"][:S, steps].transpose(1, 2))
+    torch.testing.assert_close(torch.from_numpy(truth[:, OBS]), batch["reward"][:S, steps])
+    assert np.array_equal(truth[:, OBS + 1], 1.0 - batch["is_terminal"][:S, steps].float().numpy())
+    # The decoder predicts vectors in symlog space; the curves are in the env's units.
+    seen, dreamt = prediction["recon"]["obs"][:S], prediction["obs"]["obs"][:S]  # (S, CONTEXT | H, OBS)
+    torch.testing.assert_close(torch.from_numpy(pred[:, :OBS, :CONTEXT]), symexp(seen).transpose(1, 2))
+    torch.testing.assert_close(torch.from_numpy(pred[:, :OBS, CONTEXT:]), symexp(dreamt).transpose(1, 2))
+    torch.testing.assert_close(torch.from_numpy(pred[:, OBS, :CONTEXT]), prediction["recon_reward"][:S])
+    torch.testing.assert_close(torch.from_numpy(pred[:, OBS, CONTEXT:]), prediction["reward"][:S])
+    cont = torch.cat([prediction["recon_cont"][:S], prediction["cont"][:S]], 1) / 0.9  # P(continue)
+    torch.testing.assert_close(torch.from_numpy(pred[:, OBS + 1]), cont.clamp(0, 1))
+    torch.manual_seed(7)
+    again = open_loop_curves(wm, batch, CONTEXT, H, sequences=S, cont_scale=0.9)
+    assert np.array_equal(again[2], pred)  # made here from the same random numbers: the same prediction
+
+
+def test_the_reconstruction_s_reward_and_continue_read_the_posterior_states():
+    wm, batch = make_world_model(), make_batch()
+    torch.manual_seed(7)
+    prediction = predict_open_loop(wm, batch, CONTEXT, 2, reconstruct=True)
+    torch.manual_seed(7)
+    post, _ = wm.rssm.observe(wm.encode({"obs": batch["obs"][:, :CONTEXT]}), batch["action"][:, :CONTEXT],
+                              batch["is_first"][:, :CONTEXT])
+    feat = features(post)  # (B, CONTEXT, F): the same sampled posterior
+    torch.testing.assert_close(prediction["recon"]["obs"], wm.decode(feat)["obs"])
+    torch.testing.assert_close(prediction["recon_reward"], twohot_mean(wm.reward(feat), wm.bins))
+    torch.testing.assert_close(prediction["recon_cont"], torch.sigmoid(wm.cont(feat)[..., 0]))

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
 from rssm.files import atomic_write, check_run_dir, first_missing
+from rssm.help import help_page
 from rssm.messages import say
 
 PROG = "rssm-train"
@@ -144,11 +145,12 @@ def run_dir_resolver(resume: str, default: str) -> str:
 
 
 def register_resolvers(start: datetime | None = None) -> None:
-    """`rssm_run_dir`, and `rssm_now`: the time `start` (default: now, once) in a strftime format, the same in
-    every process of a torchrun job and for every part of a run directory's name."""
+    """`rssm_run_dir`; `rssm_now`: the time `start` (default: now, once) in a strftime format, the same in every
+    process of a torchrun job and for every part of a run directory's name; `rssm_help`: the page of `--help`."""
     start = start or datetime.now()
     OmegaConf.register_new_resolver("rssm_run_dir", run_dir_resolver, replace=True)
     OmegaConf.register_new_resolver("rssm_now", lambda fmt: start.strftime(fmt), replace=True)
+    OmegaConf.register_new_resolver("rssm_help", help_page, replace=True)  # `hydra.help.template`: --help's page
 
 
 class RunDirCheck(Callback):

@@ -3,6 +3,8 @@ training loop logs."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -66,16 +68,37 @@ class MeanTracker:
             self._sums[k] = [v.to(device) if torch.is_tensor(v) else v for v in values]
 
 
+class Rate:
+    """A counter's speed per second over its last `window` to 2 x `window` seconds (over all the time since its
+    first reading, until then): live, from the counter alone, whenever it is read."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self._marks: list[tuple[float, int]] = []  # (time, count): where the window starts, then the next start
+
+    def __call__(self, count: int, now: float) -> float:
+        if not self._marks:
+            self._marks = [(now, count), (now, count)]
+        elif now - self._marks[1][0] >= self.window:
+            self._marks = [self._marks[1], (now, count)]
+        then, before = self._marks[0]
+        return (count - before) / (now - then) if now > then else 0.0
+
+
 class Logger:
-    """The run's metrics to the backends of `cfg.logger` (rssm/loggers.py), and a progress bar."""
+    """The run's metrics to the backends of `cfg.logger` (rssm/loggers.py), and a progress bar: tqdm's count, rate
+    and ETA of the steps, and what `progress` adds."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, progress: bool, start: int = 0, total: int | None = None,
                  unit: str = "step"):
         self.backends = make_backends(cfg, run_dir, start)
         self.bar = tqdm(total=total or cfg.trainer.steps, initial=start, unit=unit, dynamic_ncols=True,
                         disable=not progress)
+        self.eval_return = math.nan  # the latest `eval/return_mean` written
+        self._updates_per_s, self._shown = Rate(), -math.inf
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
+        self.eval_return = metrics.get("eval/return_mean", self.eval_return)
         for backend in self.backends:
             backend.scalars(metrics, step)
 
@@ -85,9 +108,19 @@ class Logger:
             for backend in self.backends:
                 backend.videos(videos, step, fps)
 
-    def progress(self, steps: int, **postfix: float | str) -> None:
+    def progress(self, steps: int, updates: int | None = None, train_return: float = math.nan) -> None:
+        """Move the bar to `steps`. With `updates` (the run's count), also show, at most once per refresh of the
+        bar, the updates per second of the last seconds, the latest eval return and `train_return` (the last
+        training episode's)."""
+        if updates is not None and not self.bar.disable:
+            now = time.monotonic()
+            if now - self._shown >= self.bar.mininterval:
+                self._shown = now
+                shown = [("updates/s", self._updates_per_s(updates, now)), ("eval return", self.eval_return),
+                         ("train return", train_return)]
+                self.bar.set_postfix_str(", ".join(f"{k}={v:.1f}" for k, v in shown if math.isfinite(v)),
+                                         refresh=False)
         self.bar.update(steps - self.bar.n)
-        self.bar.set_postfix(postfix, refresh=False)
 
     def __enter__(self) -> Logger:
         return self

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -152,7 +153,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     """Train the agent the config describes. Writes TensorBoard events, `checkpoint.pt`, `replay/` (unless
     `replay.save` is false), `model.pt`, `config.yaml` and the command line's `overrides` (`overrides.yaml`, read
     when the run is resumed from the command line) to `run_dir` (with `cfg.resume`: to the resumed run's
-    directory), holding an exclusive lock on it for the run's life. Returns the last logged metrics.
+    directory), holding an exclusive lock on it for the run's life. Returns the last logged metrics. A run that
+    finishes ends with a summary on the terminal (where its files are, how to watch its policy); a resumed run
+    that had already finished says so, with how to train it longer, and trains nothing (returns no metrics).
 
     In a data-parallel job (`ranks`, every rank calls this together) rank 0 owns `run_dir`: it holds the lock,
     writes the events, `checkpoint.pt` and `model.pt`, and evaluates; each rank writes its replay shard under
@@ -198,6 +201,8 @@ def _start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, ranks: R
                 raise UserError("offline training (offline.minari, offline.replay) runs in one process, not torchrun")
             return train_offline(cfg, run_dir, overrides)
         resumed = resume_checkpoint(cfg, ranks) if cfg.resume else None
+        if resumed and _finished(cfg, run_dir, *resumed, ranks):
+            return {}
         return _train(cfg, run_dir, resumed, overrides, ranks)
     except KeyboardInterrupt:  # Ctrl-C while the run was being set up, before its handler was installed
         raise RunStopped(f"stopped by SIGINT while the run in {run_dir} was starting; no checkpoint was written",
@@ -209,6 +214,7 @@ def _start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None, ranks: R
 
 def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
            overrides: list[str] | None, ranks: Ranks) -> dict[str, float]:
+    started = time.perf_counter()
     seed_everything(cfg.seed)  # the same initial weights on every rank
     setup_host(cfg.threads)
     device = _device(cfg, ranks)
@@ -267,7 +273,58 @@ def _train(cfg: DictConfig, run_dir: Path, resumed: tuple[Path, dict] | None,
     if stop.agreed:
         raise RunStopped(f"stopped by {signal.Signals(stop.agreed).name} at env step {progress.env_steps}; "
                          f"checkpoint saved, continue with: {_again(run_dir, ranks)}", 128 + stop.agreed)
+    if ranks.main:
+        _summary(cfg, run_dir, progress, last, time.perf_counter() - started, resumed is not None)
     return last
+
+
+def _summary(cfg: DictConfig, run_dir: Path, p: Progress, last: dict[str, float], seconds: float,
+             resumed: bool) -> None:
+    """The lines a finished run ends with: what it did, its final result, where its files are and how to watch
+    its policy."""
+    if "eval/return_mean" in last:
+        result = (f"; final eval return {last['eval/return_mean']:.1f} +- {last['eval/return_std']:.1f} "
+                  f"({cfg.trainer.eval_episodes} episodes, {cfg.trainer.eval_policy} policy)")
+    else:
+        result = f"; final world-model loss {last['loss/wm']:.4g}" if "loss/wm" in last else ""
+    session = " this session" if resumed else ""
+    status(f"rssm: finished: {p.env_steps:,} env steps, {p.updates:,} updates in {_duration(seconds)}{session}"
+           f"{result}")
+    lg, where = cfg.logger, shlex.quote(str(run_dir))
+    logs = [name for name, kept in [("train.log", (run_dir / "train.log").exists()),
+                                    (f"TensorBoard events (tensorboard --logdir {where})", lg.tensorboard),
+                                    ("metrics.csv", lg.csv), ("metrics.jsonl", lg.jsonl), ("wandb/", lg.wandb.enabled),
+                                    ("mlflow.db", lg.mlflow.enabled and not lg.mlflow.tracking_uri)] if kept]
+    status(f"rssm: weights in {run_dir / 'model.pt'}; logs in {run_dir}: {', '.join(logs) or 'none'}")
+    if cfg.agent.kind == "dreamer":
+        status(f"rssm: watch the policy: rssm-eval {where} --video episode.gif")
+    if lg.wandb.enabled and lg.wandb.mode == "offline":
+        status(f"rssm: upload the W&B run: wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*")
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` as 42s, 3m 05s or 2h 07m."""
+    minutes, hours = int(seconds) // 60, int(seconds) // 3600
+    if hours:
+        return f"{hours}h {minutes % 60:02d}m"
+    return f"{minutes}m {int(seconds) % 60:02d}s" if minutes else f"{seconds:.0f}s"
+
+
+def _finished(cfg: DictConfig, run_dir: Path, path: Path, state: dict, ranks: Ranks) -> bool:
+    """Whether the checkpoint `state` (read from `path`) is of a run that has taken its `trainer.steps` env steps
+    (and its last evaluation): resuming it would train nothing, so it says so in one line, with how to train it
+    longer."""
+    part = state.get("ranks", [state])[0]
+    saved = part["progress"]
+    steps = int(saved.get("env_steps", part["collector"]["env_steps"]))
+    if steps < cfg.trainer.steps or saved.get("eval_pending", False):
+        return False
+    if ranks.main:
+        longer = 2 * max(steps, cfg.trainer.steps)
+        status(f"rssm: resumed from {path} at env step {steps}: the run is finished (trainer.steps="
+               f"{cfg.trainer.steps}), nothing to train; train it longer with: {_again(run_dir, ranks)} "
+               f"trainer.steps={longer} {shlex.quote('allow_changes=[trainer.steps]')}")
+    return True
 
 
 def _save_after(failed: WriteFailed, save, run_dir: Path, p: Progress, ranks: Ranks) -> str:
@@ -403,8 +460,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
             if crossed(before, steps, t.checkpoint_every) and steps < t.steps:
                 save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng, ranks)
             if logger:
-                logger.progress(steps, updates_per_s=f"{last.get('perf/updates_per_s', 0.0):.1f}",
-                                ret=f"{p.last_return:.1f}")
+                logger.progress(steps, p.updates, p.last_return)
     return last
 
 

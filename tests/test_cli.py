@@ -2,16 +2,21 @@
 that hydra or the run directory cause, each one line."""
 
 import hashlib
+import itertools
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from test_train import read_scalars
 
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
-from rssm.cli import one_line
-from rssm.config import Config
+from rssm.cli import one_line, resume_override
+from rssm.config import Config, flatten
+from rssm.help import EXAMPLES, GROUPS, KEYS, WIDTH, first_clause, key_comments
 
 TINY = ("experiment=debug", "trainer.progress=false", "trainer.steps=110")
 
@@ -197,3 +202,72 @@ def test_configs_come_from_the_source_tree_where_its_rssm_shadows_the_installed_
     assert config_source() == "pkg://rssm.configs"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as from the root of a plain install
     assert (Path(config_source()) / "config.yaml").is_file()
+
+
+def test_resume_of_a_finished_run_says_so_with_a_command_that_trains_it_longer(tmp_path, run_cli):
+    run_dir = tmp_path / "a run"  # quoted in the command
+    first = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "rssm: finished: 110 env steps" in first.stdout
+    before = {k: v for k, v in files_of(run_dir).items() if k != "train.log"}  # the line goes to the log too
+
+    resume = shlex.split(resume_override(run_dir))  # resume='...a run': quoted for hydra
+    again = run_cli(*resume, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    line = again.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"rssm: resumed from {run_dir / CHECKPOINT} at env step 110: the run is finished "
+                           f"(trainer.steps=110), nothing to train; train it longer with: rssm-train ")
+    assert {k: v for k, v in files_of(run_dir).items() if k != "train.log"} == before  # nothing to do, nothing done
+
+    command = shlex.split(line.split("with: ", 1)[1])
+    assert command == ["rssm-train", *resume, "trainer.steps=220", "allow_changes=[trainer.steps]"]
+    longer = run_cli(*command[1:], cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert re.search(r"rssm: finished: 220 env steps, \d+ updates in (\d+m )?\d+s this session;", longer.stdout)
+    assert load_checkpoint(run_dir / CHECKPOINT)["progress"]["env_steps"] == 220
+
+
+def test_help_is_one_page_of_the_groups_the_keys_users_change_and_examples(tmp_path, run_cli):
+    proc = run_cli("env=pendulum", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) < 60 and max(map(len, lines)) <= WIDTH
+    configs = Path(__file__).parents[1] / "configs"
+    for group, description in GROUPS.items():  # each group, what it picks, then its options (wrapped)
+        at = lines.index(f"  {group.ljust(10)}  {description}")
+        options = " ".join(line.strip() for line in itertools.takewhile(lambda line: line.startswith(" " * 14),
+                                                                         lines[at + 1:]))
+        assert options.replace("*", "").split(", ") == sorted(p.stem for p in (configs / group).glob("*.yaml"))
+    text, comments = proc.stdout, key_comments()
+    assert "*pendulum" in text and "*dreamerv3_cpu" in text  # this command line's choices
+    for key, value in [("trainer.steps", "20000"), ("env.id", "Pendulum-v1"), ("device", "auto")]:
+        assert any(re.fullmatch(rf"  {re.escape(key)}={re.escape(value)} +{re.escape(first_clause(comments[key]))}",
+                                line) for line in lines), key
+    assert "rssm-train resume=outputs/" in text and 'README.md, section "Configuration"' in text
+
+    assert "== Flags ==" in run_cli("--hydra-help", cwd=tmp_path).stdout  # hydra's own help stays
+
+
+def test_help_shows_a_users_own_group_and_every_built_in_one(tmp_path, run_cli):
+    (tmp_path / "mine" / "task").mkdir(parents=True)
+    (tmp_path / "mine" / "task" / "swing.yaml").write_text("# @package _global_\nenv:\n  id: Pendulum-v1\n")
+    proc = run_cli("--config-dir", str(tmp_path / "mine"), "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "  task        swing" in proc.stdout.splitlines()
+    built_in = {p.name for p in (Path(__file__).parents[1] / "configs").iterdir() if p.is_dir()} - {"hydra"}
+    assert built_in == set(GROUPS)  # a group added to configs/ gets its line here
+
+
+def test_help_keys_are_schema_keys_described_in_the_schema_and_its_examples_compose(compose_config):
+    comments = key_comments()
+    assert comments["trainer.steps"] == "env steps (agent steps, after action repeat)"  # a trailing comment
+    assert comments["precision"].startswith("fp32 | bf16 | fp16: forward passes")  # the lines above the field
+    assert comments["model.unimix"] == ""  # none
+    assert set(flatten(OmegaConf.to_container(OmegaConf.structured(Config)))) == set(comments)
+    assert all(first_clause(comments[k]) for k in KEYS), [k for k in KEYS if not comments[k]]
+    assert first_clause("a task, e.g. walker_walk; when set, ...") == "a task, e.g. walker_walk"
+    assert first_clause("a b (c d). e", width=5) == "a b"  # a long first clause loses its parentheses
+    for example in EXAMPLES:
+        words = shlex.split(example)
+        assert words[0] == "rssm-train"
+        compose_config(*words[1:])

@@ -50,7 +50,7 @@ from rssm.cli import (
     write_run_config,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
-from rssm.config import UserError, check_changes, config_changes, register_configs, validate
+from rssm.config import FREE_KEYS, UserError, check_changes, config_changes, register_configs, validate
 from rssm.distributed import SINGLE, PeerLost, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
@@ -317,6 +317,9 @@ def _finished(cfg: DictConfig, run_dir: Path, path: Path, state: dict, ranks: Ra
     part = state.get("ranks", [state])[0]
     saved = part["progress"]
     steps = int(saved.get("env_steps", part["collector"]["env_steps"]))
+    changed = [c.split(":", 1)[0] for c in config_changes(state["config"], cfg, everything=True)]
+    if any(not k.startswith(FREE_KEYS) for k in changed):
+        return False  # an allowed change is checked against the run's data by restoring it, as any resume's
     if steps < cfg.trainer.steps or saved.get("eval_pending", False):
         return False
     if ranks.main:

@@ -194,6 +194,16 @@ def _check_render_mode(mode: Any) -> None:
         raise ValueError(f"render_mode must be None or 'rgb_array'; got {describe(mode)}")
 
 
+def dreams(run: str | Path | Loaded, num: int, start: str, context: int, pool: int, max_episode_steps: int | None,
+           termination: str, render_mode: str | None, device: str) -> _Dreams:
+    """The batched dream of `num` envs that `DreamEnv`, `DreamVecEnv` and `rssm.sb3.DreamVecEnv` step, its
+    `render_mode` checked against its model."""
+    _check_render_mode(render_mode)
+    made = _Dreams(run, num, start, context, pool, max_episode_steps, termination, device)
+    _check_render(render_mode, made.model)
+    return made
+
+
 def _check_render(mode: str | None, model: EnvModel) -> None:
     if mode and not model.module.image_keys:
         raise UserError("render_mode='rgb_array' needs a world model with image observations; this one sees "
@@ -229,9 +239,7 @@ class DreamEnv(gym.Env):
     def __init__(self, run: str | Path | Loaded, start: str = "env", context: int = 8, pool: int = 1024,
                  max_episode_steps: int | None = None, termination: str = "sample", render_mode: str | None = None,
                  device: str = "cpu"):
-        _check_render_mode(render_mode)
-        self._dreams = _Dreams(run, 1, start, context, pool, max_episode_steps, termination, device)
-        _check_render(render_mode, self._dreams.model)
+        self._dreams = dreams(run, 1, start, context, pool, max_episode_steps, termination, render_mode, device)
         self.observation_space = self._dreams.observation_space
         self.action_space = self._dreams.action_space
         self.render_mode = render_mode
@@ -271,9 +279,7 @@ class DreamVecEnv(gym.vector.VectorEnv):
     def __init__(self, run: str | Path | Loaded, num_envs: int, start: str = "env", context: int = 8,
                  pool: int = 1024, max_episode_steps: int | None = None, termination: str = "sample",
                  render_mode: str | None = None, device: str = "cpu"):
-        _check_render_mode(render_mode)
-        self._dreams = _Dreams(run, num_envs, start, context, pool, max_episode_steps, termination, device)
-        _check_render(render_mode, self._dreams.model)
+        self._dreams = dreams(run, num_envs, start, context, pool, max_episode_steps, termination, render_mode, device)
         self.num_envs, self.render_mode = num_envs, render_mode
         self.single_observation_space = self._dreams.observation_space
         self.single_action_space = self._dreams.action_space

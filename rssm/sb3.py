@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from rssm.api import Loaded
-from rssm.dream_env import DreamEnv, _check_render, _check_render_mode, _Dreams, _rows
+from rssm.dream_env import DreamEnv, _rows, dreams
 from rssm.envs import install
 from rssm.imagination import check_actions
 
@@ -71,9 +71,7 @@ class DreamVecEnv(VecEnv):
     def __init__(self, run: str | Path | Loaded, num_envs: int, start: str = "env", context: int = 8,
                  pool: int = 1024, max_episode_steps: int | None = None, termination: str = "sample",
                  render_mode: str | None = None, device: str = "cpu"):
-        _check_render_mode(render_mode)
-        self._dreams = _Dreams(run, num_envs, start, context, pool, max_episode_steps, termination, device)
-        _check_render(render_mode, self._dreams.model)
+        self._dreams = dreams(run, num_envs, start, context, pool, max_episode_steps, termination, render_mode, device)
         # VecEnv's __init__ reads its envs' render_mode (get_attr over num_envs of them): they exist before it runs
         self.num_envs, self.render_mode = num_envs, render_mode
         self._slots = [_Slot(self, i) for i in range(num_envs)]

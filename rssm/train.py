@@ -464,6 +464,8 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
                 save_run(run_dir / CHECKPOINT, cfg, agent, replay, collector, p, rng, ranks)
             if logger:
                 logger.progress(steps, p.updates, p.last_return)
+        if logger:  # the bar as the run ends: its last evaluation included (the loop leaves right after it)
+            logger.progress(p.env_steps, p.updates, p.last_return, last=True)
     return last
 
 

@@ -32,6 +32,7 @@ from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, saved_run_config, validate
 from rssm.envs import EnvSpec, to_env_action
 from rssm.imagination import EnvModel, as_array, check_obs, describe
+from rssm.messages import first_line
 from rssm.rssm import RSSMState
 
 
@@ -168,7 +169,7 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
             if name in weights:  # model.pt holds no return normaliser: acting does not need it
                 module.load_state_dict(weights[name])
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise UserError(f"cannot load the weights in {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot load the weights in {path}: {first_line(e)}") from None
     for module in agent.modules().values():
         module.eval()
     policy = Policy(agent, spec) if agent.actor is not None else None
@@ -196,10 +197,6 @@ def _check_device(device: Any) -> str:
     return str(parsed)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _run_config(saved: Any, what: str) -> DictConfig:
     """A saved run config over rssm's schema; `what` (the file's config) begins the error's line."""
     if not isinstance(saved, dict):
@@ -209,14 +206,14 @@ def _run_config(saved: Any, what: str) -> DictConfig:
     try:
         return saved_run_config(saved)
     except (ValueError, TypeError, OmegaConfBaseException) as e:
-        raise UserError(f"{what} does not fit rssm's config: {_first_line(e)}") from None
+        raise UserError(f"{what} does not fit rssm's config: {first_line(e)}") from None
 
 
 def _config_file(path: Path) -> DictConfig:
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))
     except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
     return _run_config(saved, str(path))
 
 
@@ -224,7 +221,7 @@ def _model_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"cannot read {path} as a torch file ({_first_line(e)})") from None
+        raise UserError(f"cannot read {path} as a torch file ({first_line(e)})") from None
     if not isinstance(state, dict) or "world_model" not in state:
         raise UserError(f"cannot load {path}: it does not hold a run's world model weights")
     return state

@@ -18,7 +18,7 @@ from gymnasium.wrappers import AtariPreprocessing
 from PIL import Image
 
 from rssm.config import UserError
-from rssm.messages import say
+from rssm.messages import first_line, say
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,7 @@ def close_env(env: gym.Env | gym.vector.VectorEnv) -> None:
     try:
         env.close()
     except Exception as e:  # noqa: BLE001 - whatever the env's own code raises
-        text = str(e).strip()
-        detail = f": {text.splitlines()[0]}" if text else ""
+        detail = f": {first_line(e)}" if str(e).strip() else ""
         say(f"rssm: warning: the env's close() raised {type(e).__name__}{detail}; ignored")
         if isinstance(env, gym.vector.VectorEnv | gym.vector.VectorWrapper):
             env.unwrapped.closed = True

@@ -32,6 +32,7 @@ from torch.utils.tensorboard import summary as tb_summary
 from rssm.config import UserError, flatten
 from rssm.envs import install
 from rssm.files import WriteFailed, writing
+from rssm.messages import first_line
 
 
 def encode_gif(frames: np.ndarray, fps: float) -> bytes:
@@ -199,7 +200,7 @@ class Wandb(Backend):
                                   mode=settings.mode, id=run_id, resume="allow", name=run_dir.name, config=config,
                                   settings=wandb.Settings(silent=True, console="off", init_timeout=20))
         except Exception as e:  # noqa: BLE001 - wandb's many errors (login, network, settings) are the user's
-            raise UserError(f"logger=wandb: {type(e).__name__}: {_first_line(e)}") from None
+            raise UserError(f"logger=wandb: {type(e).__name__}: {first_line(e)}") from None
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -250,13 +251,13 @@ class Mlflow(Backend):
                     mlflow.log_params({k: params[k] for k in keys[i:i + 100]})
                 mlflow.log_dict(config, "config.yaml")
         except mlflow.exceptions.MlflowException as e:
-            raise UserError(f"logger=mlflow: {_first_line(e)}") from None
+            raise UserError(f"logger=mlflow: {first_line(e)}") from None
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         try:
             self.mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
         except Exception as e:  # noqa: BLE001 - MlflowException, or the HTTP client's errors
-            raise WriteFailed(self.uri, _first_line(e)) from None
+            raise WriteFailed(self.uri, first_line(e)) from None
 
     def videos(self, videos: dict[str, np.ndarray], step: int, fps: float) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -267,11 +268,6 @@ class Mlflow(Backend):
 
     def close(self) -> None:
         self.mlflow.end_run()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_remote_loggers(cfg: DictConfig) -> None:

@@ -23,3 +23,9 @@ def say(line: str, log: bool = True) -> None:
     sys.stderr.flush()
     if log:
         _LOG.warning(line)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message as one line for the user: its first line, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,26 +1,28 @@
 """rssm: a Dreamer-style world-model trainer.
 
-`rssm.load(path)` gives a trained run from Python (`rssm.api`); `rssm.RSSM` and `rssm.kl_divergence` are the model's
-core pieces.
+From Python: `rssm.train(overrides)` trains a run as `rssm-train` does and `rssm.compose(overrides)` gives its
+config (`rssm.launch`); `rssm.load(path)` gives a trained run (`rssm.api`); `rssm.RSSM` and `rssm.kl_divergence`
+are the model's core pieces.
 """
 
 from importlib.metadata import PackageNotFoundError, version
-
-from rssm.distributions import kl_divergence
-from rssm.rssm import RSSM, RSSMState
 
 try:
     __version__ = version("rssm")
 except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
 
-_API = {"load": "api", "Loaded": "api", "Policy": "api", "PolicyState": "api", "EnvModel": "imagination",
-        "Imagined": "imagination", "DreamEnv": "dream_env", "DreamVecEnv": "dream_env"}
+# name -> the module that holds it, imported when the name is first used: `import rssm` stays light (no torch),
+# so that `rssm-train --help` and shell completion answer at once.
+_API = {"train": "launch", "compose": "launch", "load": "api", "Loaded": "api", "Policy": "api",
+        "PolicyState": "api", "EnvModel": "imagination", "Imagined": "imagination", "DreamEnv": "dream_env",
+        "DreamVecEnv": "dream_env", "RSSM": "rssm", "RSSMState": "rssm", "kl_divergence": "distributions",
+        "UserError": "config", "RunStopped": "run_state"}
 
 
 def __getattr__(name: str):
-    """The Python API (`rssm.api`, `rssm.imagination`, `rssm.dream_env`), imported when first used: `import rssm`
-    stays light."""
+    """The names of `__all__`, each from its module (`rssm.launch`, `rssm.api`, `rssm.imagination`,
+    `rssm.dream_env`, ...), imported when first used."""
     if name in _API:
         import importlib
 
@@ -28,4 +30,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rssm' has no attribute {name!r}")
 
 
-__all__ = ["RSSM", "RSSMState", "__version__", "kl_divergence", *_API]
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = ["__version__", *_API]

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rssm.agent import Agent
-from rssm.build import build_agent, build_env, continue_target, resolve_device
+from rssm.build import build_agent, build_env, continue_target, env_id, resolve_device
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError, saved_run_config, validate
 from rssm.envs import EnvSpec, to_env_action
@@ -118,6 +118,9 @@ class Loaded:
     policy: Policy | None
     agent: Agent
     path: Path  # the file the weights came from
+
+    def __repr__(self) -> str:  # the config and weights are long: what the run is, and where it came from
+        return f"Loaded(env={env_id(self.config)!r}, agent={self.config.agent.kind!r}, path={str(self.path)!r})"
 
     def make_env(self, render_mode: str | None = None) -> gym.Env:
         """A new copy of the env the run trained on, with its wrappers (action repeat, time limit, pixels)."""

@@ -1,5 +1,6 @@
 """What `rssm-train` adds to hydra: errors as one line, run directories checked before hydra creates them, the
-config of a resumed run, and a general env config for an env named by id. The app itself is `rssm.train.main`.
+config of a resumed run, and a general env config for an env named by id. The app itself is `rssm.app`;
+`rssm.launch` composes the same config from Python.
 
 Hydra composes the config (so sweepers, `--config-dir`, `hydra.searchpath`, globs and shell completion work as
 in any hydra app); rssm validates it inside the task function.
@@ -20,7 +21,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rssm.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint
 from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
 from rssm.files import atomic_write, check_run_dir, first_missing
 from rssm.help import help_page
@@ -49,7 +49,7 @@ def fail(message: str) -> None:
 
 def config_source() -> str:
     """Where hydra finds the configs: the installed package `rssm.configs`, or, when a source tree's `rssm/`
-    shadows the installed package (`python -m rssm.train` in the repository root after `pip install .`), the
+    shadows the installed package (`python -m rssm` in the repository root after `pip install .`), the
     tree's own `configs/`."""
     if importlib.util.find_spec("rssm.configs") is not None:
         return "pkg://rssm.configs"
@@ -140,6 +140,8 @@ def run_dir_resolver(resume: str, default: str) -> str:
     """`hydra.run.dir`: the resumed run's own directory with `resume=`, else `default`."""
     if not resume:
         return default
+    from rssm.checkpoint import CHECKPOINT  # torch: imported once a run starts, not for --help or completion
+
     path = Path(resume).expanduser()
     return str(path.parent if path.name == CHECKPOINT or path.is_file() else path)
 
@@ -166,6 +168,8 @@ class RunDirCheck(Callback):
 
     @staticmethod
     def _check(config: DictConfig, directory: str) -> None:
+        from rssm.checkpoint import checkpoint_path
+
         try:
             if config.get("resume"):
                 checkpoint_path(config.resume)
@@ -228,6 +232,8 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
     What the command line changes is found by composing the run's saved overrides with and without it: the keys
     whose value differs, and the keys it names. Returns the config, the run's overrides from now on, and each
     change as 'key: old -> new'. Raises UserError if a change is neither free nor allowed."""
+    from rssm.checkpoint import checkpoint_path, load_checkpoint
+
     path = checkpoint_path(cfg.resume)
     state = load_checkpoint(path, mmap=True)  # its config only: the weights and replay tail stay on disk
     if "config" not in state:

@@ -42,7 +42,7 @@ def steps_per_s(env, num: int, steps: int, repeats: int) -> float:
 
 def tiny_run(directory: Path) -> Path:
     run_dir = directory / "cartpole_xxs"
-    command = [sys.executable, "-m", "rssm.train", "env=cartpole", "model=xxs", "trainer.steps=300",
+    command = [sys.executable, "-m", "rssm", "env=cartpole", "model=xxs", "trainer.steps=300",
                "trainer.prefill=100", "trainer.train_ratio=8", "trainer.eval_every=0", "trainer.progress=false",
                "threads=1", f"hydra.run.dir={run_dir}"]
     subprocess.run(command, check=True, capture_output=True)

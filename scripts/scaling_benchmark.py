@@ -1,6 +1,6 @@
 """Data-parallel scaling: env steps/s and updates/s of a real training run at 1, 2, ... ranks under torchrun.
 
-Each run is `torchrun --standalone --nproc-per-node=N -m rssm.train threads=1 ...` with the config the extra
+Each run is `torchrun --standalone --nproc-per-node=N -m rssm threads=1 ...` with the config the extra
 arguments after `--` give. Its speed is read from the run's TensorBoard log (`perf/env_steps_per_s`, env steps of
 all ranks; `perf/updates_per_s`, updates of each rank, all ranks updating together): every log window after the
 prefill and one more window of warm-up, median over the windows of all repeats. Scaling efficiency is the env
@@ -36,7 +36,7 @@ def windows(run_dir: Path, after: int) -> dict[str, list[float]]:
 def run(ranks: int, overrides: list[str], log_every: int, prefill: int, directory: Path) -> dict[str, list[float]]:
     run_dir = directory / f"ranks{ranks}"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m",
-               "rssm.train", "threads=1", "trainer.progress=false", f"trainer.log_every={log_every}",
+               "rssm", "threads=1", "trainer.progress=false", f"trainer.log_every={log_every}",
                f"trainer.prefill={prefill}", "trainer.eval_every=0", "trainer.eval_episodes=1",
                "trainer.checkpoint_every=0", "replay.save=false", f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(command, capture_output=True, text=True)

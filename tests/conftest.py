@@ -53,7 +53,7 @@ def _fresh_compiler():
 
 
 def cli_env() -> dict[str, str]:
-    """The environment for a `python -m rssm.train` subprocess that imports the same `rssm` as the tests
+    """The environment for a `python -m rssm` subprocess that imports the same `rssm` as the tests
     (a source checkout first on PYTHONPATH, or the installed package)."""
     import os
     from pathlib import Path
@@ -67,12 +67,12 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture
 def run_cli():
-    """run_cli(*args, cwd, timeout=300, **popen) -> CompletedProcess of `python -m rssm.train *args`."""
+    """run_cli(*args, cwd, timeout=300, **popen) -> CompletedProcess of `python -m rssm *args`."""
     import subprocess
     import sys
 
     def _run(*args: str, cwd, timeout: int = 300):
-        return subprocess.run([sys.executable, "-m", "rssm.train", *args], capture_output=True, text=True, cwd=cwd,
+        return subprocess.run([sys.executable, "-m", "rssm", *args], capture_output=True, text=True, cwd=cwd,
                               timeout=timeout, env=cli_env())
 
     return _run
@@ -80,7 +80,7 @@ def run_cli():
 
 @pytest.fixture
 def cli_environ() -> dict[str, str]:
-    """`cli_env()` for tests that start `python -m rssm.train` themselves (to signal or kill it)."""
+    """`cli_env()` for tests that start `python -m rssm` themselves (to signal or kill it)."""
     return cli_env()
 
 
@@ -88,7 +88,7 @@ def cli_environ() -> dict[str, str]:
 def runs(tmp_path_factory):
     """Finished debug runs, each with replay chunks of 64 transitions: cartpole (discrete), pendulum (continuous)
     and pixels (CartPole observed as 16 x 16 frames: the key `image`)."""
-    from rssm.train import train
+    from rssm.training import train
 
     register_configs()
     root = tmp_path_factory.mktemp("runs")

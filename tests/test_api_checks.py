@@ -30,7 +30,7 @@ PROPERTY = settings(max_examples=40, deadline=None, database=None, suppress_heal
 def checked_runs(tmp_path_factory):
     """Two finished tiny runs: cartpole (a Box observation, Discrete actions) and pendulum_pixels (Dict
     observations {image (16, 16, 3) uint8, state (3,)}, Box actions in [-2, 2])."""
-    from rssm.train import train
+    from rssm.training import train
 
     register_configs()
     root = tmp_path_factory.mktemp("checked_runs")

@@ -15,7 +15,7 @@ from rssm.collector import Collector, make_envs
 from rssm.config import UserError
 from rssm.envs import make_env, random_action
 from rssm.replay import Replay
-from rssm.train import Progress, RunStopped, train
+from rssm.training import Progress, RunStopped, train
 
 DEBUG = ("experiment=debug", "trainer.progress=false")
 
@@ -188,8 +188,8 @@ WM_RUN = (*DEBUG, "agent=world_model", "replay.chunk=32", "trainer.checkpoint_ev
 
 
 def start_run(run_dir, environ, *args):
-    """A long `python -m rssm.train` run in the background, and a function that waits for its checkpoint."""
-    cmd = [sys.executable, "-m", "rssm.train", *WM_RUN, "trainer.steps=100000", f"hydra.run.dir={run_dir}", *args]
+    """A long `python -m rssm` run in the background, and a function that waits for its checkpoint."""
+    cmd = [sys.executable, "-m", "rssm", *WM_RUN, "trainer.steps=100000", f"hydra.run.dir={run_dir}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
                             cwd=run_dir.parent)
 

@@ -184,7 +184,7 @@ def test_shell_completion_completes_config_groups_and_keys(tmp_path):
     from conftest import cli_env
 
     def complete(line: str) -> list[str]:
-        proc = subprocess.run([sys.executable, "-m", "rssm.train", "--shell-completion", "query=bash"],
+        proc = subprocess.run([sys.executable, "-m", "rssm", "--shell-completion", "query=bash"],
                               capture_output=True, text=True, cwd=tmp_path, timeout=120,
                               env={**cli_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))})
         assert proc.returncode == 0, proc.stderr

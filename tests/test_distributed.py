@@ -88,9 +88,9 @@ def test_metric_totals_merge_into_the_means_over_all_values():
 
 def torchrun(*args: str, cwd: Path, env: dict[str, str], script: bool = False,
              timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node=2 --standalone -m rssm.train ARGS`, or with `script` `... $(which rssm-train)
+    """`torchrun --nproc-per-node=2 --standalone -m rssm ARGS`, or with `script` `... $(which rssm-train)
     ARGS` (the console script of this Python: a shim on PATH, such as pyenv's, may not be a Python file)."""
-    entry = [str(Path(sysconfig.get_path("scripts")) / "rssm-train")] if script else ["-m", "rssm.train"]
+    entry = [str(Path(sysconfig.get_path("scripts")) / "rssm-train")] if script else ["-m", "rssm"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", *entry, *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
@@ -128,7 +128,7 @@ def test_torchrun_trains_one_run_with_two_ranks_and_resumes_it_as_if_never_stopp
     assert all(torch.equal(resumed[k], never[k]) for k in never)
 
     # Another number of ranks is refused in one line.
-    single = subprocess.run([sys.executable, "-m", "rssm.train", f"resume={run_dir}"],
+    single = subprocess.run([sys.executable, "-m", "rssm", f"resume={run_dir}"],
                             capture_output=True, text=True, cwd=tmp_path, env=cli_environ, timeout=300)
     assert single.returncode == 2
     assert single.stderr.strip().splitlines() == [
@@ -140,7 +140,7 @@ def _start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]
     """A long two-rank debug run under torchrun, once it has written its first checkpoint."""
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m",
-               "rssm.train", "experiment=debug", "trainer.progress=false", "trainer.steps=1000000",
+               "rssm", "experiment=debug", "trainer.progress=false", "trainer.steps=1000000",
                "trainer.checkpoint_every=100", f"hydra.run.dir={run_dir}"]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     deadline = time.monotonic() + 120
@@ -193,7 +193,7 @@ def test_sigterm_saves_and_stops_every_rank_at_the_same_step(tmp_path, cli_envir
 def test_two_machines_rendezvous_over_loopback_and_train_one_run(tmp_path, cli_environ):
     port = 29_000 + np.random.default_rng().integers(0, 1000)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--nnodes=2",
-               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rssm-test", "-m", "rssm.train",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rssm-test", "-m", "rssm",
                "experiment=debug", "trainer.progress=false", "trainer.steps=200"]
     nodes = [subprocess.Popen([*command[:3], f"--node-rank={k}", *command[3:]], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=cli_environ) for k in (0, 1)]

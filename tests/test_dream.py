@@ -35,7 +35,7 @@ from rssm.openloop import (
 from rssm.replay import Replay
 from rssm.replay_read import checkpoint_tail, episode_windows, longest_episode, replay_sequences
 from rssm.rssm import features
-from rssm.train import train
+from rssm.training import train
 
 CONTEXT, HORIZON = 3, 4
 

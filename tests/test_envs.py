@@ -16,7 +16,7 @@ from rssm.collector import Collector, make_envs
 from rssm.config import UserError, config_changes, validate
 from rssm.envs import atari_id, make_env, random_action
 from rssm.evaluate import main as eval_main
-from rssm.train import train
+from rssm.training import train
 
 
 def ale(env: gym.Env):

@@ -19,10 +19,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rssm.evaluate
-import rssm.train
+import rssm.training
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.config import UserError
-from rssm.train import RunStopped, train
+from rssm.training import RunStopped, train
 
 DEBUG = ("experiment=debug", "trainer.progress=false")
 RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eval_episodes=1", "replay.chunk=32")
@@ -145,7 +145,7 @@ import signal
 import torch
 
 import rssm.collector
-import rssm.train
+import rssm.training
 
 real_save, real_step, stopping = torch.save, rssm.collector.Collector.step, []
 
@@ -166,7 +166,7 @@ def save(obj, f):
 
 
 rssm.collector.Collector.step, torch.save = step, save
-rssm.train.main()
+rssm.app.main()
 '''
 
 
@@ -411,7 +411,7 @@ def test_ctrl_c_while_a_run_starts(compose_config, finished, tmp_path, monkeypat
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rssm.train, "build_agent", interrupted)
+    monkeypatch.setattr(rssm.training, "build_agent", interrupted)
     run_dir = copy_run(finished, tmp_path / "run")
     before = hashes(run_dir)
     with pytest.raises(RunStopped) as e:
@@ -558,7 +558,7 @@ def test_ctrl_c_to_the_process_group_of_an_async_run_keeps_its_episodes(tmp_path
     """A terminal's Ctrl-C reaches every process of the group, async env workers too: they ignore it, so no env
     fails, and the checkpoint holds the episodes under way."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rssm.train", *DEBUG, "agent=world_model", "env.num_envs=2",
+    proc = subprocess.Popen([sys.executable, "-m", "rssm", *DEBUG, "agent=world_model", "env.num_envs=2",
                              "env.vector=async", "trainer.steps=100000", "trainer.checkpoint_every=100",
                              f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_environ, cwd=tmp_path, start_new_session=True)  # its own process group
@@ -600,7 +600,7 @@ def test_sigterm_during_evaluation_stops_it_and_the_resumed_run_redoes_it(compos
     args = (*RUN, "env=gym", "env.id=faulty_envs:Faulty-v0", "trainer.eval_every=100", "trainer.eval_episodes=2")
     environ = {**cli_environ, "PYTHONPATH": os.pathsep.join((str(env_dir), cli_environ["PYTHONPATH"])),
                "FAULTY": "sigterm_in_eval"}
-    proc = subprocess.run([sys.executable, "-m", "rssm.train", *args, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "rssm", *args, f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert one_line(proc.stderr).startswith("rssm-train: stopped by SIGTERM at env step 100; checkpoint saved")
@@ -643,13 +643,13 @@ def test_a_disk_that_fills_saves_a_checkpoint_where_one_still_fits(compose_confi
     run_dir, filler = disk / "run", disk / "filler"
     faulty("fill_disk")
     monkeypatch.setenv("FILL", str(filler))
-    real = rssm.train._save_after
+    real = rssm.training._save_after
 
     def room_made(*args):  # space freed after the failed write: the stopping run's checkpoint fits
         filler.unlink()
         return real(*args)
 
-    monkeypatch.setattr(rssm.train, "_save_after", room_made)
+    monkeypatch.setattr(rssm.training, "_save_after", room_made)
     args = (*RUN, "env.id=faulty_envs:Faulty-v0", "trainer.steps=300", "trainer.checkpoint_every=0")
     with pytest.raises(UserError) as e:
         train(compose_config(*args), run_dir)
@@ -667,7 +667,7 @@ def test_a_second_signal_ends_a_run_whose_env_hangs(tmp_path, env_dir, cli_envir
     args = (*RUN, "env=gym", "env.id=faulty_envs:Faulty-v0", "trainer.checkpoint_every=0")
     environ = {**cli_environ, "PYTHONPATH": os.pathsep.join((str(env_dir), cli_environ["PYTHONPATH"])),
                "FAULTY": "hang", "HANG_MARK": str(mark)}
-    proc = subprocess.Popen([sys.executable, "-m", "rssm.train", *args, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "rssm", *args, f"hydra.run.dir={run_dir}"],
                             stderr=subprocess.PIPE, text=True, env=environ, cwd=tmp_path)
     wait_for(mark.exists, proc.pid, "the env to hang", timeout=120)
     proc.send_signal(signal.SIGINT)  # noted: the loop would stop at its next step, which never comes
@@ -802,7 +802,7 @@ def test_the_printed_resume_command_works_when_pasted(compose_config, finished, 
     if name == "plain-run":
         assert command == f"rssm-train resume={run_dir}"
     # A finished run: resuming it trains nothing, and ends well only if the path came through whole.
-    pasted = command.replace("rssm-train", f"{shlex.quote(sys.executable)} -m rssm.train", 1)
+    pasted = command.replace("rssm-train", f"{shlex.quote(sys.executable)} -m rssm", 1)
     proc = subprocess.run(["bash", "-c", f"{pasted} trainer.progress=false"], capture_output=True, text=True,
                           env=cli_environ, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr

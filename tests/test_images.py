@@ -20,7 +20,7 @@ from rssm.evaluate import main as eval_main
 from rssm.networks import ConvDecoder, ConvEncoder, image_stages
 from rssm.openloop import open_loop_errors
 from rssm.replay import Replay
-from rssm.train import train
+from rssm.training import train
 from rssm.world_model import LossScales, WorldModel, select_obs_keys
 
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rssm.config import UserError
 from rssm.loggers import Csv, Jsonl, make_backends
-from rssm.train import train
+from rssm.training import train
 
 
 def test_csv_and_jsonl_keep_the_steps_up_to_a_resumed_run_s_start(tmp_path):
@@ -83,7 +83,7 @@ def test_a_missing_backend_package_names_its_extra(compose_config, tmp_path, mon
 
 
 def test_the_logger_group_on_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "rssm.train", "env=cartpole", "experiment=debug", "trainer.steps=150",
+    out = subprocess.run([sys.executable, "-m", "rssm", "env=cartpole", "experiment=debug", "trainer.steps=150",
                           "trainer.progress=false", "logger=[jsonl]", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -91,11 +91,11 @@ def test_the_logger_group_on_the_command_line(tmp_path):
     # The status lines are in the run's train.log too, with their times; a refused resume adds nothing there.
     log = (tmp_path / "train.log").read_text()
     assert [line.split("[rssm][INFO] ")[1] for line in log.splitlines()] == out.stdout.splitlines()
-    refused = subprocess.run([sys.executable, "-m", "rssm.train", f"resume={tmp_path}", "trainer.steps=999"],
+    refused = subprocess.run([sys.executable, "-m", "rssm", f"resume={tmp_path}", "trainer.steps=999"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert (tmp_path / "train.log").read_text() == log
-    bad = subprocess.run([sys.executable, "-m", "rssm.train", "logger.wandb.mode=sometimes",
+    bad = subprocess.run([sys.executable, "-m", "rssm", "logger.wandb.mode=sometimes",
                           f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "logger.wandb.mode must be one of offline, online, disabled" in bad.stderr
     assert bad.stderr.count("\n") == 1

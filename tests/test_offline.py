@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import rssm
 from rssm.config import UserError
 from rssm.offline import episode_rows, split
-from rssm.train import train
+from rssm.training import train
 
 OFFLINE = ["experiment=debug", "agent=world_model", "trainer.progress=false", "offline.holdout=0.3",
            "trainer.log_every=10", "trainer.openloop_every=10", "trainer.openloop_horizons=[1,5]"]

@@ -14,7 +14,7 @@ from rssm.config import UserError, validate
 from rssm.envs import EnvSpec
 from rssm.replay import Replay, read_chunk
 from rssm.rssm import RSSM, RSSMState
-from rssm.train import _owed
+from rssm.training import _owed
 from rssm.world_model import LossScales, Variant, WorldModel
 
 
@@ -167,7 +167,7 @@ def test_algo_dreamerv3_runs_upstreams_pipeline_and_dreamerv3_cpu_its_own(compos
 
 def test_a_tiny_dreamerv3_run_stores_and_rewrites_the_states(compose_config, tmp_path):
     from rssm.checkpoint import CHECKPOINT, load_checkpoint
-    from rssm.train import train
+    from rssm.training import train
 
     cfg = compose_config("experiment=debug", "algo=dreamerv3", "env.num_envs=2", "trainer.steps=200",
                          "trainer.prefill=0", "replay.chunk=16", "trainer.progress=false")

@@ -13,7 +13,7 @@ import torch
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from rssm.config import UserError
 from rssm.replay import read_chunk
-from rssm.train import train
+from rssm.training import train
 
 DEBUG = ("experiment=debug", "trainer.progress=false")
 RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eval_episodes=1", "replay.chunk=32")

@@ -15,7 +15,7 @@ from rssm.config import UserError, config_changes
 from rssm.dream import main as dream_main
 from rssm.envs import make_env, random_action
 from rssm.replay import Replay, read_chunk, write_chunk
-from rssm.train import RunStopped, train
+from rssm.training import RunStopped, train
 
 RUN = ("experiment=debug", "trainer.progress=false", "agent=world_model", "replay.chunk=32")
 

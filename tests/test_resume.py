@@ -18,7 +18,7 @@ from rssm.collector import Collector, make_envs
 from rssm.envs import make_env, random_action
 from rssm.evaluate import evaluate_policy
 from rssm.replay import Replay
-from rssm.train import RunStopped, open_loop_metrics, train
+from rssm.training import RunStopped, open_loop_metrics, train
 
 # Evaluations (mode policy, 40-step episodes at most), open-loop errors and logs fall in both halves of a run.
 RUN = ("experiment=debug", "trainer.progress=false", "trainer.steps=240", "trainer.prefill=60",

@@ -19,7 +19,7 @@ RESET = 0.05  # CartPole-v1's reset draws each observation from U(-0.05, 0.05)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished debug run of CartPole (its dreams start from resets of the real env)."""
-    from rssm.train import train
+    from rssm.training import train
 
     register_configs()
     root = tmp_path_factory.mktemp("sb3") / "cartpole"

@@ -14,7 +14,7 @@ from test_train import read_scalars
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.logging import Rate
 from rssm.run_state import Progress, RunStopped
-from rssm.train import _summary, train
+from rssm.training import _summary, train
 
 RUN = ("experiment=debug", "trainer.prefill=20", "trainer.eval_episodes=2")
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rssm.train import train
+from rssm.training import train
 
 EXPECTED_TAGS = {
     "loss/rec", "loss/reward", "loss/cont", "loss/kl_dyn", "loss/kl_rep", "loss/wm",

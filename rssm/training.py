@@ -1,6 +1,7 @@
-"""The training loop, and `rssm-train [overrides]` (or `python -m rssm.train`), the hydra app that runs it.
+"""The training loop: `train(cfg, run_dir)` runs one run, new or resumed, from a composed config.
 
-`rssm.build` turns the config into objects; `rssm.cli` holds what the app adds to hydra.
+`rssm.build` turns the config into objects. Three callers: the hydra app `rssm-train` (`rssm.app`), `rssm.train`
+from Python (`rssm.launch`), and each rank of a torchrun job.
 """
 
 from __future__ import annotations
@@ -9,21 +10,15 @@ import math
 import os
 import shlex
 import signal
-import sys
 import time
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
-from hydra import compose
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rssm import context, distributed
+from rssm import context
 from rssm.agent import Agent, NonFiniteModel, to_torch
 from rssm.build import build_agent, build_envs, env_id, gigabytes, resolve_device
 from rssm.checkpoint import (
@@ -38,20 +33,13 @@ from rssm.checkpoint import (
 )
 from rssm.cli import (
     PROG,
-    HeldStderr,
-    config_source,
-    fail,
     made_dir,
-    merge_overrides,
-    register_resolvers,
     resume_override,
-    resumed_config,
-    with_general_env,
     write_run_config,
 )
 from rssm.collector import Collector, EnvFailing, blank_transition
-from rssm.config import FREE_KEYS, UserError, check_changes, config_changes, register_configs, validate
-from rssm.distributed import SINGLE, PeerLost, Ranks
+from rssm.config import FREE_KEYS, UserError, check_changes, config_changes, validate
+from rssm.distributed import SINGLE, Ranks
 from rssm.envs import EnvSpec, random_action
 from rssm.evaluate import evaluate_policy
 from rssm.files import WriteFailed, lock_run_dir, remove_leftovers, remove_made
@@ -490,7 +478,7 @@ def _warn_failures(collector: Collector, warn_at: int, ranks: Ranks) -> int:
     failure count of the next warning."""
     if collector.failures < warn_at:
         return warn_at
-    say(f"rssm: warning: {_rank(ranks)}{collector.last_error}; env restarted, episodes dropped (failure "
+    say(f"rssm: warning: {rank_prefix(ranks)}{collector.last_error}; env restarted, episodes dropped (failure "
         f"{collector.failures}; the next warning at failure {2 * collector.failures})")
     return 2 * collector.failures
 
@@ -501,7 +489,7 @@ def _again(run_dir: Path, ranks: Ranks) -> str:
     return f"{launch}{PROG} {resume_override(run_dir)}"
 
 
-def _rank(ranks: Ranks) -> str:
+def rank_prefix(ranks: Ranks) -> str:
     """'rank K: ' before what one rank of several reports; nothing in a single process."""
     return f"rank {ranks.rank}: " if ranks.world > 1 else ""
 
@@ -570,63 +558,3 @@ def objective(cfg: DictConfig, last: dict[str, float]) -> float:
     model alone its final loss (NaN when the run logged none)."""
     key = "eval/return_mean" if cfg.agent.kind == "dreamer" else "loss/wm"
     return float(last.get(key, float("nan")))
-
-
-def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks) -> float:
-    """The task of `rssm-train`: a new run in hydra's output directory, or with `resume=` the run's own
-    config plus what the command line changes, continued in the run's directory. Under torchrun, one rank of
-    the job, in rank 0's directory."""
-    held.release()
-    hydra_cfg = HydraConfig.get()
-    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # as typed: `${...}` unresolved
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        if cfg.resume:
-            cfg, overrides, _ = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
-            run_dir = checkpoint_path(cfg.resume).parent
-        else:
-            overrides = merge_overrides([], overrides)
-        last = train(cfg, ranks.share(run_dir), overrides, ranks)
-    except UserError as e:
-        fail(f"{_rank(ranks)}{e}")
-    except PeerLost as e:
-        _ending(ranks)
-        gone = distributed.absent(ranks)
-        who = f"rank {', '.join(map(str, gone))} of the job ended" if gone else "another rank of the job ended"
-        say(f"{PROG}: rank {ranks.rank}: {who} ({e}); stopping, the last checkpoint in {run_dir} is kept")
-        sys.exit(1)
-    except RunStopped as e:
-        _ending(ranks)
-        say(f"{PROG}: {_rank(ranks)}{e}")
-        if e.status == 1 and hydra_cfg.mode == RunMode.MULTIRUN:
-            return float("nan")  # a diverged trial of a sweep: the sweeper goes on with the next
-        sys.exit(e.status)
-    return objective(cfg, last)
-
-
-def _ending(ranks: Ranks) -> None:
-    """A rank that is ending ignores further stops: torchrun stops the other ranks once one has exited, and this
-    one's last line must not be cut short by it."""
-    if ranks.world > 1:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def main() -> None:
-    """`rssm-train [overrides]`: hydra composes the config from configs/ and the command line."""
-    ranks = distributed.start()  # one rank of a torchrun job, or the single process
-    try:
-        register_configs()
-        register_resolvers(ranks.share(datetime.now()))  # rank 0's start time names the run's directory
-        sys.argv = [sys.argv[0], *with_general_env(sys.argv[1:])]
-        with HeldStderr() as held:
-            hydra.main(config_path=config_source(), config_name="config", version_base=None)(
-                lambda cfg: run(cfg, held, ranks))()
-    except BaseException:  # an exit with an error status, or a failure: the other ranks may be gone
-        distributed.stop(together=False)
-        raise
-    distributed.stop(together=True)
-
-
-if __name__ == "__main__":
-    main()

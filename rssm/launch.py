@@ -156,9 +156,8 @@ def _hydra() -> Iterator:
     it and put back as it was afterwards (the calling program may be a hydra app itself)."""
     register_configs()
     register_resolvers(datetime.now())
-    global_hydra = GlobalHydra.instance()
-    outer = global_hydra.hydra if global_hydra.is_initialized() else None
-    global_hydra.clear()
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
     source = config_source()
     try:
         if source.startswith("pkg://"):
@@ -167,10 +166,10 @@ def _hydra() -> Iterator:
             setup = initialize_config_dir(config_dir=source, version_base=None)
         with setup:
             yield _composer
-    finally:
-        global_hydra.clear()
+    finally:  # hydra's setup puts back a copy of the GlobalHydra it found: the instance is asked for again
+        GlobalHydra.instance().clear()
         if outer is not None:
-            global_hydra.initialize(outer)
+            GlobalHydra.instance().initialize(outer)
 
 
 def _composer(overrides: list[str]) -> tuple[DictConfig, str]:

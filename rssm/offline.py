@@ -1,13 +1,25 @@
 """A world model trained from recorded data instead of an env: `agent=world_model offline.minari=ID` (a Minari
-dataset) or `offline.replay=RUN_DIR` (another run's replay chunks).
+dataset) or `offline.replay=RUN_DIR` (another run's replay: its chunk files, and the rows after the last of them
+that its checkpoint keeps; a run of fewer steps than replay.chunk, such as `experiment=debug`'s, has only those).
 
 The episodes are split by the run's seed: a share `offline.holdout` of them (at least one) is held out, and the
 world model trains on the rest for `offline.updates` updates of `replay.batch_size` x `replay.batch_length`
-steps. `trainer.log_every`, `trainer.openloop_every` and `trainer.checkpoint_every` count updates here. The
-held-out episodes give the open-loop prediction errors per horizon (`rssm.openloop`: the posterior sees
-`trainer.openloop_context` steps, the prior predicts alone) as `heldout/...` scalars and, at the end, in
-RUN_DIR/heldout.json. The run writes config.yaml, checkpoint.pt and model.pt as an online run does, so
-`rssm.load` and `rssm.DreamEnv` take it, and `resume=` continues a stopped one.
+steps. `trainer.log_every`, `trainer.openloop_every` and `trainer.checkpoint_every` count updates here. The run
+writes config.yaml, checkpoint.pt and model.pt as an online run does, so `rssm.load` and `rssm.DreamEnv` take
+it, and `resume=` continues a stopped one.
+
+The held-out episodes give the open-loop prediction errors per horizon (`rssm.openloop`: the posterior sees
+`trainer.openloop_context` steps, the prior predicts alone), on 4 batches of held-out sequences drawn once by the
+seed. A sequence counts at horizon k only if no episode starts among the k steps predicted, so the longer
+horizons average over fewer sequences (an episode shorter than the context and the horizon counts at most with
+a context that began in the episode before). Each error is the mean over the sequences that count, next to the
+error of a prediction without a model on the same sequences (`rssm.openloop.baseline_errors`: the last
+observation of the context predicted again; the context's mean reward). They are logged as
+`heldout/{obs,reward,cont}_error_hK` and `heldout/{obs_error_last_seen,reward_error_context_mean}_hK`, and at
+the end written to RUN_DIR/heldout.json: the run's source, updates, episodes and context, `sequences_drawn`,
+what the `baselines` predict, and `horizons`, one record per horizon in increasing order with the `sequences`
+and `episodes` its errors average over and each error of the model followed by its baseline's (null where no
+sequence counts).
 
 The env config still names the env (`env=...`): the model's size and the spaces come from it, and the data must
 have the same observation and action spaces.
@@ -24,6 +36,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rssm.agent import Agent, to_torch
@@ -47,8 +60,9 @@ from rssm.files import atomic_write
 from rssm.host import setup_host
 from rssm.logging import Logger, MeanTracker
 from rssm.messages import status
-from rssm.openloop import open_loop_errors
+from rssm.openloop import baseline_errors, scored, sequence_errors
 from rssm.replay import Layout, Replay, check_chunk, chunk_files, chunk_streams, layout, read_chunk
+from rssm.replay_read import checkpoint_tails
 from rssm.run_state import RunStopped, StopRequested, crossed, seed_everything
 
 Episode = dict[str, np.ndarray]  # a transition's fields, each (T + 1, ...): the first observation, then T steps
@@ -107,20 +121,25 @@ def _action_words(spec: EnvSpec) -> str:
 
 
 def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
-    """The episodes in another run's replay chunks (every rank's shard), each env's stream split at its episode
-    starts; the last, unfinished episode of a stream is kept as it is. Every chunk is checked against the first
-    one's layout (`check_chunk`), and that against the env's spaces."""
+    """The episodes in another run's replay (every rank's shard): its chunk files, and after the last of them the
+    rows its checkpoint keeps (`rssm.replay_read.checkpoint_tails`; a run of fewer steps than replay.chunk has only
+    those), each env's stream split at its episode starts; the last, unfinished episode of a stream is kept as it
+    is. Every chunk is checked against the first one's layout (`check_chunk`), and that against the env's spaces."""
     run_dir = Path(run_dir).expanduser()
-    shards = sorted((run_dir / "replay").glob("rank_*")) or [run_dir / "replay"]
-    episodes, expected = [], None
-    for shard in shards:
-        files = chunk_files(shard)
-        for stream in chunk_streams(files):
+    episodes, expected, file_rows = [], None, None
+    for sources in _replay_sources(run_dir):
+        for stream in chunk_streams(sources):
             chunks = []
             for index in stream:
-                arrays = read_chunk(files[index])
-                expected = expected or _replay_layout(run_dir, files[index], arrays, spec)
-                check_chunk(files[index], arrays, expected, doing="train on", whose="the first chunk's")
+                if isinstance(sources[index], Path):
+                    where, arrays = sources[index], read_chunk(sources[index])
+                    rows = file_rows = file_rows or len(arrays["is_first"])
+                else:  # the checkpoint's rows: the chunk the run would have written next
+                    where, arrays = f"{index:06d} as {run_dir / CHECKPOINT} keeps it", sources[index]
+                    rows = len(arrays["is_first"])
+                expected = expected or _replay_layout(run_dir, where, arrays, spec)
+                check_chunk(where, arrays, {k: ((rows, *shape[1:]), dtype) for k, (shape, dtype) in expected.items()},
+                            doing="train on", whose="the first chunk's")
                 chunks.append(arrays)
             # (rows, envs, ...); the model states a replay context stored are the other run's, not data
             data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if not k.startswith("latent_")}
@@ -129,11 +148,33 @@ def replay_episodes(run_dir: Path, spec: EnvSpec) -> list[Episode]:
                 starts = [*np.flatnonzero(column["is_first"]), len(column["is_first"])]
                 episodes += [{k: v[a:b] for k, v in column.items()} for a, b in pairwise(starts) if b > a]
     if not episodes:
-        raise UserError(f"{run_dir} holds no replay chunks (replay/chunk_*.npz) to train on")
+        raise UserError(f"{run_dir} holds no replay chunks (replay/chunk_*.npz) and no {CHECKPOINT} with the rows "
+                        f"after them to train on")
     return episodes
 
 
-def _replay_layout(run_dir: Path, path: Path, arrays: dict[str, np.ndarray], spec: EnvSpec) -> Layout:
+def _replay_sources(run_dir: Path) -> list[dict[int, Path | dict[str, np.ndarray]]]:
+    """Each rank's replay (one for a run in one process) by chunk index, in order: the chunk files, and the rows
+    the checkpoint keeps at the index of the chunk they would have been written as, unless a file of that index
+    exists (the run went on after its checkpoint): that holds them and more."""
+    replay = run_dir / "replay"
+    tails = checkpoint_tails(run_dir / CHECKPOINT)
+    ranks = {int(p.name[5:]): p for p in replay.glob("rank_*") if p.name[5:].isdigit()}
+    if ranks or len(tails) > 1:  # a torchrun job's shards, replay/rank_R
+        shards = [(ranks.get(r, replay / f"rank_{r}"), tails[r] if r < len(tails) else None)
+                  for r in sorted({*ranks, *range(len(tails))})]
+    else:
+        shards = [(replay, tails[0])]
+    sources = []
+    for directory, tail in shards:
+        found: dict[int, Path | dict[str, np.ndarray]] = dict(chunk_files(directory))
+        if tail is not None and tail[0] not in found:
+            found = dict(sorted({**found, tail[0]: tail[1]}.items()))
+        sources.append(found)
+    return sources
+
+
+def _replay_layout(run_dir: Path, path: Path | str, arrays: dict[str, np.ndarray], spec: EnvSpec) -> Layout:
     """The layout of another run's first chunk `arrays` (at `path`), which every chunk must share, once it is
     found to hold the fields of transitions in the env of `spec`."""
     if missing := [k for k in blank_transition(spec) if k not in arrays]:
@@ -155,28 +196,90 @@ def split(episodes: list[Episode], share: float, seed: int) -> tuple[list[Episod
     return [episodes[i] for i in sorted(order[held:])], [episodes[i] for i in sorted(order[:held])]
 
 
-def fill(replay: Replay, episodes: list[Episode]) -> Replay:
-    """Append the episodes to a one-env replay, one row at a time."""
-    for episode in episodes:
+def fill(replay: Replay, episodes: list[Episode], numbered: bool = False) -> Replay:
+    """Append the episodes to a one-env replay, one row at a time; `numbered`: with a field `episode`, the index
+    of each row's episode in `episodes`."""
+    for i, episode in enumerate(episodes):
+        if numbered:
+            episode = {**episode, "episode": np.full(len(episode["is_first"]), i)}
         for t in range(len(episode["is_first"])):
             replay.add({k: v[t][None] for k, v in episode.items()})
     return replay
 
 
-def heldout_errors(cfg: DictConfig, agent: Agent, held: Replay, batches: int = 4) -> dict[str, float]:
-    """Open-loop errors on `batches` batches of held-out sequences, the same ones every time (their own random
-    numbers): `heldout/{obs,reward,cont}_error_hK`."""
+def heldout_sequences(cfg: DictConfig, held: Replay, device: torch.device,
+                      batches: int = 4) -> list[dict[str, torch.Tensor]]:
+    """`batches` batches of `replay.batch_size` held-out sequences of trainer.openloop_context + the longest horizon
+    steps, drawn by the run's seed (the same in a resumed run), as tensors on `device`. `held` is `fill`ed
+    `numbered`, so that each sequence's `episode` says which held-out episode each of its steps is of."""
     t = cfg.trainer
     rng = np.random.default_rng([cfg.seed, 1])
     length = t.openloop_context + max(t.openloop_horizons)
-    totals: dict[str, list[float]] = {}
+    return [to_torch(held.sample(cfg.replay.batch_size, length, rng), device) for _ in range(batches)]
+
+
+def heldout_errors(cfg: DictConfig, agent: Agent, sequences: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """The open-loop errors of the world model (`rssm.openloop.sequence_errors`) and the baselines'
+    (`baseline_errors`) on the held-out `sequences`, each the mean over the sequences that count at each horizon
+    (`scored`, as `heldout_counts` counts them; NaN where none does), with the same random numbers every time.
+
+    Returns:
+        Each error's name (`obs_error`, `obs_error_last_seen`, ... as those functions name them) and its means at
+        the horizons 1..max(trainer.openloop_horizons), (H,) float64.
+    """
+    context, H = cfg.trainer.openloop_context, max(cfg.trainer.openloop_horizons)
+    sums: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(H, device=agent.device)
     with seeded(cfg.seed, agent.device):
-        for _ in range(batches):
-            batch = to_torch(held.sample(cfg.replay.batch_size, length, rng), agent.device)
-            for k, v in open_loop_errors(agent.wm, batch, t.openloop_context, t.openloop_horizons).items():
-                if math.isfinite(v.item()):
-                    totals.setdefault(k.replace("openloop/", "heldout/"), []).append(v.item())
-    return {k: float(np.mean(v)) for k, v in sorted(totals.items())}
+        for batch in sequences:
+            valid = scored(batch["is_first"], context, H)  # (B, H)
+            errors = {**sequence_errors(agent.wm, batch, context, H), **baseline_errors(agent.wm, batch, context, H)}
+            for name, error in errors.items():  # each (B, H)
+                sums[name] = sums.get(name, 0) + torch.where(valid, error.float(), 0.0).sum(0)  # (H,)
+            counts += valid.sum(0)
+    return {name: (total / counts).double().cpu().numpy() for name, total in sums.items()}  # 0 / 0: NaN
+
+
+def heldout_counts(cfg: DictConfig, sequences: list[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """At each horizon 1..max(trainer.openloop_horizons): how many of the held-out `sequences` count
+    (`rssm.openloop.scored`: no episode starts among the steps predicted up to it), and how many held-out episodes
+    those predict (steps of)."""
+    context, H = cfg.trainer.openloop_context, max(cfg.trainer.openloop_horizons)
+    counts, episodes = [0] * H, [set() for _ in range(H)]
+    for batch in sequences:
+        valid = scored(batch["is_first"], context, H).cpu()  # (B, H)
+        predicted = batch["episode"][:, context:context + H].cpu()  # (B, H): the episode of each target step
+        for k in range(H):
+            counts[k] += int(valid[:, k].sum())
+            episodes[k].update(predicted[valid[:, k], k].tolist())
+    return counts, [len(e) for e in episodes]
+
+
+def heldout_scalars(cfg: DictConfig, errors: dict[str, np.ndarray]) -> dict[str, float]:
+    """`heldout_errors` at trainer.openloop_horizons as scalars to log, `heldout/{name}_h{k}`; NaN ones left out."""
+    return {f"heldout/{name}_h{k}": float(v[k - 1]) for name, v in errors.items()
+            for k in cfg.trainer.openloop_horizons if math.isfinite(v[k - 1])}
+
+
+BASELINES = {"obs_error_last_seen": "the context's last observation, predicted again for every step",
+             "reward_error_context_mean": "the mean reward of the context's steps in the episode predicted, "
+                                          "predicted for every step"}
+
+
+def heldout_horizons(cfg: DictConfig, errors: dict[str, np.ndarray], counts: tuple[list[int], list[int]]) -> list[dict]:
+    """heldout.json's `horizons`: for each of trainer.openloop_horizons in increasing order, the sequences and
+    episodes its errors average over, then each error of the model followed by its baseline's, to 6 significant
+    digits; None (null) for an error no sequence counts in."""
+    model = [name for name in errors if not name.endswith(("_last_seen", "_context_mean"))]
+    records = []
+    for k in sorted(cfg.trainer.openloop_horizons):
+        record = {"horizon": k, "sequences": counts[0][k - 1], "episodes": counts[1][k - 1]}
+        for name in model:
+            for key in (n for n in (name, f"{name}_last_seen", f"{name}_context_mean") if n in errors):
+                error = float(errors[key][k - 1])
+                record[key] = float(f"{error:.6g}") if math.isfinite(error) else None
+        records.append(record)
+    return records
 
 
 def _episodes(cfg: DictConfig, spec: EnvSpec) -> tuple[list[Episode], list[Episode]]:
@@ -217,7 +320,8 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
     held_steps = sum(len(e["is_first"]) for e in held_eps)
     agent = build_agent(cfg, spec, resolve_device(cfg.device))
     replay = fill(Replay(cfg.replay.capacity, cfg.seed, None, cfg.replay.chunk), train_eps)
-    held = fill(Replay(max(held_steps, 1), cfg.seed, None, cfg.replay.chunk), held_eps)
+    held = fill(Replay(max(held_steps, 1), cfg.seed, None, cfg.replay.chunk), held_eps, numbered=True)
+    sequences = heldout_sequences(cfg, held, agent.device)
     updates = _resume(cfg, agent, replay) if cfg.resume else 0
     write_run_config(run_dir, cfg, overrides)
     steps = sum(len(e["is_first"]) for e in train_eps)
@@ -227,7 +331,7 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
     if updates:
         status(f"rssm: resumed from {run_dir / CHECKPOINT} at update {updates}")
     logger = Logger(cfg, run_dir, t.progress, start=updates, total=cfg.offline.updates, unit="update")
-    tracker, last, clock = MeanTracker(), {}, (time.perf_counter(), updates)
+    tracker, last, clock, errors = MeanTracker(), {}, (time.perf_counter(), updates), None
     with StopRequested() as stop:
         try:
             while updates < cfg.offline.updates and not stop.signum:
@@ -240,9 +344,9 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
                     logger.scalars(last, updates)
                     clock = time.perf_counter(), updates
                 if crossed(updates - 1, updates, t.openloop_every) or end:
-                    errors = heldout_errors(cfg, agent, held)
-                    logger.scalars(errors, updates)
-                    last.update(errors)
+                    errors = heldout_errors(cfg, agent, sequences)
+                    logger.scalars(heldout_scalars(cfg, errors), updates)
+                    last.update(heldout_scalars(cfg, errors))
                 if crossed(updates - 1, updates, t.checkpoint_every) and not end:
                     _save(run_dir, cfg, agent, replay, updates)
                 logger.progress(updates)
@@ -253,9 +357,12 @@ def train_offline(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -
     if stop.signum:
         raise RunStopped(f"stopped by {signal.Signals(stop.signum).name} at update {updates}; checkpoint saved, "
                          f"continue with: rssm-train resume={run_dir}", 128 + stop.signum)
+    if errors is None:  # a finished run resumed: no update ran
+        errors = heldout_errors(cfg, agent, sequences)
     report = {"source": offline_source(cfg), "updates": updates, "train_episodes": len(train_eps),
               "heldout_episodes": len(held_eps), "context": t.openloop_context,
-              "errors": {k.removeprefix("heldout/"): v for k, v in last.items() if k.startswith("heldout/")}}
+              "sequences_drawn": sum(len(b["is_first"]) for b in sequences), "baselines": BASELINES,
+              "horizons": heldout_horizons(cfg, errors, heldout_counts(cfg, sequences))}
     atomic_write(run_dir / "heldout.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     return last
 

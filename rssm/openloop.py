@@ -9,6 +9,10 @@ prediction of obs[context + k - 1], made k prior steps after the last observatio
                                       action[c]            action[c+1]             (action[t] led to obs[t])
     horizon k:                                    1                    2
 
+`sequence_errors` measures each prediction, `scored` says which count (none from an episode start on),
+`open_loop_errors` averages those; `baseline_errors` measures predictions without a model in the same way (the
+last observation seen, predicted again), to read the model's errors against.
+
 `open_loop_video` draws the same prediction for a few sequences: truth | prediction | error, where the prediction
 of the context steps is the posterior's reconstruction and from then on the prior's; `open_loop_curves` gives it
 for vectors, each dimension with the reward and the continue flag, as curves over time (`rssm-dream` draws them).
@@ -60,20 +64,95 @@ def predict_open_loop(wm: WorldModel, batch: Mapping[str, torch.Tensor], context
     return out
 
 
+def scored(is_first: torch.Tensor, context: int, horizon: int) -> torch.Tensor:
+    """Which predictions have a recorded step to be compared with: sequence b at horizon k if no episode starts in
+    obs[context : context + k]. From an `is_first` on, the recorded steps belong to another episode than the one
+    the model was rolled forward in (an episode start inside the context only resets the posterior).
+
+    Shapes:
+        is_first (B, T) with T >= context + horizon -> (B, horizon) bool.
+    """
+    return is_first[:, context:context + horizon].long().cumsum(1) == 0
+
+
+def _obs_errors(pred: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The obs error of each observation key (B, H): squared error summed over its dimensions, for `pred` and
+    `truth` each (B, H, ...) in the space of the reconstruction loss (`WorldModel.targets`)."""
+    return {k: (p - truth[k]).pow(2).flatten(2).sum(-1) for k, p in pred.items()}
+
+
+def _named(key_errors: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
+    """`obs{suffix}`, the keys' errors summed, and with several keys also `obs_{key}{suffix}` for each."""
+    named = {f"obs{suffix}": sum(key_errors.values())}
+    if len(key_errors) > 1:
+        named.update({f"obs_{k}{suffix}": error for k, error in key_errors.items()})
+    return named
+
+
 @torch.no_grad()
-def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: int = 5,
-                     horizons: Sequence[int] = (1, 5, 10, 15),
-                     prediction: dict | None = None) -> dict[str, torch.Tensor]:
-    """Open-loop prediction errors at each horizon, averaged over the sequences of the batch.
+def sequence_errors(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int, horizon: int,
+                    prediction: dict | None = None) -> dict[str, torch.Tensor]:
+    """The open-loop errors of each sequence at each horizon 1..`horizon`, whether it counts or not (`scored`).
 
     - obs: squared error summed over the dimensions of each observation key and over the keys, in the space of
       the world model's reconstruction loss (symlog for vectors, [0, 1] for images), but from the prior;
     - reward: absolute error of the two-hot mean;
     - cont: |predicted continue probability - (1 - is_terminal)|.
 
-    A sequence counts at horizon k only if no episode starts in obs[context : context + k]: from an
-    `is_first` on, the recorded steps belong to another episode than the one the model was rolled forward
-    in, so the prediction has nothing to be compared with. A horizon at which no sequence counts gives NaN.
+    Args:
+        batch: as for `open_loop_errors`, with T >= context + horizon.
+        prediction: `predict_open_loop(wm, batch, context, horizon)` if already made, else it is made here.
+    Returns:
+        `obs_error`, `reward_error`, `cont_error`, and with several observation keys `obs_{key}_error` for each,
+        each (B, horizon): column k - 1 is horizon k.
+    """
+    pred = predict_open_loop(wm, batch, context, horizon) if prediction is None else prediction
+    assert pred["reward"].shape[1] == horizon, (pred["reward"].shape, horizon)
+    target = slice(context, context + horizon)
+    truth = wm.targets({k: batch[k][:, target] for k in wm.obs_keys})  # (B, H, ...) per key
+    errors = _named(_obs_errors(pred["obs"], truth), "_error")  # (B, H) each
+    errors["reward_error"] = (pred["reward"] - batch["reward"][:, target]).abs()  # (B, H)
+    errors["cont_error"] = (pred["cont"] - (1.0 - batch["is_terminal"][:, target].float())).abs()  # (B, H)
+    return errors
+
+
+@torch.no_grad()
+def baseline_errors(wm: WorldModel, batch: Mapping[str, torch.Tensor], context: int,
+                    horizon: int) -> dict[str, torch.Tensor]:
+    """The errors of two predictions that need no model, per sequence and horizon, measured as `sequence_errors`
+    measures the model's:
+
+    - obs_error_last_seen: the last observation of the context, obs[context - 1], predicted again at every step;
+    - reward_error_context_mean: the mean reward of the steps the context saw taken in the episode being predicted
+      (reward[t] for the t in 1..context - 1 after the last episode start in the context; 0 where there is none),
+      predicted at every step.
+
+    Args:
+        batch: as for `open_loop_errors`, with T >= context + horizon and context >= 1.
+    Returns:
+        `obs_error_last_seen`, `reward_error_context_mean`, and with several observation keys
+        `obs_{key}_error_last_seen` for each, each (B, horizon): column k - 1 is horizon k.
+    """
+    B, T = batch["is_first"].shape
+    assert 1 <= context and context + horizon <= T, (context, horizon, T)
+    seen = wm.targets({k: batch[k][:, context - 1:context + horizon] for k in wm.obs_keys})  # (B, 1 + H, ...)
+    last = {k: v[:, :1].expand_as(v[:, 1:]) for k, v in seen.items()}  # (B, H, ...): obs[context - 1] repeated
+    errors = _named(_obs_errors(last, {k: v[:, 1:] for k, v in seen.items()}), "_error_last_seen")
+    starts = batch["is_first"][:, :context].long()  # (B, context)
+    starts[:, 0] = 1  # reward[0] is of a step before the sequence, or of none
+    since = starts.flip(1).cumsum(1).flip(1) == 0  # (B, context): the rows after the last episode start
+    steps = since.sum(1)  # (B,)
+    mean = (batch["reward"][:, :context] * since).sum(1) / steps.clamp(min=1)  # (B,), 0 without steps
+    errors["reward_error_context_mean"] = (mean[:, None] - batch["reward"][:, context:context + horizon]).abs()
+    return errors
+
+
+@torch.no_grad()
+def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: int = 5,
+                     horizons: Sequence[int] = (1, 5, 10, 15),
+                     prediction: dict | None = None) -> dict[str, torch.Tensor]:
+    """Open-loop prediction errors at each horizon (`sequence_errors`), averaged over the sequences of the batch
+    that count there (`scored`). A horizon at which no sequence counts gives NaN.
 
     Args:
         batch: the observation keys (B, T, ...), action (B, T, A), reward (B, T), is_first (B, T),
@@ -85,23 +164,13 @@ def open_loop_errors(wm: WorldModel, batch: dict[str, torch.Tensor], context: in
         observation keys also `openloop/obs_{key}_error_h{k}` for each key.
     """
     H = max(horizons)
-    pred = predict_open_loop(wm, batch, context, H) if prediction is None else prediction
-    assert pred["reward"].shape[1] == H, (pred["reward"].shape, H)
-    target = slice(context, context + H)
-    truth = wm.targets({k: batch[k][:, target] for k in wm.obs_keys})  # (B, H, ...) per key
-    key_errors = {k: (p - truth[k]).pow(2).flatten(2).sum(-1) for k, p in pred["obs"].items()}  # (B, H) per key
-    reward_error = (pred["reward"] - batch["reward"][:, target]).abs()  # (B, H)
-    cont_error = (pred["cont"] - (1.0 - batch["is_terminal"][:, target].float())).abs()  # (B, H)
-    valid = batch["is_first"][:, target].long().cumsum(1) == 0  # (B, H): no episode start up to here
+    valid = scored(batch["is_first"], context, H)  # (B, H)
     weight = valid.float() / valid.sum(0)  # (B, H): mean over the valid sequences; 0 / 0 where none is
-    named = [("obs", sum(key_errors.values())), ("reward", reward_error), ("cont", cont_error)]
-    if len(key_errors) > 1:
-        named += [(f"obs_{k}", error) for k, error in key_errors.items()]
     errors = {}
-    for name, error in named:
+    for name, error in sequence_errors(wm, batch, context, H, prediction).items():
         assert error.shape == valid.shape
         per_step = (error * weight).sum(0)  # (H,)
-        errors.update({f"openloop/{name}_error_h{k}": per_step[k - 1] for k in horizons})
+        errors.update({f"openloop/{name}_h{k}": per_step[k - 1] for k in horizons})
     return errors
 
 

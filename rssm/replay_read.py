@@ -3,7 +3,8 @@
 A run writes its replay as chunk files of `replay.chunk` rows (`RUN_DIR/replay/chunk_*.npz`; a torchrun job's
 under `replay/rank_R/`), and keeps the rows after the last full chunk in its checkpoint (`state["replay"]["tail"]`,
 `rssm.replay.Replay.state_dict`). A short run (`experiment=debug`: 300 steps, fewer than one chunk) has only those.
-Both are read here: the tail is the chunk that the run would have written next.
+Both are read here: the tail is the chunk that the run would have written next. Offline training on a run's
+replay (`offline.replay`, rssm/offline.py) reads every rank's tail (`checkpoint_tails`).
 """
 
 from __future__ import annotations
@@ -35,25 +36,45 @@ def checkpoint_tail(checkpoint: Path | None, chunk: int) -> Tail | None:
     Raises:
         UserError: the checkpoint cannot be read, or its replay rows are not as the run wrote them.
     """
+    return checkpoint_tails(checkpoint, chunk)[0]
+
+
+def checkpoint_tails(checkpoint: Path | None, chunk: int | None = None) -> list[Tail | None]:
+    """`checkpoint_tail` of every rank, in rank order: one for a run in one process, [None] where there is no
+    such file or it holds no replay (an offline run's). `chunk` is the run's replay.chunk; default the one in the
+    checkpoint's config.
+
+    Raises:
+        UserError: the checkpoint cannot be read, or its replay rows are not as the run wrote them.
+    """
     if checkpoint is None or not Path(checkpoint).is_file():
-        return None
+        return [None]
     state = load_checkpoint(checkpoint, mmap=True)
-    part = state["ranks"][0] if isinstance(state.get("ranks"), list) and state["ranks"] else state
-    replay = part.get("replay") if isinstance(part, dict) else None
-    if not isinstance(replay, dict) or not replay.get("tail"):
-        return None
+    parts = state["ranks"] if isinstance(state.get("ranks"), list) and state["ranks"] else [state]
 
     def refuse(problem: str) -> UserError:
         return UserError(f"cannot read the replay rows of checkpoint {checkpoint}: {problem}")
 
-    tail, total = replay["tail"], replay.get("total")
-    if not isinstance(tail, dict) or not all(torch.is_tensor(v) for v in tail.values()) or "is_first" not in tail:
-        raise refuse("they are not arrays with an 'is_first'")
-    rows = as_rows({k: v.numpy() for k, v in tail.items()})  # (n, envs, ...)
-    n = len(rows["is_first"])
-    if not isinstance(total, int) or n != total % chunk or any(len(v) != n for v in rows.values()):
-        raise refuse(f"it holds {n} rows after {total} in all, which is not what replay.chunk={chunk} leaves")
-    return total // chunk, rows
+    tails: list[Tail | None] = []
+    for part in parts:
+        replay = part.get("replay") if isinstance(part, dict) else None
+        if not isinstance(replay, dict) or not replay.get("tail"):
+            tails.append(None)
+            continue
+        if chunk is None:
+            config = state.get("config")
+            chunk = config.get("replay", {}).get("chunk") if isinstance(config, dict) else None
+            if not isinstance(chunk, int) or chunk < 1:
+                raise refuse(f"its config gives no replay.chunk (got {chunk!r})")
+        tail, total = replay["tail"], replay.get("total")
+        if not isinstance(tail, dict) or not all(torch.is_tensor(v) for v in tail.values()) or "is_first" not in tail:
+            raise refuse("they are not arrays with an 'is_first'")
+        rows = as_rows({k: v.numpy() for k, v in tail.items()})  # (n, envs, ...)
+        n = len(rows["is_first"])
+        if not isinstance(total, int) or n != total % chunk or any(len(v) != n for v in rows.values()):
+            raise refuse(f"it holds {n} rows after {total} in all, which is not what replay.chunk={chunk} leaves")
+        tails.append((total // chunk, rows))
+    return tails
 
 
 def episode_windows(is_first: np.ndarray, length: int) -> np.ndarray:

@@ -142,10 +142,10 @@ def test_allowed_changes_the_run_s_data_cannot_take_are_refused(compose_config, 
     ("offline.holdout=1.0", "offline.holdout must be in [0, 1), got 1.0", False),
     ("offline.holdout=-0.1", "offline.holdout must be in [0, 1), got -0.1", False),
     ("offline.updates=0", "offline.updates must be > 0, got 0", False),
-    ("offline.holdout=0.99", "offline.holdout=0.99 leaves 0 of the 8 episodes to train on, 0 steps, fewer than one "
+    ("offline.holdout=0.99", "offline.holdout=0.99 leaves 0 of the 9 episodes to train on, 0 steps, fewer than one "
                              "sequence of replay.batch_length=8: lower offline.holdout", False),
     ("offline.holdout=1.0", "offline.holdout must be in [0, 1), got 1.0", True),
-    ("offline.holdout=0.99", "offline.holdout=0.99 leaves 0 of the 8 episodes to train on, 0 steps, fewer than one "
+    ("offline.holdout=0.99", "offline.holdout=0.99 leaves 0 of the 9 episodes to train on, 0 steps, fewer than one "
                              "sequence of replay.batch_length=8: lower offline.holdout", True),
     ("offline.updates=0", "offline.updates must be > 0, got 0", True),
 ], ids=["holdout_1", "holdout_negative", "updates_0", "holdout_all", "resumed_holdout_1", "resumed_holdout_all",

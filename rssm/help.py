@@ -1,9 +1,10 @@
 """`rssm-train --help`: the config groups with their options (as hydra finds them on its config search path), the
 keys users change most with what each one does, three examples, and where every key is described.
 
-What a key does is written once, as its comment in the schema (rssm/config.py); `key_comments` reads it from
-there. Hydra prints the page through `hydra.help.template` (configs/config.yaml), which the resolver `rssm_help`
-(`help_page`) fills; `rssm-train --hydra-help` stays hydra's own.
+What a key does is written once, as its comment in the schema (rssm/config.py); `field_docs` reads it from
+there, for this page and for the docs site's configuration reference (docs/hooks/config_reference.py). Hydra prints
+the page through `hydra.help.template` (configs/config.yaml), which the resolver `rssm_help` (`help_page`) fills;
+`rssm-train --hydra-help` stays hydra's own.
 """
 
 from __future__ import annotations
@@ -41,32 +42,44 @@ EXAMPLES = (
     "rssm-train env.id=Acrobot-v1 model=s device=cuda",
     "rssm-train resume=outputs/2026-01-31/12-00-00 trainer.steps=100000 'allow_changes=[trainer.steps]'",
 )
-REFERENCE = "README.md, section \"Configuration\" (every group, option and key); the schema: rssm/config.py"
+REFERENCE = "the docs site's page \"Configuration reference\" (mkdocs serve), made from the schema: rssm/config.py"
+# hydra's shell completion, as its --hydra-help and its docs install it (zsh runs bash's)
+COMPLETION = ('Tab completion: add eval "$(rssm-train -sc install=bash)" to ~/.bashrc (zsh: to ~/.zshrc, after',
+              "autoload -Uz bashcompinit && bashcompinit); fish: rssm-train -sc install=fish | source, in config.fish.")
 
 
-def key_comments(schema: type = Config, prefix: str = "") -> dict[str, str]:
-    """Every key of `schema` (dotted, nested dataclasses included) with the comment that documents it in its source:
-    the trailing comment of its line, or else the comment lines right above it ("" for none)."""
+def field_docs(schema: type) -> dict[str, tuple[str, str]]:
+    """{field: (its type as written, the comment that documents it)} of one dataclass of the schema, read from its
+    source: the trailing comment of the field's line, or else the comment lines right above it ("" for none). The
+    configuration reference of the docs site (docs/hooks/config_reference.py) reads the schema through this too."""
     lines, _ = inspect.getsourcelines(schema)
     comments = {t.start[0]: t.string.lstrip("#").strip()
                 for t in tokenize.generate_tokens(iter(lines).__next__) if t.type == tokenize.COMMENT}
     own_line = {n for n in comments if lines[n - 1].lstrip().startswith("#")}
     found = {}
     for node in ast.parse(textwrap.dedent("".join(lines))).body[0].body:
-        if not isinstance(node, ast.AnnAssign):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
         above, line = [], node.lineno - 1
         while line in own_line:
             above, line = [comments[line], *above], line - 1
         end = node.end_lineno
-        found[node.target.id] = comments[end] if end in comments and end not in own_line else " ".join(above)
+        text = comments[end] if end in comments and end not in own_line else " ".join(above)
+        found[node.target.id] = (ast.unparse(node.annotation), text)
+    return found
+
+
+def key_comments(schema: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every key of `schema` (dotted, nested dataclasses included) with the comment that documents it in its source
+    (`field_docs`)."""
+    found = field_docs(schema)
     out = {}
     for f in fields(schema):
         sub = f.default_factory() if callable(f.default_factory) else None
         if is_dataclass(sub):
             out.update(key_comments(type(sub), f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = found.get(f.name, "")
+            out[f"{prefix}{f.name}"] = found.get(f.name, ("", ""))[1]
     return out
 
 
@@ -99,7 +112,7 @@ def help_page(_root_: DictConfig) -> str:
         lines += _wrapped(head, first_clause(comments[key], WIDTH - column - 4), column)
     lines += ["", "Examples:", *(f"  {e}" for e in EXAMPLES), "",
               "The whole config: rssm-train --cfg job; hydra's flags (--multirun, --config-dir, ...): --hydra-help.",
-              f"Every key: {REFERENCE}.", ""]
+              f"Every key: {REFERENCE}.", *COMPLETION, ""]
     return "\n".join(lines).replace("$", "$$")
 
 

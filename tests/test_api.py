@@ -93,16 +93,22 @@ def test_predict_plays_a_continuous_env_within_its_bounds(runs):
     assert np.isfinite(total)
 
 
-def test_the_readme_examples_run(runs, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    examples = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(examples) == 3
+def test_the_readme_and_guide_examples_run(runs, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    python_page = (root / "docs" / "guides" / "python.md").read_text()
+    texts = {  # the README's example; the Python guide's after "Train from Python" (whose run trains for long)
+        "README.md": (root / "README.md").read_text(),
+        "docs/guides/python.md": python_page.split("## Train from Python", 1)[1].split("\n## ", 1)[1],
+        "docs/guides/dream-env.md": (root / "docs" / "guides" / "dream-env.md").read_text(),
+    }
+    examples = [(name, code) for name, text in texts.items() for code in re.findall(r"```python\n(.*?)```", text, re.S)]
+    assert [name for name, _ in examples] == ["README.md", "docs/guides/python.md", "docs/guides/python.md",
+                                              "docs/guides/dream-env.md"]
     monkeypatch.chdir(runs)
-    for code in examples:
+    for name, code in examples:
         if "stable_baselines3" in code:
             pytest.importorskip("stable_baselines3")
-        exec(compile(code.replace('"outputs/2026-11-29/12-00-00"', '"cartpole"'), "README.md", "exec"), {})
+        exec(compile(code.replace('"outputs/2026-11-29/12-00-00"', '"cartpole"'), name, "exec"), {})
 
 
 def test_rssm_eval_records_an_mp4_or_a_gif(runs, tmp_path, capsys):

@@ -243,7 +243,7 @@ def test_help_is_one_page_of_the_groups_the_keys_users_change_and_examples(tmp_p
     for key, value in [("trainer.steps", "20000"), ("env.id", "Pendulum-v1"), ("device", "auto")]:
         assert any(re.fullmatch(rf"  {re.escape(key)}={re.escape(value)} +{re.escape(first_clause(comments[key]))}",
                                 line) for line in lines), key
-    assert "rssm-train resume=outputs/" in text and 'README.md, section "Configuration"' in text
+    assert "rssm-train resume=outputs/" in text and 'page "Configuration reference"' in text
 
     assert "== Flags ==" in run_cli("--hydra-help", cwd=tmp_path).stdout  # hydra's own help stays
 

@@ -38,11 +38,45 @@ def test_docs_build_strict_with_generated_config_reference(tmp_path):
     assert "hidden layers of the encoder, decoder, actor and critic MLPs" in _row(page, "model.mlp_layers")
     # the config groups and their options, from configs/
     assert re.search(r"<code>env</code></td>\s*<td><code>pong</code>", page)
-    # README sections included by their markers, with their figures where the site serves them
-    bench = (site / "benchmarks" / "index.html").read_text()
-    assert 'src="../cartpole_v3_eval_return.png"' in bench and (site / "cartpole_v3_eval_return.png").exists()
-    assert "--8&lt;--" not in bench and "[start:" not in bench
+    # pages link their figures by relative paths (as GitHub shows them); the README's set-up commands, included
+    bench = (site / "benchmarks" / "learning" / "index.html").read_text()
+    assert 'src="../../figures/cartpole_v3_eval_return.png"' in bench
+    assert (site / "figures" / "cartpole_v3_eval_return.png").exists()
+    start = html.unescape(re.sub(r"<[^>]+>", "", (site / "getting-started" / "index.html").read_text()))
+    assert 'pip install -e ".[test]" && ruff check . && pytest -q -n auto' in start
+    assert "--8<--" not in start and "[start:" not in start
     api = (site / "reference" / "api" / "index.html").read_text()
-    for name in ["rssm.api.load", "rssm.api.Policy.predict", "rssm.imagination.EnvModel.imagine",
-                 "rssm.dream_env.DreamEnv", "rssm.dream_env.DreamVecEnv", "rssm.sb3.DreamVecEnv"]:
+    for name in ["rssm.launch.train", "rssm.launch.compose", "rssm.api.load", "rssm.api.Policy.predict",
+                 "rssm.imagination.EnvModel.imagine", "rssm.dream_env.DreamEnv", "rssm.dream_env.DreamVecEnv",
+                 "rssm.sb3.DreamVecEnv"]:
         assert f'id="{name}"' in api, name
+
+
+def test_the_readme_holds_two_set_up_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    setup = [b.strip() for b in blocks if "pip install" in b]
+    assert setup == ["pip install . && rssm-train", 'pip install -e ".[test]" && ruff check . && pytest -q -n auto']
+    assert len(re.findall(r"\bpip install\b", readme)) == 2  # no other install line to choose from
+    assert setup[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    # the Getting started page shows the README's own commands (pymdownx.snippets), so they cannot drift
+    assert '--8<-- "README.md:setup"' in (ROOT / "docs" / "getting-started.md").read_text()
+    marked = readme.split("<!-- --8<-- [start:setup] -->", 1)[1].split("<!-- --8<-- [end:setup] -->", 1)[0]
+    assert all(command in marked for command in setup)
+    assert readme.count("--8<--") == 2  # the set-up markers alone: every other text lives in docs/
+
+
+def test_the_readmes_links_reach_pages_figures_and_headings():
+    from markdown.extensions.toc import slugify
+
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert links
+    for link in links:
+        if link.startswith("http"):
+            continue
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), link
+        if anchor:  # GitHub's and mkdocs' heading ids agree for these headings: lower case, words joined by '-'
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), re.M)
+            assert anchor in {slugify(h.replace("`", ""), "-") for h in headings}, link

@@ -159,7 +159,7 @@ def pixel_runs(tmp_path_factory):
 
 
 def short_debug_run(tmp_path_factory) -> Path:
-    """The first run the README suggests, `rssm-train experiment=debug` (CartPole, 300 env steps): fewer rows than
+    """The first run Getting started suggests, `rssm-train experiment=debug` (CartPole, 300 env steps): fewer rows than
     replay.chunk=1024, so no chunk file, and all of its replay in its checkpoint. Trained once a session."""
     run_dir = tmp_path_factory.getbasetemp() / "short_debug_run"
     if not (run_dir / "model.pt").exists():

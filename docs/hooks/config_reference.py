@@ -2,47 +2,23 @@
 config groups (configs/), so that it cannot drift from them.
 
 Each field's description is its trailing `# comment` in the schema's source, or, where it has none, the comment
-lines right above it; a nested dataclass is a group of its own, with its class docstring as the group's text.
+lines right above it, read by `rssm.help.field_docs` as `rssm-train --help` reads them; a nested dataclass is a group
+of its own, with its class docstring as the group's text.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
-import io
-import textwrap
-import tokenize
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from mkdocs.structure.files import File
 
+from rssm.help import field_docs  # the comment parser of `rssm-train --help`: the two pages cannot disagree
+
 PAGE = "reference/configuration.md"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def field_docs(cls: type) -> dict[str, tuple[str, str]]:
-    """{field: (type as written, description)} of a dataclass, read from its source."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    lines = source.splitlines()
-    comments = {t.start[0]: t.string.lstrip("#").strip()
-                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
-    body = ast.parse(source).body[0]
-    assert isinstance(body, ast.ClassDef)
-    out = {}
-    for node in body.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        text = comments.get(node.end_lineno or node.lineno, "")
-        if not text:  # a comment block right above the field
-            above, k = [], node.lineno - 1
-            while k >= 1 and k in comments and lines[k - 1].strip().startswith("#"):
-                above.insert(0, comments[k])
-                k -= 1
-            text = " ".join(above)
-        out[node.target.id] = (ast.unparse(node.annotation), text)
-    return out
 
 
 def _value(value: Any) -> str:

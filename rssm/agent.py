@@ -111,7 +111,7 @@ class Agent:
         compile: None: eager. A torch.compile backend ("inductor"): the RSSM's posterior step, with its backward
             pass, on a GPU also its prior step in imagination (`RSSM.compile_steps`), the image encoder and decoder
             (`WorldModel.compile_images`) and acting are compiled (the first calls compile). The rest of an update
-            is large batched products, which compiling did not speed up on a CPU (README, Speed).
+            is large batched products, which compiling did not speed up on a CPU (docs/benchmarks/speed.md).
         compile_mode: torch.compile's mode for the RSSM's steps: "default", or "reduce-overhead" for CUDA graphs
             of them on a CUDA device (`RSSM.compile_steps`). Acting compiles in the default mode: its recurrent state
             lives from one env step to the next, across updates, where a CUDA graph's outputs would be overwritten.

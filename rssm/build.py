@@ -58,10 +58,10 @@ COMPILE_BACKEND = "inductor"  # torch.compile's backend with compile=true
 
 def compile_enabled(setting: str, images: bool, device: torch.device) -> bool:
     """Whether `compile=setting` (auto | true | false, or a bool) compiles. auto compiles a model with image
-    observations, where it was measured to pay on a CPU (README "Speed": the image world-model update 1.11x to 1.79x
-    as fast, the first update's compiling paid back within a few updates), and where torch.compile has its
-    compiler (a C++ compiler on a CPU, triton on a GPU), so that a default run never stops for the lack of one; a
-    model of vectors stays eager (a CPU learning run gained 1%, less than its compiling took)."""
+    observations, where it was measured to pay on a CPU (docs/benchmarks/speed.md: the image world-model update
+    1.11x to 1.79x as fast, the first update's compiling paid back within a few updates), and where torch.compile
+    has its compiler (a C++ compiler on a CPU, triton on a GPU), so that a default run never stops for the lack of
+    one; a model of vectors stays eager (a CPU learning run gained 1%, less than its compiling took)."""
     setting = str(setting).lower()
     if setting != "auto":
         return setting == "true"

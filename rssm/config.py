@@ -22,7 +22,7 @@ class UserError(Exception):
 @dataclass
 class EnvConfig:
     id: str = "CartPole-v1"  # any registered gymnasium id
-    action_repeat: int = 1
+    action_repeat: int = 1  # each action is taken this many times (rewards summed): one agent step
     time_limit: int = 0  # max agent steps per episode; 0 keeps the env's own limit
     pixels: bool = False  # observe the env's rendered frames (key `image`) instead of its own observation
     pixels_keep_state: bool = False  # with pixels: keep the env's own observation too (key `state`)
@@ -70,14 +70,14 @@ class ModelConfig:
 
 @dataclass
 class WorldModelConfig:
-    rec_scale: float = 1.0
-    reward_scale: float = 1.0
-    cont_scale: float = 1.0
-    kl_dyn_scale: float = 1.0
-    kl_rep_scale: float = 0.1
-    free_bits: float = 1.0
-    lr: float = 4e-5
-    eps: float = 1e-20
+    rec_scale: float = 1.0  # weight of the reconstruction loss (loss/rec) in the world-model loss
+    reward_scale: float = 1.0  # weight of the reward loss (loss/reward)
+    cont_scale: float = 1.0  # weight of the continue loss (loss/cont)
+    kl_dyn_scale: float = 1.0  # weight of the dynamics KL (loss/kl_dyn), which trains the prior
+    kl_rep_scale: float = 0.1  # weight of the representation KL (loss/kl_rep), which trains the posterior
+    free_bits: float = 1.0  # nats: each KL term is clipped below at this, so a small KL sends no gradient
+    lr: float = 4e-5  # learning rate of the world model (encoder, RSSM, decoder, reward and continue heads)
+    eps: float = 1e-20  # the optimizer's epsilon
     grad_clip: float = 0.0  # global gradient-norm clip; 0: none
 
 
@@ -85,7 +85,7 @@ class WorldModelConfig:
 class AgentConfig:
     kind: str = "dreamer"  # dreamer: actor-critic in imagination | world_model: random policy, no actor or critic
     horizon: int = 15  # imagination steps
-    gamma: float = 1.0 - 1.0 / 333.0
+    gamma: float = 1.0 - 1.0 / 333.0  # discount per agent step
     lam: float = 0.95  # lambda of the lambda-returns
     entropy: float = 3e-4  # actor entropy bonus
     slow_rate: float = 0.02  # EMA rate of the slow critic
@@ -97,9 +97,9 @@ class AgentConfig:
     actor_grad_continuous: str = "reinforce"  # reinforce (now) | backprop (2023)
     actor_unimix: float = 0.0  # uniform mix of a discrete policy (now: 0, upstream's categorical head; 2023: 0.01)
     actor_outscale: float = 0.01  # scale of the actor's initial output weights (now: 0.01, 2023: 1)
-    actor_lr: float = 4e-5
-    critic_lr: float = 4e-5
-    eps: float = 1e-20
+    actor_lr: float = 4e-5  # learning rate of the actor
+    critic_lr: float = 4e-5  # learning rate of the critic
+    eps: float = 1e-20  # the optimizer's epsilon, of actor and critic
     grad_clip: float = 0.0  # global gradient-norm clip of actor and of critic; 0: none
 
 
@@ -109,15 +109,15 @@ class OptimConfig:
     joint: bool = True  # one forward pass and one step of every module (now) | world model first (2023)
     agc: float = 0.3  # laprop: a tensor's update norm at most agc * max(1e-3, its norm); 0: none
     warmup: int = 1000  # laprop: updates over which the learning rates rise linearly from 0
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1: float = 0.9  # decay rate of the momentum
+    beta2: float = 0.999  # decay rate of the squared-gradient average
 
 
 @dataclass
 class ReplayConfig:
     capacity: int = 1_000_000  # transitions
-    batch_size: int = 16
-    batch_length: int = 64
+    batch_size: int = 16  # sequences per update (per rank in a torchrun job)
+    batch_length: int = 64  # steps per sequence
     chunk: int = 1024  # steps of all envs (rows of env.num_envs transitions) per file written to RUN_DIR/replay
     save: bool = True  # chunks in RUN_DIR/replay and the rest in the checkpoint; false: neither, so no resume=
     # also keep the replay in the training device's memory and gather batches there (a GPU then gets no batch
@@ -139,8 +139,14 @@ class TrainerConfig:
     train_ratio: float = 64.0  # replayed steps per env step: batch_size * batch_length per update
     log_every: int = 1000  # env steps between TensorBoard writes
     eval_every: int = 5000  # env steps between evaluations (mode policy, separate env); 0: only at the end
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # episodes each evaluation plays; their mean, std, min and max are logged (eval/)
     eval_policy: str = "mode"  # the evaluation's actions: mode | sample (the exploring policy's, as upstream scores)
+    # N: the first evaluation, every N-th after it and the run's last log one episode as a video, `eval/video` (an
+    # animated GIF in TensorBoard's images tab: the first 500 frames, at most 128 pixels a side); 0: never; null:
+    # every evaluation with image observations (their frames are at hand: a video costs its GIF alone, about 130 kB
+    # for 500 frames of 64 x 64), never with vector observations. N with vector observations makes the eval env
+    # with render_mode="rgb_array" and records its render() frames (MuJoCo and DMC render calls cost time)
+    eval_video_every: int | None = None
     stop_return: float | None = None  # end the run once the mean eval return reaches this
     progress: bool = True  # progress bar in the terminal
     checkpoint_every: int = 10_000  # env steps between checkpoints; 0: only at the end and on SIGINT / SIGTERM
@@ -153,7 +159,7 @@ class TrainerConfig:
 @dataclass
 class WandbConfig:
     enabled: bool = False  # logger=wandb sets it
-    project: str = "rssm"
+    project: str = "rssm"  # the W&B project the run is logged to
     entity: str = ""  # a user or team; "": wandb's default
     mode: str = "offline"  # offline: no network, `wandb sync RUN_DIR/wandb/offline-run-*` later | online | disabled
 
@@ -162,7 +168,7 @@ class WandbConfig:
 class MlflowConfig:
     enabled: bool = False  # logger=mlflow sets it
     tracking_uri: str = ""  # "": a SQLite store in the run directory, sqlite:///RUN_DIR/mlflow.db
-    experiment: str = "rssm"
+    experiment: str = "rssm"  # the MLflow experiment the run is logged to
 
 
 @dataclass
@@ -188,7 +194,7 @@ class OfflineConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the envs' episodes, the replay's sampling and the evaluations' episodes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # fp32 | bf16 | fp16: forward passes under autocast in bfloat16 or float16 (with a dynamic loss scale); weights,
@@ -236,6 +242,7 @@ _RANGES = [  # (keys, test, what the test asks for)
     (("model.bins",), lambda v: v >= 2, ">= 2 (two-hot needs two bins)"),
     (("model.head_layers", "model.mlp_layers"), lambda v: v is None or v >= 0, ">= 0 or null"),
     (("env.step_timeout",), lambda v: v is None or v > 0, "> 0 or null"),
+    (("trainer.eval_video_every",), lambda v: v is None or v >= 0, ">= 0 or null"),
     (("replay.context",), lambda v: v in (0, 1), "0 or 1"),
     (("model.unimix", "agent.actor_unimix", "optim.beta1", "optim.beta2", "offline.holdout"), lambda v: 0.0 <= v < 1.0,
      "in [0, 1)"),
@@ -370,7 +377,7 @@ _ABSENT = object()
 # (`precision`) more than that, within the tracking its test checks.
 FREE_KEYS = ("resume", "allow_changes", "threads", "device", "precision", "compile", "compile_mode", "replay.on_device",
              "trainer.progress", "logger", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
-             "trainer.eval_policy",
+             "trainer.eval_policy", "trainer.eval_video_every",
              "trainer.checkpoint_every", "trainer.openloop_every", "trainer.openloop_context",
              "trainer.openloop_horizons")
 # Keys added with image observations, Atari and DeepMind Control: a run saved before them had vector observations,

@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,18 +25,108 @@ from rssm.envs import EnvSpec, close_env, install
 from rssm.files import atomic_write
 from rssm.flags import Parser, integer
 from rssm.loggers import encode_gif
+from rssm.messages import say
 from rssm.run_state import ForcedStop, StopRequested
 
+VIDEO_FPS = 30  # of rssm-eval's videos and of the evaluations' videos in the logs
+VIDEO_FRAMES = 500  # an evaluation's video in the logs: at most this many frames, from its episode's start ...
+VIDEO_SIDE = 128  # ... each at most this many pixels on its longer side (a MuJoCo frame of 480 x 480 is 128 x 128)
+# trainer.eval_video_every=null with image observations: every evaluation. The video is the observations that
+# were played, so it costs its GIF alone (500 frames of CartPole at 64 x 64: 0.4 s to encode, 130 kB).
+IMAGE_VIDEO_EVERY = 1
 
-def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False, record: bool = False,
-                 remake: Callable[[], gym.vector.VectorEnv] | None = None, stop: StopRequested | None = None,
+
+class Recording:
+    """What `run_episodes` records of env 0's first episode: its first frame and one after each step, from
+    `source`: "render", the env's `render()` (an env made with render_mode="rgb_array"), or an image
+    observation key. At most `max_frames` frames, each scaled down (area average) to at most `max_side` pixels on
+    its longer side. A frame that cannot be had (an env that cannot render) raises UserError, or with `strict`
+    false ends the recording with its reason in `problem`."""
+
+    def __init__(self, source: str = "render", max_frames: int | None = None, max_side: int | None = None,
+                 strict: bool = True):
+        self.source, self.max_frames, self.max_side, self.strict = source, max_frames, max_side, strict
+        self.frames: list[np.ndarray] = []  # (H, W, C) uint8 each
+        self.problem: str | None = None
+
+    def add(self, envs: gym.vector.VectorEnv, transitions: dict[str, np.ndarray]) -> None:
+        if self.problem is not None or (self.max_frames is not None and len(self.frames) >= self.max_frames):
+            return
+        try:
+            frame = envs.call("render")[0] if self.source == "render" else transitions[self.source][0]
+        except Exception as e:  # noqa: BLE001 - whatever the env's renderer raises
+            self.fail(f"render() raised {_first_line(e)}")
+            return
+        # render() returns None for an env made without a render mode it knows.
+        array = None if frame is None else np.asarray(frame)
+        if array is None or array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+            self.fail(f"render() returned {'None' if array is None else f'an array {array.shape} {array.dtype}'}, "
+                      f"not an rgb_array frame (H, W, 3) uint8")
+            return
+        self.frames.append(_shrunk(array[..., :3], self.max_side))  # an alpha channel dropped
+
+    def fail(self, problem: str) -> None:
+        """No video: raise UserError, or with `strict` false, note the `problem`."""
+        if self.strict:
+            raise UserError(f"cannot record a video: {problem}")
+        self.problem, self.frames = problem, []
+
+    def video(self) -> np.ndarray | None:
+        """The frames as one (T, H, W, C) uint8 array; None for none."""
+        return np.stack(self.frames) if self.frames else None
+
+
+def _shrunk(frame: np.ndarray, side: int | None) -> np.ndarray:
+    """`frame` (H, W, C) uint8 scaled down to at most `side` pixels on its longer side (area average)."""
+    H, W, C = frame.shape
+    if side is None or max(H, W) <= side:
+        return frame.copy()  # a frame the env may reuse
+    from PIL import Image
+
+    scale = side / max(H, W)
+    image = Image.fromarray(frame[..., 0] if C == 1 else frame)
+    small = image.resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BOX)
+    return np.asarray(small).reshape(small.height, small.width, C)  # (h, w, C)
+
+
+class EvalVideos:
+    """Which of a run's evaluations log their first episode as a video (`trainer.eval_video_every`), and from
+    what: the first image observation key of `image_keys`, else the env's render() frames. The video is for the
+    logs alone: what an evaluation returns and the run's random numbers are the same with it or without."""
+
+    def __init__(self, cfg: DictConfig, image_keys: list[str]):
+        every = cfg.trainer.eval_video_every
+        self.every = (IMAGE_VIDEO_EVERY if image_keys else 0) if every is None else every
+        self.source = image_keys[0] if image_keys else "render"
+        self.eval_every, self.steps, self.env = cfg.trainer.eval_every, cfg.trainer.steps, env_id(cfg)
+
+    def recording(self, steps: int) -> Recording | None:
+        """A recording for the evaluation at env step `steps` if it is one that logs a video: the first, every
+        N-th after it (counted by the multiples of `trainer.eval_every` reached) and the run's last."""
+        k = steps // self.eval_every if self.eval_every else 0  # the evaluation's number, from 1
+        due = self.every > 0 and (steps >= self.steps or (k >= 1 and (k - 1) % self.every == 0))
+        return Recording(self.source, VIDEO_FRAMES, VIDEO_SIDE, strict=False) if due else None
+
+    def video(self, recording: Recording) -> np.ndarray | None:
+        """The recorded video (T, H, W, C) uint8, or None. An env that could not render is said in one line, and
+        the run's later evaluations record none."""
+        if recording.problem is not None:
+            say(f"rssm: warning: trainer.eval_video_every={self.every}: {self.env} cannot give video frames "
+                f"({recording.problem}); the run logs no eval video")
+            self.every = 0
+        return recording.video()
+
+
+def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: bool = False,
+                 record: Recording | None = None, remake: Callable[[], gym.vector.VectorEnv] | None = None,
+                 stop: StopRequested | None = None,
                  step_timeout: float | None = None) -> tuple[list[float], list[np.ndarray]] | None:
     """Play `episodes` episodes on a vector env of N envs, each playing ceil(episodes / N) of them (taking the
-    first episodes to finish would favour short ones). Returns their returns and, if `record`, the rgb frames
-    of env 0's first episode. With `remake`, envs that fail are replaced as in training (`Collector`), and
-    envs made that way are closed here; `envs` is the caller's to close. With `stop`, it is asked between env
-    steps, and the evaluation is abandoned (None) once it says yes; a second signal while the envs do not return
-    raises ForcedStop (`StopRequested.waiting`). `step_timeout`: as `Collector`'s."""
+    first episodes to finish would favour short ones). Returns their returns and, with `record`, the frames it
+    recorded of env 0's first episode (also in `record.frames`). With `remake`, envs that fail are replaced as in
+    training (`Collector`), and envs made that way are closed here; `envs` is the caller's to close. With `stop`,
+    it is asked between env steps, and the evaluation is abandoned (None) once it says yes; a second signal while
+    the envs do not return raises ForcedStop (`StopRequested.waiting`). `step_timeout`: as `Collector`'s."""
     collector = Collector(envs, spec, seed, remake=remake, step_timeout=step_timeout)
     try:
         return _play(agent, collector, episodes, explore, record, stop)
@@ -47,11 +138,11 @@ def run_episodes(agent, envs, spec: EnvSpec, episodes: int, seed: int, explore: 
             collector.close()
 
 
-def _play(agent, collector: Collector, episodes: int, explore: bool, record: bool,
+def _play(agent, collector: Collector, episodes: int, explore: bool, record: Recording | None,
           stop: StopRequested | None) -> tuple[list[float], list[np.ndarray]] | None:
     quota = -(-episodes // collector.num)
     played: list[list[float]] = [[] for _ in range(collector.num)]  # returns per env, in order
-    frames, state = [], None
+    state = None
     actions = np.zeros((collector.num, collector.spec.action_dim), np.float32)
     while min(len(r) for r in played) < quota:
         if stop is not None and stop():
@@ -59,15 +150,15 @@ def _play(agent, collector: Collector, episodes: int, explore: bool, record: boo
         failures = collector.failures
         with stop.waiting() if stop is not None else nullcontext():
             transitions, finished = collector.step(actions)
-        if collector.failures != failures:  # a restarted env drops its episode, and a recording's frames
-            frames = [] if not played[0] else frames
-        if record and not played[0]:
-            frames.append(np.asarray(collector.envs.call("render")[0]))
+        if record is not None and not played[0]:
+            if collector.failures != failures:  # a restarted env drops its episode, and a recording's frames
+                record.frames = []
+            record.add(collector.envs, transitions)
         for i, episode in zip(np.flatnonzero(collector.done), finished, strict=True):
             played[i].append(episode["return"])
         actions, state = agent.act(transitions, state, explore)
     returns = [r[k] for k in range(quota) for r in played][:episodes]
-    return returns, frames
+    return returns, record.frames if record is not None else []
 
 
 def evaluation_seed(seed: int, steps: int) -> int:
@@ -79,18 +170,21 @@ def evaluation_seed(seed: int, steps: int) -> int:
 
 
 def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0,
-                    stop: StopRequested | None = None) -> dict[str, float] | None:
+                    stop: StopRequested | None = None, record: Recording | None = None) -> dict[str, float] | None:
     """Mean and spread of the policy's returns (its mode, or its samples with `trainer.eval_policy=sample`), on a
     fresh env playing its episodes one after another (restarted if it fails, as in training). None if `stop()`
     said yes between two env steps. Each evaluation plays episodes of its own, started from
     `evaluation_seed(cfg.seed, steps)`, and samples the model's latents and actions from random numbers of its own:
-    training goes on the same whether an evaluation ran, and one redone after a resume gives the same result."""
-    envs, spec = build_envs(cfg, num=1)
+    training goes on the same whether an evaluation ran, and one redone after a resume gives the same result.
+    With `record`, the first episode's frames go to it (from render(): the env is made with
+    render_mode="rgb_array"); the returns are the same."""
+    render_mode = "rgb_array" if record is not None and record.source == "render" else None
+    envs, spec = _eval_envs(cfg, render_mode, record)
     try:
         with seeded(cfg.seed + 10_000 + steps, agent.device):
             played = run_episodes(agent, envs, spec, episodes, seed=evaluation_seed(cfg.seed, steps), stop=stop,
                                   explore=cfg.trainer.eval_policy == "sample", step_timeout=cfg.env.step_timeout,
-                                  remake=lambda: build_envs(cfg, num=1)[0])
+                                  remake=lambda: build_envs(cfg, num=1, render_mode=render_mode)[0], record=record)
     finally:
         close_env(envs)
     if played is None:
@@ -98,6 +192,25 @@ def evaluate_policy(agent: Agent, cfg: DictConfig, episodes: int, steps: int = 0
     returns = played[0]
     return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
             "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns))}
+
+
+def _eval_envs(cfg: DictConfig, render_mode: str | None, record: Recording | None):
+    """One env of the config, and its EnvSpec, made with `render_mode`; an env whose render modes lack it fails
+    `record` (its render() would give no frames). gymnasium's own warning about the mode is left out: `record`
+    says it once (a non-strict recording: `EvalVideos.video`)."""
+    if render_mode is None:
+        return build_envs(cfg, num=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*render_mode.*")
+        envs, spec = build_envs(cfg, num=1, render_mode=render_mode)
+    modes = (envs.metadata or {}).get("render_modes") or []
+    if render_mode not in modes:
+        try:
+            record.fail(f"its render modes are {list(modes)}, not {render_mode}")
+        except UserError:
+            close_env(envs)
+            raise
+    return envs, spec
 
 
 def load_run(run_dir: Path, device: str, policy: bool = True):
@@ -161,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             out = args.out or args.run_dir / "eval.json"
             atomic_write(out, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
             if args.video is not None:
-                save_video(frames, args.video, fps=30)
+                save_video(frames, args.video, fps=VIDEO_FPS)
         except UserError as e:
             print(f"rssm-eval: error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -188,10 +301,11 @@ def _evaluate(args: argparse.Namespace, stop: StopRequested) -> tuple[dict, list
         if path is not None and not path.parent.is_dir():
             raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
     cfg, agent = load_run(args.run_dir, args.device)
-    render_mode = "rgb_array" if args.video else None
-    envs, spec = build_envs(cfg, num=1, render_mode=render_mode)
+    record = Recording() if args.video is not None else None
+    render_mode = "rgb_array" if record is not None else None
+    envs, spec = _eval_envs(cfg, render_mode, record)
     try:
-        played = run_episodes(agent, envs, spec, args.episodes, args.seed, record=args.video is not None,
+        played = run_episodes(agent, envs, spec, args.episodes, args.seed, record=record,
                               remake=lambda: build_envs(cfg, num=1, render_mode=render_mode)[0], stop=stop,
                               step_timeout=cfg.env.step_timeout)
     finally:

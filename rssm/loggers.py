@@ -1,6 +1,7 @@
 """Where a run's metrics go: the backends of the `logger` config (configs/logger/), several at once.
 
-Each backend takes scalars by env step, videos ((T, H, W, C) uint8) and, once, the composed config. A resumed run
+Each backend takes scalars by env step, videos ((T, H, W, C) uint8), once, the composed config and, where it has
+such a thing (TensorBoard's custom-scalars dashboard), a layout of charts for the run's first page. A resumed run
 redoes the env steps after its checkpoint: TensorBoard, CSV and JSONL drop what the interrupted run wrote for
 them; Weights & Biases keeps the values first logged at a step, MLflow keeps both.
 """
@@ -56,6 +57,10 @@ class Backend:
     def videos(self, videos: dict[str, np.ndarray], step: int, fps: float) -> None:
         pass
 
+    def layout(self, layout: dict[str, dict[str, list]]) -> None:
+        """Charts to show first, as `SummaryWriter.add_custom_scalars` takes them: {category: {title: ["Multiline",
+        [tag regex, ...]] or ["Margin", [value, lower, upper]]}}. A backend without such a page ignores it."""
+
     def close(self) -> None:
         pass
 
@@ -105,6 +110,12 @@ class TensorBoard(Backend):
             image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=encode_gif(frames, fps))
             self._write(Event(wall_time=time.time(), step=step, summary=Summary(value=[Summary.Value(tag=tag,
                                                                                                      image=image)])))
+        self._flush()
+
+    def layout(self, layout: dict[str, dict[str, list]]) -> None:
+        """The CUSTOM SCALARS tab's layout, at step 0 (as `SummaryWriter.add_custom_scalars` writes it). A resumed
+        run writes it again; TensorBoard shows one of the two, which are the same."""
+        self._write(Event(wall_time=time.time(), step=0, summary=tb_summary.custom_scalars(layout)))
         self._flush()
 
     def close(self) -> None:

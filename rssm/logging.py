@@ -4,6 +4,7 @@ training loop logs."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -85,13 +86,41 @@ class Rate:
         return (count - before) / (now - then) if now > then else 0.0
 
 
+# The charts of TensorBoard's CUSTOM SCALARS tab, in its category "rssm": (title, kind, tags), kind Multiline
+# (a line per tag) or Margin (a value with a band from a lower to an upper tag). A Margin takes bounds, not a
+# spread: the eval return's band is from the lowest to the highest return of its episodes (both logged; its std
+# is `eval/return_std`, in the eval/ cards). Tags keep their names: other tools read them.
+OVERVIEW = (
+    ("eval return: mean, band from min to max of the episodes", "Margin",
+     ("eval/return_mean", "eval/return_min", "eval/return_max")),
+    ("training episode return", "Multiline", ("episode/return",)),
+    ("world-model loss", "Multiline", ("loss/wm",)),
+    ("world-model loss parts", "Multiline", ("loss/rec", "loss/reward", "loss/cont", "loss/kl_dyn", "loss/kl_rep")),
+    ("updates/s", "Multiline", ("perf/updates_per_s",)),
+)
+
+
+def overview(evaluates: bool) -> dict[str, dict[str, list]]:
+    """The layout of `OVERVIEW`'s charts that a run training in an env logs (`Logger.layout`): the eval return's
+    only for a run that `evaluates` (one with an actor)."""
+    charts = {}
+    for title, kind, tags in OVERVIEW:
+        if evaluates or not tags[0].startswith("eval/"):
+            # Multiline tags are regular expressions: anchored, each names one tag.
+            charts[title] = [kind, list(tags) if kind == "Margin" else [f"^{re.escape(t)}$" for t in tags]]
+    return {"rssm": charts}
+
+
 class Logger:
     """The run's metrics to the backends of `cfg.logger` (rssm/loggers.py), and a progress bar: tqdm's count, rate
-    and ETA of the steps, and what `progress` adds."""
+    and ETA of the steps, and what `progress` adds. A `layout` of charts to show first (`overview`) goes to the
+    backends that have such a page (TensorBoard), on a resumed run's start too."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, progress: bool, start: int = 0, total: int | None = None,
-                 unit: str = "step"):
+                 unit: str = "step", layout: dict[str, dict[str, list]] | None = None):
         self.backends = make_backends(cfg, run_dir, start)
+        for backend in self.backends if layout else []:
+            backend.layout(layout)
         self.bar = tqdm(total=total or cfg.trainer.steps, initial=start, unit=unit, dynamic_ncols=True,
                         disable=not progress)
         self.eval_return = math.nan  # the latest `eval/return_mean` written
@@ -107,6 +136,7 @@ class Logger:
         if videos:
             for backend in self.backends:
                 backend.videos(videos, step, fps)
+
 
     def progress(self, steps: int, updates: int | None = None, train_return: float = math.nan,
                  last: bool = False) -> None:

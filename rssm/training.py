@@ -41,11 +41,11 @@ from rssm.collector import Collector, EnvFailing, blank_transition
 from rssm.config import FREE_KEYS, UserError, check_changes, config_changes, validate
 from rssm.distributed import SINGLE, Ranks
 from rssm.envs import EnvSpec, random_action
-from rssm.evaluate import evaluate_policy
+from rssm.evaluate import VIDEO_FPS, EvalVideos, evaluate_policy
 from rssm.files import WriteFailed, lock_run_dir, remove_leftovers, remove_made
 from rssm.host import setup_host
 from rssm.loggers import check_remote_loggers
-from rssm.logging import Logger, MeanTracker
+from rssm.logging import Logger, MeanTracker, overview
 from rssm.messages import say, status
 from rssm.offline import offline_source, train_offline
 from rssm.openloop import label_video, open_loop_errors, open_loop_video, predict_open_loop
@@ -418,8 +418,10 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
     clock = time.perf_counter(), p.env_steps, p.updates  # when the last log was written, at what step and update
     if p.actions is None or len(p.actions) != collector.num:  # a new run, or a checkpoint without them
         p.actions, p.actor_state = random_action(spec, rng, collector.num), None
-    with Logger(cfg, run_dir, t.progress, start=p.env_steps) if ranks.main else nullcontext() as logger:
-        if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, p.env_steps, ranks):
+    eval_videos = EvalVideos(cfg, agent.wm.image_keys) if ranks.main else None
+    layout = overview(evaluates=agent.actor is not None)
+    with Logger(cfg, run_dir, t.progress, start=p.env_steps, layout=layout) if ranks.main else nullcontext() as logger:
+        if p.eval_pending and _pending_eval(cfg, agent, p, stop, logger, last, p.env_steps, ranks, eval_videos):
             return last  # the evaluation a signal abandoned, redone at its step
         while p.env_steps < t.steps and not stop.agreed:
             before = p.env_steps
@@ -445,7 +447,7 @@ def _loop(cfg: DictConfig, run_dir: Path, agent: Agent, replay: Replay, collecto
             if crossed(before, steps, t.log_every) or steps >= t.steps or eval_due:
                 p.eval_pending = eval_due  # set first: a run stopped by a failed write redoes the evaluation
                 last = _log(logger, agent, collector, p, ranks, clock)
-                if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps, ranks):
+                if eval_due and _pending_eval(cfg, agent, p, stop, logger, last, steps, ranks, eval_videos):
                     break
                 clock = time.perf_counter(), steps, p.updates
             if crossed(before, steps, t.checkpoint_every) and steps < t.steps:
@@ -527,11 +529,13 @@ def _means(tracker: MeanTracker, collector: Collector, ranks: Ranks) -> tuple[di
 
 
 def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequested, logger: Logger | None,
-                  last: dict[str, float], steps: int, ranks: Ranks) -> bool:
-    """Run the evaluation due at `steps` (rank 0; the others wait for its outcome) and log it (into `last` too).
-    Returns whether the run should end: a signal abandoned it (`p.eval_pending` stays set, so the checkpoint's
-    resumed run redoes it), or its mean return reached `trainer.stop_return`."""
-    metrics = evaluate_policy(agent, cfg, cfg.trainer.eval_episodes, steps, stop) if ranks.main else None
+                  last: dict[str, float], steps: int, ranks: Ranks, videos: EvalVideos | None) -> bool:
+    """Run the evaluation due at `steps` (rank 0; the others wait for its outcome) and log it (into `last` too),
+    with its first episode as a video (`eval/video`) where `videos` says so. Returns whether the run should end: a
+    signal abandoned it (`p.eval_pending` stays set, so the checkpoint's resumed run redoes it), or its mean return
+    reached `trainer.stop_return`."""
+    record = videos.recording(steps) if videos else None
+    metrics = evaluate_policy(agent, cfg, cfg.trainer.eval_episodes, steps, stop, record) if ranks.main else None
     abandoned, reached = ranks.share((metrics is None, _reached(cfg, metrics, steps) if metrics else False))
     if abandoned:  # a signal reached rank 0 in the evaluation: every rank stops with it
         stop.agreed = stop.signum or signal.SIGTERM
@@ -540,6 +544,8 @@ def _pending_eval(cfg: DictConfig, agent: Agent, p: Progress, stop: StopRequeste
     if metrics:
         last.update(metrics)
         logger.scalars(metrics, steps)
+        if record is not None and (video := videos.video(record)) is not None:
+            logger.videos({"eval/video": video}, steps, fps=VIDEO_FPS)
     return reached
 
 

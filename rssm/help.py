@@ -34,9 +34,9 @@ GROUPS = {
 }
 # The keys users change most, in the order shown; what each does comes from the schema.
 KEYS = ("env.id", "env.task", "env.game", "env.pixels", "env.num_envs", "trainer.steps", "trainer.train_ratio",
-        "trainer.prefill", "trainer.eval_every", "trainer.stop_return", "trainer.checkpoint_every", "trainer.progress",
-        "replay.capacity", "model.deter", "model.units", "device", "threads", "precision", "compile", "resume",
-        "allow_changes")
+        "trainer.prefill", "trainer.eval_every", "trainer.eval_video_every", "trainer.stop_return",
+        "trainer.checkpoint_every", "trainer.progress", "replay.capacity", "model.deter", "model.units", "device",
+        "threads", "precision", "compile", "resume", "allow_changes")
 EXAMPLES = (
     "rssm-train env=pendulum trainer.steps=50000 seed=3",
     "rssm-train env.id=Acrobot-v1 model=s device=cuda",

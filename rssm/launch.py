@@ -60,8 +60,9 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
     """Train a run in this process, as `rssm-train OVERRIDES` does, and return it as `rssm.load` does.
 
     With `resume=RUN_DIR` among the overrides, the run in RUN_DIR continues from its checkpoint with what the
-    other overrides change (`trainer.steps` to train it longer). A run stopped by Ctrl-C (SIGINT; in a notebook,
-    the interrupt button) or SIGTERM writes its checkpoint first, then raises.
+    other overrides change (a larger `trainer.steps` with `allow_changes=[trainer.steps]` trains it longer). A
+    run stopped by Ctrl-C (SIGINT; in a notebook, the interrupt button) or SIGTERM writes its checkpoint first,
+    then raises.
 
     Args:
         overrides: a list of `key=value` strings or a dict of them, as `rssm.compose` takes; or a config that

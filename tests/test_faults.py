@@ -144,8 +144,8 @@ import signal
 
 import torch
 
+import rssm.app
 import rssm.collector
-import rssm.training
 
 real_save, real_step, stopping = torch.save, rssm.collector.Collector.step, []
 

@@ -15,7 +15,6 @@ from hydra.core.global_hydra import GlobalHydra
 import rssm
 import rssm.collector
 from rssm.checkpoint import load_checkpoint
-from tests.conftest import cli_env
 
 TINY = ["experiment=debug", "trainer.progress=false", "logger=[jsonl]", "trainer.eval_episodes=2"]
 
@@ -118,11 +117,11 @@ def test_compose_inside_a_hydra_app_leaves_the_app_s_hydra_as_it_was(tmp_path):
     assert not GlobalHydra.instance().is_initialized()
 
 
-def test_import_rssm_and_help_load_no_torch():
+def test_import_rssm_and_help_load_no_torch(cli_environ):
     """`rssm-train --help` and each Tab of shell completion start a process: without torch they answer at once."""
     script = ("import sys\nsys.argv = ['rssm-train', '--help']\nfrom rssm.app import main\ntry:\n    main()\n"
               "except SystemExit:\n    pass\nimport rssm\nprint('torch' in sys.modules, rssm.__version__ != '')")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_environ, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "rssm-train" in out.stdout and out.stdout.splitlines()[-1] == "False True"
 

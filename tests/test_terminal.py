@@ -11,10 +11,11 @@ import pytest
 from conftest import cli_env
 from test_train import read_scalars
 
+from rssm import report
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.logging import Rate
 from rssm.run_state import Progress, RunStopped
-from rssm.training import _summary, train
+from rssm.training import train
 
 RUN = ("experiment=debug", "trainer.prefill=20", "trainer.eval_episodes=2")
 
@@ -92,7 +93,7 @@ def test_the_summary_of_a_resumed_run_with_wandb_offline(compose_config, tmp_pat
     cfg = compose_config(*RUN, "agent=world_model", "logger=[jsonl,wandb]")
     assert cfg.logger.wandb.enabled and cfg.logger.wandb.mode == "offline"
     run_dir = tmp_path / "a run"
-    _summary(cfg, run_dir, Progress(updates=40, env_steps=300), {"loss/wm": 1.23456}, 65.2, resumed=True)
+    report.summary(cfg, run_dir, Progress(updates=40, env_steps=300), {"loss/wm": 1.23456}, 65.2, resumed=True)
     assert capsys.readouterr().out.splitlines() == [
         "rssm: finished: 300 env steps, 40 updates in 1m 05s this session; final world-model loss 1.235",
         f"rssm: weights in {run_dir / 'model.pt'}; logs in {run_dir}: metrics.jsonl, wandb/",

@@ -137,20 +137,20 @@ class Logger:
             for backend in self.backends:
                 backend.videos(videos, step, fps)
 
-
     def progress(self, steps: int, updates: int | None = None, train_return: float = math.nan,
                  last: bool = False) -> None:
         """Move the bar to `steps`. With `updates` (the run's count), also show, at most once per refresh of the
-        bar (and on the `last` call), the updates per second of the last seconds, the latest eval return and
-        `train_return` (the last training episode's)."""
+        bar (and on the `last` call), the updates per second of the last seconds (before the first update: that
+        there is none yet), the latest eval return and `train_return` (the last training episode's)."""
         if updates is not None and not self.bar.disable:
             now = time.monotonic()
             if now - self._shown >= self.bar.mininterval or last:
                 self._shown = now
-                shown = [("updates/s", self._updates_per_s(updates, now)), ("eval return", self.eval_return),
-                         ("train return", train_return)]
-                self.bar.set_postfix_str(", ".join(f"{k}={v:.1f}" for k, v in shown if math.isfinite(v)),
-                                         refresh=False)
+                rate = self._updates_per_s(updates, now)
+                shown = [("eval return", self.eval_return), ("train return", train_return)]
+                parts = [f"updates/s={rate:.1f}" if updates else "no updates yet"]  # none during the prefill
+                parts += [f"{k}={v:.1f}" for k, v in shown if math.isfinite(v)]
+                self.bar.set_postfix_str(", ".join(parts), refresh=False)
         self.bar.update(steps - self.bar.n)
 
     def __enter__(self) -> Logger:

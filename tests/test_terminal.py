@@ -56,6 +56,8 @@ def test_the_bar_shows_live_updates_per_s_and_the_eval_return_from_the_start_and
     assert first[0][:2] == (0, 100) and resumed[0][:2] == (100, 200)  # tqdm's rate and ETA count from there
     before_log = [shown(p, "updates/s") for n, _, p in first if 20 < n < 60]  # updates begin after the prefill
     assert before_log and before_log[-1] > 0.0
+    prefill = [p for n, _, p in first if 0 < n < 20]
+    assert prefill and all(p.startswith("no updates yet") and "updates/s" not in p for p in prefill)
     assert [shown(p, "updates/s") for n, _, p in resumed if n < 120][-1] > 0.0  # before the resumed run logs
     evaluated = read_scalars(tmp_path)["eval/return_mean"]
     assert {shown(p, "eval return") for n, _, p in first if 60 < n < 100} == {float(f"{evaluated[0]:.1f}")}

@@ -1,6 +1,7 @@
 """What the terminal shows while a run trains and when it ends: the progress bar's live rates and returns, and the
 end-of-run summary with commands that work when pasted."""
 
+import functools
 import math
 import re
 import shlex
@@ -8,9 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import tqdm
 from conftest import cli_env
 from test_train import read_scalars
 
+import rssm.logging
 from rssm import report
 from rssm.checkpoint import CHECKPOINT, load_checkpoint
 from rssm.logging import Rate
@@ -44,8 +47,8 @@ def shown(postfix: str, name: str) -> float:
 
 def test_the_bar_shows_live_updates_per_s_and_the_eval_return_from_the_start_and_after_a_resume(
         compose_config, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every step drawn: what each step shows can be checked
-    monkeypatch.setenv("TQDM_MINITERS", "1")
+    # every step drawn, what each step shows can be checked (tqdm reads its TQDM_* variables once, at import)
+    monkeypatch.setattr(rssm.logging, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))
     bar = ("trainer.progress=true", "trainer.log_every=10000", "trainer.eval_every=60")  # no log before step 60
     train(compose_config(*RUN, *bar, "trainer.steps=100"), tmp_path)
     first = frames(capsys.readouterr().err)

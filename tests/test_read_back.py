@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DEBUG, RUN, one_line
 
 from rssm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from rssm.config import UserError
 from rssm.replay import read_chunk
 from rssm.training import train
 
-DEBUG = ("experiment=debug", "trainer.progress=false")
-RUN = (*DEBUG, "trainer.steps=200", "trainer.checkpoint_every=100", "trainer.eval_episodes=1", "replay.chunk=32")
 MORE = ("trainer.steps=300", "allow_changes=[trainer.steps]")  # a resume that goes on
 OFFLINE = ("env=cartpole", *DEBUG, "agent=world_model", "offline.holdout=0.3", "trainer.log_every=10",
            "trainer.openloop_every=10", "trainer.openloop_horizons=[1,5]", "offline.updates=10")
@@ -43,12 +42,6 @@ def tree(root: Path) -> dict[str, str]:
     """Every file (sha256) and directory under `root`, by path."""
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(root.rglob("*"))}
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 def refused(cfg, run_dir: Path, message: str, root: Path) -> None:

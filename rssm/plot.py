@@ -185,7 +185,7 @@ def plot(args: argparse.Namespace) -> list[Path]:
         ax.set_ylim(*args.ylim)
     if args.xmax:
         ax.set_xlim(0, args.xmax)
-    ax.set(xlabel="env steps", ylabel=args.ylabel or args.tag, title=args.title)
+    ax.set(xlabel=args.xlabel, ylabel=args.ylabel or args.tag, title=args.title)
     ax.grid(alpha=0.3)
     title = "shaded: 95% bootstrap CI" if len(groups) > 1 and any(bands) else None
     ax.legend(fontsize=8, title=title, title_fontsize=8)
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group", nargs="+", action="append", metavar=("LABEL", "RUN"),
                         help="another group of runs, its label first (repeatable)")
     parser.add_argument("--tag", default="eval/return_mean", help="the scalar read from TensorBoard runs")
+    parser.add_argument("--xlabel", default="env steps", help="the x axis' label")
     parser.add_argument("--ylabel", default="", help="the y axis' label (default: the tag)")
     parser.add_argument("--out", type=Path, required=True, help="the plot: OUT.png and OUT.svg")
     parser.add_argument("--statistic", choices=["mean", "iqm"], default="mean", help="over the runs")

@@ -380,8 +380,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from rssm.plot import main as rssm_plot
 
     groups = [piece for impl, paths in write_scores(args).items() for piece in ("--group", impl, *map(str, paths))]
-    rssm_plot([*groups, "--ylabel", "training-episode return (sampled policy)", "--title", args.env,
-               "--out", str(args.out)])
+    rssm_plot([*groups, "--xlabel", "agent steps", "--ylabel", "training-episode return (sampled policy)",
+               "--title", args.env, "--out", str(args.out)])
     return 0
 
 

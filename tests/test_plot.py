@@ -89,7 +89,8 @@ def test_two_groups_one_from_csv_files_are_two_lines_each_with_its_band(tmp_path
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", fill_between)
     main(["--group", "official", *csvs, "--group", "rssm", *tensorboard, "--ylabel", "return",
-          "--out", str(tmp_path / "both.png")])
+          "--xlabel", "agent steps", "--out", str(tmp_path / "both.png")])
+    assert "agent steps" in (tmp_path / "both.svg").read_text()
     assert (tmp_path / "both.png").stat().st_size > 1000 and (tmp_path / "both.svg").is_file()
     (official, official_label, c0), (rssm, rssm_label, c1) = lines
     assert official == pytest.approx([11, 21, 31]) and official_label == "official: mean of 3 runs"

@@ -258,12 +258,16 @@ def _first_line(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="rssm-eval", description="Play a trained run's mode policy.")
     parser.add_argument("run_dir", type=Path, help="the run directory, finished or stopped")
-    parser.add_argument("--episodes", type=integer(1), default=10)
-    parser.add_argument("--seed", type=integer(0), default=12345)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN_DIR/eval.json)")
+    parser.add_argument("--episodes", type=integer(1), default=10,
+                        help="episodes played; their mean return and its std are printed (default: %(default)s)")
+    parser.add_argument("--seed", type=integer(0), default=12345,
+                        help="seeds the episodes' resets, so a rerun plays the same episodes (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="where the policy runs: cpu, cuda, cuda:N or auto "
+                        "(default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file of the returns, their mean and std (default: RUN_DIR/eval.json)")
     parser.add_argument("--video", type=Path, default=None, help="write the first episode as a video: an MP4 for a "
-                        "name ending in .mp4 (the video extra, moviepy), else an animated GIF")
+                        "name ending in .mp4 (the video extra, moviepy), else an animated GIF (default: none)")
     args = parser.parse_args(argv)
     with StopRequested() as stop:  # Ctrl-C or SIGTERM: the episodes stop; a file being written is finished first
         try:

@@ -206,23 +206,31 @@ def plot(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="rssm-plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("runs", nargs="*", type=Path,
-                        help="run directories (hold the TensorBoard events) or CSV files (step,value): one group")
+                        help="run directories (hold the TensorBoard events) or CSV files (step,value): one group "
+                        "(default: none; then give --group)")
     parser.add_argument("--group", nargs="+", action="append", metavar=("LABEL", "RUN"),
-                        help="another group of runs, its label first (repeatable)")
-    parser.add_argument("--tag", default="eval/return_mean", help="the scalar read from TensorBoard runs")
-    parser.add_argument("--xlabel", default="env steps", help="the x axis' label")
+                        help="another group of runs, its label first (repeatable; default: none)")
+    parser.add_argument("--tag", default="eval/return_mean",
+                        help="the scalar read from TensorBoard runs (default: %(default)s)")
+    parser.add_argument("--xlabel", default="env steps", help="the x axis' label (default: %(default)s)")
     parser.add_argument("--ylabel", default="", help="the y axis' label (default: the tag)")
-    parser.add_argument("--out", type=Path, required=True, help="the plot: OUT.png and OUT.svg")
-    parser.add_argument("--statistic", choices=["mean", "iqm"], default="mean", help="over the runs")
-    parser.add_argument("--each", action="store_true", help="one line per run instead")
+    parser.add_argument("--out", type=Path, required=True, help="the plot: OUT.png and OUT.svg (required)")
+    parser.add_argument("--statistic", choices=["mean", "iqm"], default="mean",
+                        help="the line over the runs: their mean, or their interquartile mean (default: %(default)s)")
+    parser.add_argument("--each", action="store_true", help="one line per run instead (default: off)")
     parser.add_argument("--label", default="", help="the positional runs' name in the legend (default: rssm)")
-    parser.add_argument("--title", default="")
-    parser.add_argument("--target", type=number(), default=None, help="draw a horizontal line at this value")
-    parser.add_argument("--ylim", type=number(), nargs=2, default=None, metavar=("LOW", "HIGH"), help="y-axis range")
-    parser.add_argument("--xmax", type=number(positive=True), default=None, help="end of the x axis")
-    parser.add_argument("--reference", type=Path, default=None, help="CSV of a published curve (task, step, score)")
-    parser.add_argument("--reference-task", default="", help="its task, e.g. dmc_walker_walk")
-    parser.add_argument("--reference-repeat", type=integer(1), default=1, help="its steps per env step here")
+    parser.add_argument("--title", default="", help="the plot's title (default: none)")
+    parser.add_argument("--target", type=number(), default=None,
+                        help="draw a horizontal line at this value (default: none)")
+    parser.add_argument("--ylim", type=number(), nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="y-axis range (default: matplotlib's)")
+    parser.add_argument("--xmax", type=number(positive=True), default=None,
+                        help="end of the x axis (default: the last step)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="CSV of a published curve (task, step, score) (default: none)")
+    parser.add_argument("--reference-task", default="", help="its task, e.g. dmc_walker_walk (default: none)")
+    parser.add_argument("--reference-repeat", type=integer(1), default=1,
+                        help="its steps per env step here (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.ylim is not None and args.ylim[0] >= args.ylim[1]:
         parser.error(f"argument --ylim: LOW must be below HIGH, got {args.ylim[0]:g} {args.ylim[1]:g}")

@@ -271,3 +271,26 @@ def test_help_keys_are_schema_keys_described_in_the_schema_and_its_examples_comp
         words = shlex.split(example)
         assert words[0] == "rssm-train"
         compose_config(*words[1:])
+
+
+@pytest.mark.parametrize("command", ["rssm.evaluate", "rssm.dream", "rssm.plot"])
+def test_every_flag_of_the_other_commands_is_described_with_its_default(command, capsys):
+    """rssm-eval, rssm-dream and rssm-plot --help: each argument has a description, and each optional flag says
+    its default (or that it is required)."""
+    import importlib
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(command).main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    body = text[text.index("positional arguments:"):]
+    # each argument's entry: its line, then the lines of its description, indented further
+    entries = re.findall(r"^  (\S.*(?:\n {5,}.*)*)", body, flags=re.MULTILINE)
+    described = {e.split()[0]: " ".join(e.split()) for e in entries if not e.startswith("-h,")}
+    assert len(described) >= 6, described
+    for flag, entry in described.items():
+        words = entry.split(" ")
+        rest = " ".join(w for w in words[1:] if not w.isupper() and w not in ("[RUN", "...]"))
+        assert len(rest.split()) >= 3, f"{command} {flag} has no description: {entry}"
+        if flag.startswith("--"):
+            assert "(default" in entry or "default:" in entry or "(required)" in entry, f"{command} {flag}: {entry}"

@@ -150,6 +150,15 @@ class _Dreams:
         last = _rows(obs, (slice(None), -1)) if actions is not None else obs
         return _clip(last, self.observation_space)
 
+    def restart(self, obs: Any, rows: np.ndarray, rng: np.random.Generator) -> None:
+        """Start new episodes in `rows` (indices), their first observations written into those rows of `obs`."""
+        fresh = self.reset(rows, rng)
+        if isinstance(obs, dict):
+            for k in obs:
+                obs[k][rows] = fresh[k]
+        else:
+            obs[rows] = fresh
+
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         """One prior step of every episode under env actions (num, ...) that `check_actions` took: observations,
         rewards, terminated, truncated."""
@@ -300,12 +309,7 @@ class DreamVecEnv(gym.vector.VectorEnv):
         obs, reward, terminated, truncated = self._dreams.step(actions, self.np_random)
         if self._done.any():  # the envs whose episode ended last step start afresh instead
             rows = np.flatnonzero(self._done)
-            fresh = self._dreams.reset(rows, self.np_random)
-            if isinstance(obs, dict):
-                for k in obs:
-                    obs[k][rows] = fresh[k]
-            else:
-                obs[rows] = fresh
+            self._dreams.restart(obs, rows, self.np_random)
             reward[rows], terminated[rows], truncated[rows] = 0.0, False, False
         self._done = terminated | truncated
         return obs, reward, terminated, truncated, {}

@@ -102,12 +102,7 @@ class DreamVecEnv(VecEnv):
             last = _rows(obs, rows)  # (n, ...): a copy, as the new episodes' first observations replace these rows
             for j, i in enumerate(rows):
                 infos[i]["terminal_observation"] = _rows(last, j)
-            fresh = self._dreams.reset(rows, self._rng)
-            if isinstance(obs, dict):
-                for k in obs:
-                    obs[k][rows] = fresh[k]
-            else:
-                obs[rows] = fresh
+            self._dreams.restart(obs, rows, self._rng)
         return obs, reward.astype(np.float32), dones, infos
 
     def close(self) -> None:

@@ -52,7 +52,7 @@ def run(cfg: DictConfig, held: HeldStderr, ranks: Ranks | None) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if cfg.resume:
-            cfg, overrides, _ = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
+            cfg, overrides = resumed_config(cfg, overrides, lambda o: compose("config", overrides=o))
             run_dir = checkpoint_path(cfg.resume).parent
         else:
             overrides = merge_overrides([], overrides)

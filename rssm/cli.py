@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rssm.config import UserError, check_changes, config_changes, flatten, saved_run_config, validate
+from rssm.config import UserError, check_changes, flatten, saved_run_config, validate
 from rssm.files import atomic_write, check_run_dir, first_missing
 from rssm.help import help_page
 from rssm.messages import say
@@ -225,13 +225,13 @@ def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[DictConfig, list[str], list[str]]:
+def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[DictConfig, list[str]]:
     """The config to continue the run `cfg.resume` with: the run's own config (from its checkpoint) with what
     `overrides` (the command line's) change in it. `compose(overrides)` composes a config as hydra does.
 
     What the command line changes is found by composing the run's saved overrides with and without it: the keys
-    whose value differs, and the keys it names. Returns the config, the run's overrides from now on, and each
-    change as 'key: old -> new'. Raises UserError if a change is neither free nor allowed."""
+    whose value differs, and the keys it names. Returns the config and the run's overrides from now on (the
+    training loop says what changed). Raises UserError if a change is neither free nor allowed."""
     from rssm.checkpoint import checkpoint_path, load_checkpoint
 
     path = checkpoint_path(cfg.resume)
@@ -264,7 +264,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], compose) -> tuple[Dict
     base.resume, base.allow_changes = cfg.resume, list(cfg.allow_changes)
     validate(base)
     check_changes(saved_config, base, path)
-    return base, merge_overrides(saved, given), config_changes(saved_config, base, everything=True)
+    return base, merge_overrides(saved, given)
 
 
 _ABSENT = object()

@@ -94,7 +94,7 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
             if run_dir is not None:
                 raise UserError(f"run_dir cannot be given with resume={cfg.resume}: a run continues in its own "
                                 f"directory")
-            cfg, given, _ = resumed_config(cfg, given or [], lambda o: composer(o)[0])
+            cfg, given = resumed_config(cfg, given or [], lambda o: composer(o)[0])
             run_dir = checkpoint_path(cfg.resume).parent
         elif given is not None:
             given = merge_overrides([], given)

@@ -30,12 +30,7 @@ from rssm.checkpoint import (
     save_run,
     seeded,
 )
-from rssm.cli import (
-    PROG,
-    made_dir,
-    resume_override,
-    write_run_config,
-)
+from rssm.cli import PROG, made_dir, resume_override, write_run_config
 from rssm.collector import Collector, EnvFailing
 from rssm.config import FREE_KEYS, UserError, check_changes, config_changes, validate
 from rssm.distributed import SINGLE, Ranks

@@ -58,17 +58,24 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=8)
     parser.add_argument("--termination", choices=["sample", "mode"], default="sample",
                         help="how a dream episode ends (rssm.DreamEnv): sampled from the continue head, or its mode")
+    parser.add_argument("--dream", choices=["batched", "separate"], default="batched",
+                        help="the dream PPO trains in: rssm.sb3.DreamVecEnv (one call of the world model steps every "
+                        "env), or --envs separate rssm.DreamEnvs in SB3's DummyVecEnv")
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = rssm.load(args.run)
-    print(f"{args.run}: {loaded.config.env.id}; PPO {args.steps:,} env steps each way (dream termination: "
-          f"{args.termination}), eval {args.episodes} episodes of the real env\n")
+    print(f"{args.run}: {loaded.config.env.id}; PPO {args.steps:,} env steps each way (dream: {args.dream}, "
+          f"termination: {args.termination}), eval {args.episodes} episodes of the real env\n")
     print(f"{'seed':>4}  {'in the dream':>12}  {'minutes':>7}  {'in the real env':>15}  {'minutes':>7}")
     rows = []
     for seed in args.seeds:
         row = {"seed": seed}
-        dream = lambda: rssm.sb3.DreamVecEnv(loaded, args.envs, termination=args.termination)  # noqa: E731
+        if args.dream == "batched":
+            dream = lambda: rssm.sb3.DreamVecEnv(loaded, args.envs, termination=args.termination)  # noqa: E731
+        else:
+            dream = lambda: DummyVecEnv([lambda: rssm.DreamEnv(loaded, termination=args.termination)]  # noqa: E731
+                                        * args.envs)
         real = lambda: DummyVecEnv([loaded.make_env] * args.envs)  # noqa: E731
         for where, make in (("dream", dream), ("real", real)):
             start = time.perf_counter()
@@ -84,7 +91,7 @@ def main() -> None:
         print(f"median return, PPO trained in the {where}: {statistics.median(r[f'{where}_return'] for r in rows):.1f}")
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "steps": args.steps, "termination": args.termination,
-                                         "rows": rows}, indent=1))
+                                         "dream": args.dream, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

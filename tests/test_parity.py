@@ -19,9 +19,13 @@ ENVS = ["dmc_cartpole_swingup", "dmc_walker_walk", "gym_CartPole-v1", "gym_Pendu
 
 @pytest.fixture(scope="module")
 def parity():
-    spec = importlib.util.spec_from_file_location("parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # as `python scripts/parity.py` has it: parity_scores beside it
+    try:
+        spec = importlib.util.spec_from_file_location("parity", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 

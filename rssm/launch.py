@@ -62,7 +62,7 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
     With `resume=RUN_DIR` among the overrides, the run in RUN_DIR continues from its checkpoint with what the
     other overrides change (a larger `trainer.steps` with `allow_changes=[trainer.steps]` trains it longer). A
     run stopped by Ctrl-C (SIGINT; in a notebook, the interrupt button) or SIGTERM writes its checkpoint first,
-    then raises.
+    then raises. The run's `threads` setting holds while it trains; torch's thread count is put back afterwards.
 
     Args:
         overrides: a list of `key=value` strings or a dict of them, as `rssm.compose` takes; or a config that
@@ -78,6 +78,8 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
         RunStopped: SIGTERM (checkpoint saved), envs that kept failing (checkpoint saved) or a diverged model
             (last checkpoint kept).
     """
+    import torch
+
     from rssm.api import load
     from rssm.checkpoint import checkpoint_path
     from rssm.run_state import RunStopped
@@ -99,6 +101,7 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
         elif given is not None:
             given = merge_overrides([], given)
     run_dir = Path(run_dir if run_dir is not None else default_dir).expanduser()
+    threads = torch.get_num_threads()
     with _run_log(run_dir):
         try:
             train_run(cfg, run_dir, given)
@@ -106,6 +109,8 @@ def train(overrides: Overrides | DictConfig | None = None, run_dir: str | Path |
             if e.status == 128 + signal.SIGINT:
                 raise KeyboardInterrupt(str(e)) from None
             raise
+        finally:  # the run's `threads` hold for the run alone: the calling program gets its own count back
+            torch.set_num_threads(threads)
     return load(run_dir)
 
 

@@ -26,7 +26,13 @@ def env_steps(run_dir) -> int:
 
 def test_a_tiny_run_from_python_writes_the_run_and_returns_it_loaded(tmp_path):
     run_dir = tmp_path / "run"
-    run = rssm.train([*TINY, "trainer.steps=200", f"hydra.run.dir={run_dir}"])  # hydra.run.dir as on the CLI
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run = rssm.train([*TINY, "threads=1", "trainer.steps=200", f"hydra.run.dir={run_dir}"])  # as on the CLI
+        assert torch.get_num_threads() == 3  # the run's threads=1 held for the run alone
+    finally:
+        torch.set_num_threads(before)
     assert isinstance(run, rssm.Loaded) and run.path == run_dir / "checkpoint.pt"
     assert {"checkpoint.pt", "model.pt", "config.yaml", "overrides.yaml", "train.log", "metrics.jsonl"} <= {
         p.name for p in run_dir.iterdir()}

@@ -26,6 +26,7 @@ from rssm.config import UserError, saved_run_config
 from rssm.distributed import SINGLE, Ranks
 from rssm.envs import EnvSpec
 from rssm.files import WriteFailed, atomic_write
+from rssm.messages import first_line
 from rssm.replay import as_rows
 
 if TYPE_CHECKING:  # the run's objects, for annotations only: they import this module
@@ -67,11 +68,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         if "weights only" in str(e).lower():
             raise UserError(f"cannot load checkpoint {path}: it holds objects other than tensors and plain data, and "
                             f"loading them could run code, so it is refused") from None
-        raise UserError(f"cannot load checkpoint {path}: the file is damaged ({_first_line(e)})") from None
+        raise UserError(f"cannot load checkpoint {path}: the file is damaged ({_sentence(e)})") from None
     except PermissionError as e:
         raise UserError(f"cannot load checkpoint {path}: {e.strerror}") from None
     except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
-        what = "truncated or damaged" if _damaged_zip(path) else f"damaged ({_first_line(e)})"
+        what = "truncated or damaged" if _damaged_zip(path) else f"damaged ({_sentence(e)})"
         raise UserError(f"cannot load checkpoint {path}: the file is {what}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"cannot load checkpoint {path}: not an rssm checkpoint of format {FORMAT}")
@@ -101,10 +102,9 @@ def _damaged_zip(path: Path) -> bool:
         return True
 
 
-def _first_line(e: BaseException) -> str:
-    """The first sentence of an error's message, or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+def _sentence(e: BaseException) -> str:
+    """The first sentence of an error's first line (an unpickler's can run on for a paragraph)."""
+    return first_line(e).split(". ")[0]
 
 
 def check_shapes(path: Path, name: str, saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> None:

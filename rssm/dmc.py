@@ -22,6 +22,7 @@ from PIL import Image
 
 from rssm.config import UserError
 from rssm.envs import ActionRepeat, EnvSpec, env_spec, install
+from rssm.messages import first_line
 
 INSTALL = install("dmc")
 VIDEO_SIZE = (240, 320)  # (H, W) of `render()` frames, dm_control's default
@@ -68,13 +69,9 @@ def _suite():
             from dm_control import suite
     except Exception as e:  # noqa: BLE001 - a renderer that cannot load, a dm-control that does not fit mujoco
         raise UserError(f"cannot import dm-control with MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}: "
-                        f"{type(e).__name__}: {_first_line(e)} ({INSTALL} installs a dm-control and a mujoco that fit "
+                        f"{first_line(e, typed=True)} ({INSTALL} installs a dm-control and a mujoco that fit "
                         f"together)") from None
     return suite
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
 
 
 def task_names(all_tasks) -> dict[str, tuple[str, str]]:
@@ -116,7 +113,7 @@ class DMCEnv(gym.Env):
             with _quiet():
                 self._env = suite.load(domain, name)
         except Exception as e:  # noqa: BLE001 - e.g. a mujoco too new for dm-control (a missing model attribute)
-            raise UserError(f"cannot load DeepMind Control task '{task}': {type(e).__name__}: {_first_line(e)} "
+            raise UserError(f"cannot load DeepMind Control task '{task}': {first_line(e, typed=True)} "
                             f"({INSTALL} installs a dm-control and a mujoco that fit together)") from None
         self.render_mode, self.camera = render_mode, camera_id(domain, camera)
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self._env.control_timestep())}  # real time
@@ -144,7 +141,7 @@ class DMCEnv(gym.Env):
         except Exception as e:  # noqa: BLE001 - each renderer fails in its own way (RuntimeError, ImportError, ...)
             self.close()
             raise UserError(f"MuJoCo cannot render DeepMind Control frames here (MUJOCO_GL="
-                            f"{os.environ.get('MUJOCO_GL', '')}: {type(e).__name__}: {_first_line(e)}); on Linux it "
+                            f"{os.environ.get('MUJOCO_GL', '')}: {first_line(e, typed=True)}); on Linux it "
                             f"draws off-screen with EGL (libEGL.so.1)") from None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -25,7 +25,7 @@ from rssm.envs import EnvSpec, close_env, install
 from rssm.files import atomic_write
 from rssm.flags import Parser, integer
 from rssm.loggers import encode_gif
-from rssm.messages import say
+from rssm.messages import first_line, say
 from rssm.run_state import ForcedStop, StopRequested
 
 VIDEO_FPS = 30  # of rssm-eval's videos and of the evaluations' videos in the logs
@@ -55,7 +55,7 @@ class Recording:
         try:
             frame = envs.call("render")[0] if self.source == "render" else transitions[self.source][0]
         except Exception as e:  # noqa: BLE001 - whatever the env's renderer raises
-            self.fail(f"render() raised {_first_line(e)}")
+            self.fail(f"render() raised {first_line(e, typed=True)}")
             return
         # render() returns None for an env made without a render mode it knows.
         array = None if frame is None else np.asarray(frame)
@@ -248,11 +248,6 @@ def save_video(frames: list[np.ndarray] | np.ndarray, path: Path, fps: float = 3
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -211,7 +211,7 @@ class Wandb(Backend):
                                   mode=settings.mode, id=run_id, resume="allow", name=run_dir.name, config=config,
                                   settings=wandb.Settings(silent=True, console="off", init_timeout=20))
         except Exception as e:  # noqa: BLE001 - wandb's many errors (login, network, settings) are the user's
-            raise UserError(f"logger=wandb: {type(e).__name__}: {first_line(e)}") from None
+            raise UserError(f"logger=wandb: {first_line(e, typed=True)}") from None
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)

@@ -25,7 +25,10 @@ def say(line: str, log: bool = True) -> None:
         _LOG.warning(line)
 
 
-def first_line(error: BaseException) -> str:
-    """An error's message as one line for the user: its first line, or its type's name when it has none."""
+def first_line(error: BaseException, typed: bool = False) -> str:
+    """An error's message as one line for the user: its first line, or its type's name when it has none; `typed`:
+    after its type's name ("OSError: ..."), for errors from code the user did not write."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if typed else text.splitlines()[0]

@@ -5,8 +5,12 @@ env step at which the mean eval return reached the target, the wall-clock, and a
     python scripts/learning_benchmark.py --env pendulum --target -200 --seeds 0 1 2 --out runs/bench
 
 Extra arguments after `--` go to rssm-train as overrides. `--jobs N` runs N seeds at a time, each with
-`threads=cores/N` (torch runs that share cores with more threads than cores slow down many times over); the
-plot needs matplotlib (`pip install -e ".[plot]"`).
+`threads=cores/N` (torch runs that share cores with more threads than cores slow down many times over), or with
+`threads=1` each on the cores `--cpus` pins them to (taskset -c). Started again with the same arguments, it
+continues each seed's run where it stopped (`rssm-train resume=RUN_DIR`) and leaves a finished one (its model.pt
+written) as it is, so that runs longer than a sitting go on in the next (a continued run's wall-clock to target
+counts from its first event, the time between sittings included). The plot needs matplotlib (`pip install -e
+".[plot]"`).
 """
 
 from __future__ import annotations
@@ -42,18 +46,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: OUT/ENV.png)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
+    parser.add_argument("--cpus", default=None, help="pin the runs to these CPUs (taskset -c), e.g. 1 or 0-3; "
+                        "each run then has threads=1")
     parser.add_argument("--stop-at-target", action="store_true",
                         help="end each run at the first eval that reaches the target (trainer.stop_return)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = 1 if args.cpus else max(1, (os.cpu_count() or 1) // args.jobs)
+    pin = ["taskset", "-c", args.cpus] if args.cpus else []
     if args.stop_at_target:
         overrides = [f"trainer.stop_return={args.target}", *overrides]
     results, running = [], []
 
     def finish(seed, run_dir, proc, start):
-        proc.wait()
-        results.append({"seed": seed, "exit": proc.returncode, "wall_clock_s": round(time.perf_counter() - start, 1),
+        if proc is not None:
+            proc.wait()
+        results.append({"seed": seed, "exit": proc.returncode if proc else 0, "finished_before": proc is None,
+                        "wall_clock_s": round(time.perf_counter() - start, 1),
                         **first_reaching(run_dir, "eval/return_mean", args.target)})
         print(json.dumps(results[-1]), flush=True)
 
@@ -61,8 +70,14 @@ def main() -> None:
         if len(running) == args.jobs:
             finish(*running.pop(0))
         run_dir = args.out / f"{args.env}_seed{seed}"
-        cmd = ["rssm-train", f"env={args.env}", f"seed={seed}", f"threads={threads}", "trainer.progress=false",
-               f"hydra.run.dir={run_dir}", *overrides]
+        if (run_dir / "model.pt").is_file():  # finished in an earlier sitting
+            finish(seed, run_dir, None, time.perf_counter())
+            continue
+        if (run_dir / "checkpoint.pt").is_file():
+            cmd = [*pin, "rssm-train", f"resume={run_dir}", f"threads={threads}", "trainer.progress=false"]
+        else:
+            cmd = [*pin, "rssm-train", f"env={args.env}", f"seed={seed}", f"threads={threads}",
+                   "trainer.progress=false", f"hydra.run.dir={run_dir}", *overrides]
         running.append((seed, run_dir, subprocess.Popen(cmd), time.perf_counter()))
     for job in running:
         finish(*job)

@@ -111,8 +111,10 @@ def upstream_size_flags(size: str) -> list[str]:
 
 
 def settings(env: str, steps: int | None = None, train_ratio: float | None = None, envs: int | None = None,
-             size: str | None = None) -> dict:
-    """The table's settings for `env` (dmc_<task> or gym_<id>), with what the command line changes.
+             size: str | None = None, lr: float | None = None, warmup: int | None = None) -> dict:
+    """The table's settings for `env` (dmc_<task> or gym_<id>), with what the command line changes (`lr` and
+    `warmup`: one learning rate and warm-up for every module on both sides; None: upstream's 4e-5 and 1,000 updates,
+    which algo=dreamerv3 shares).
 
     Raises:
         UserError: an env the table has no settings for, or a size without upstream flags.
@@ -128,7 +130,7 @@ def settings(env: str, steps: int | None = None, train_ratio: float | None = Non
                             f"{', '.join('gym_' + i for i in FAMILIES['gym']['ids'])}")
         s.update(FAMILIES["gym"]["ids"][task])
     changes = dict(steps=steps, train_ratio=train_ratio, envs=envs, size=size)
-    s.update({k: v for k, v in changes.items() if v is not None}, family=family, task=task)
+    s.update({k: v for k, v in changes.items() if v is not None}, family=family, task=task, lr=lr, warmup=warmup)
     if s["size"] not in UPSTREAM_SIZES:
         raise UserError(f"--size {s['size']} has no upstream flags here: give one of {', '.join(UPSTREAM_SIZES)}")
     s["every"] = s["every"] or s["envs"] * s["episode"]
@@ -150,6 +152,8 @@ def official_flags(s: dict, seed: int, run_dir: Path | None) -> list[str]:
     flags += ["--env.dmc.repeat", number(s["repeat"])] if s["family"] == "dmc" else []  # gym: no repeat upstream
     flags += ["--replay.size", number(s["replay"]), "--run.save_every", "600", "--batch_size", number(s["batch"]),
               "--batch_length", number(s["length"])]
+    flags += ["--agent.opt.lr", number(s["lr"])] if s["lr"] is not None else []  # one optimiser upstream
+    flags += ["--agent.opt.warmup", number(s["warmup"])] if s["warmup"] is not None else []
     return flags + upstream_size_flags(s["size"])
 
 
@@ -160,6 +164,9 @@ def rssm_overrides(s: dict, seed: int, run_dir: Path | None) -> list[str]:
                  f"model={s['size']}", f"trainer.steps={s['steps']}", f"trainer.train_ratio={number(s['train_ratio'])}",
                  f"env.num_envs={s['envs']}", f"replay.capacity={s['replay']}", f"replay.batch_size={s['batch']}",
                  f"replay.batch_length={s['length']}", f"seed={seed}", "threads=1", "precision=fp32", "compile=false"]
+    if s["lr"] is not None:
+        overrides += [f"{key}={number(s['lr'])}" for key in ("wm.lr", "agent.actor_lr", "agent.critic_lr")]
+    overrides += [f"optim.warmup={number(s['warmup'])}"] if s["warmup"] is not None else []
     if run_dir is None:
         return overrides
     # log_every = envs: every env step's finished episodes are written, as upstream writes each episode's score.
@@ -216,7 +223,7 @@ def tee(lines, log) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    s = settings(args.env, args.steps, args.train_ratio, args.envs, args.size)
+    s = settings(args.env, args.steps, args.train_ratio, args.envs, args.size, args.lr, args.warmup)
     run_dir = (args.root / args.env / args.impl / f"seed_{args.seed}").absolute()
     command, why = run_command(args, s, run_dir)
     if command is None:
@@ -386,7 +393,7 @@ def time_command(impl: str, s: dict, args: argparse.Namespace, json_path: Path) 
 
 
 def cmd_time(args: argparse.Namespace) -> int:
-    s = settings(args.env, args.steps, args.train_ratio, args.envs, args.size)
+    s = settings(args.env, args.steps, args.train_ratio, args.envs, args.size, args.lr, args.warmup)
     impls = IMPLS if args.impl == "both" else (args.impl,)
     if "official" in impls:
         check_official(args.official_dir, args.official_python)
@@ -425,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     setup.add_argument("--train-ratio", type=float, default=None, help="replayed steps per agent step")
     setup.add_argument("--envs", type=int, default=None, help="envs stepped together")
     setup.add_argument("--size", default=None, choices=list(UPSTREAM_SIZES), help="the rssm size preset")
+    setup.add_argument("--lr", type=float, default=None, help="one learning rate for every module, both sides "
+                       "(default: upstream's 4e-5); give a continued run the same")
+    setup.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up in updates, both sides "
+                       "(default: upstream's 1,000)")
     runs = argparse.ArgumentParser(add_help=False)
     runs.add_argument("--root", type=Path, required=True, help="runs in ROOT/ENV/IMPL/seed_S")
     runs.add_argument("--out-dir", type=Path, default=None, help="write under this, not ROOT (a read-only ROOT)")

@@ -137,12 +137,16 @@ def test_both_command_lines_hold_the_tables_settings(parity, env, tmp_path):
         assert official["--task"] == env and official["--configs"] == "dmc_proprio"
     else:
         assert official["--task"] == env and s["every"] == 10_000
-    changed = parity.settings(env, steps=4000, train_ratio=32, envs=4, size="size12m")
+    assert "--agent.opt.lr" not in official and "wm.lr" not in rssm  # both their own default, upstream's
+    changed = parity.settings(env, steps=4000, train_ratio=32, envs=4, size="size12m", lr=3e-4, warmup=100)
     official = parse_official(parity.official_flags(changed, 0, tmp_path))
     rssm = parse_rssm(parity.rssm_overrides(changed, 0, tmp_path))
     assert (official["--run.steps"], official["--run.train_ratio"], official["--run.envs"]) == ("4000", "32", "4")
     assert (rssm["trainer.steps"], rssm["trainer.train_ratio"], rssm["env.num_envs"]) == ("4000", "32", "4")
     assert official["--agent.dyn.rssm.deter"] == "2048" and rssm["model"] == "size12m"
+    assert (float(official["--agent.opt.lr"]), int(official["--agent.opt.warmup"])) == (3e-4, 100)
+    assert {float(rssm[k]) for k in ("wm.lr", "agent.actor_lr", "agent.critic_lr")} == {3e-4}
+    assert int(rssm["optim.warmup"]) == 100
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -160,6 +164,12 @@ def test_upstreams_model_flags_are_the_model_rssm_composes(parity, compose_confi
     for part in ("rewhead", "conhead"):
         assert (get(f"{part}.units"), get(f"{part}.layers")) == (m.units, m.head_layers), part
     assert get("enc.simple.depth") == get("dec.simple.depth") == m.cnn_depth
+    # the learning rate and warm-up upstream's flags leave at its default are algo=dreamerv3's, and changed alike
+    cfg = compose_config(*overrides)
+    assert (cfg.wm.lr, cfg.agent.actor_lr, cfg.agent.critic_lr, cfg.optim.warmup) == (4e-5, 4e-5, 4e-5, 1000)
+    changed = parity.settings(env, lr=3e-4, warmup=100)
+    cfg = compose_config(*[o for o in parity.rssm_overrides(changed, 0, tmp_path) if not o.startswith("hydra.")])
+    assert (cfg.wm.lr, cfg.agent.actor_lr, cfg.agent.critic_lr, cfg.optim.warmup) == (3e-4, 3e-4, 3e-4, 100)
 
 
 def fake_checkout(tmp_path):

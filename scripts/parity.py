@@ -62,11 +62,14 @@ from pathlib import Path
 import numpy as np
 from parity_scores import (
     DONE,
+    METRICS,
     bootstrap_difference,
     final_returns,
     official_episodes,
+    official_metric,
     official_run_settings,
     rssm_episodes,
+    rssm_metric,
     score_points,
 )
 
@@ -267,8 +270,10 @@ def find_runs(root: Path, env: str) -> dict[str, dict[int, Path]]:
     return runs
 
 
-def all_points(root: Path, env: str, every: int | None) -> tuple[dict[str, dict[int, list]], int]:
-    """Every run's score points, by implementation and seed (runs with none yet left out), and `every`."""
+def all_points(root: Path, env: str, every: int | None,
+               metric: str = "return") -> tuple[dict[str, dict[int, list]], int]:
+    """Every run's score points of `metric` (METRICS), by implementation and seed (runs with none yet left out),
+    and `every`."""
     s = settings(env)
     every = every or s["every"]
     if every <= 0:
@@ -278,10 +283,14 @@ def all_points(root: Path, env: str, every: int | None) -> tuple[dict[str, dict[
         points[impl] = {}
         for seed, run_dir in seeds.items():
             if impl == "official":
-                episodes, reached = official_episodes(run_dir, *official_run_settings(run_dir, s["repeat"],
-                                                                                      s["envs"]))
+                repeat, envs = official_run_settings(run_dir, s["repeat"], s["envs"])
+                episodes, reached = official_episodes(run_dir, repeat, envs)
+                if metric != "return":
+                    episodes = official_metric(run_dir, metric, repeat, envs)
             else:
                 episodes, reached = rssm_episodes(run_dir)
+                if metric != "return":
+                    episodes = rssm_metric(run_dir, metric)
             if curve := score_points(episodes, every, reached):
                 points[impl][seed] = curve
     if not any(points.values()):
@@ -290,14 +299,17 @@ def all_points(root: Path, env: str, every: int | None) -> tuple[dict[str, dict[
 
 
 def write_scores(args: argparse.Namespace) -> dict[str, list[Path]]:
-    points, every = all_points(args.root, args.env, args.every)
+    points, every = all_points(args.root, args.env, args.every, args.metric)
+    what = ("return of the training episodes (sampled policy) that ended" if args.metric == "return" else
+            f"{METRICS[args.metric][0]} written")
+    suffix = "" if args.metric == "return" else f".{args.metric}"
     written: dict[str, list[Path]] = {}
     for impl, seeds in points.items():
         for seed, curve in seeds.items():
-            path = (args.out_dir or args.root) / args.env / impl / f"seed_{seed}.csv"
+            path = (args.out_dir or args.root) / args.env / impl / f"seed_{seed}{suffix}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"# {impl} seed {seed}: mean return of the training episodes (sampled policy) that "
-                            f"ended in (step - {every}, step], agent steps\nstep,value\n"
+            path.write_text(f"# {impl} seed {seed}: mean {what} in (step - {every}, step], agent steps\n"
+                            f"step,value\n"
                             + "".join(f"{step},{value:.6g}\n" for step, value in curve))
             written.setdefault(impl, []).append(path)
     return written
@@ -313,8 +325,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from rssm.plot import main as rssm_plot
 
     groups = [piece for impl, paths in write_scores(args).items() for piece in ("--group", impl, *map(str, paths))]
-    rssm_plot([*groups, "--xlabel", "agent steps", "--ylabel", "training-episode return (sampled policy)",
-               "--title", args.env, "--out", str(args.out)])
+    rssm_plot([*groups, "--xlabel", "agent steps", "--ylabel", METRICS[args.metric][0], "--title", args.env,
+               "--out", str(args.out)])
     return 0
 
 
@@ -322,7 +334,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    points, every = all_points(args.root, args.env, args.every)
+    points, every = all_points(args.root, args.env, args.every, args.metric)
     missing = [impl for impl in IMPLS if not points[impl]]
     if missing:
         raise UserError(f"no {' or '.join(missing)} run under {args.root / args.env} has a score point yet: "
@@ -332,30 +344,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     finals, end = final_returns(points, args.last)
     rssm, official = (np.array(list(finals[impl].values())) for impl in ("rssm", "official"))
     diff, low, high = bootstrap_difference(rssm, official)
-    verdict = ("within the official's spread" if high >= 0 else "below the official's spread") + \
-        f" (the interval {'includes 0' if low <= 0 <= high else 'lies above 0' if low > 0 else 'lies below 0'})"
+    side = f"the interval {'includes 0' if low <= 0 <= high else 'lies above 0' if low > 0 else 'lies below 0'}"
+    is_return = args.metric == "return"
+    if is_return:  # a return is better higher: rssm is within the spread unless the interval lies below 0
+        verdict = f"{'within' if high >= 0 else 'below'} the official's spread ({side})"
+    else:
+        verdict = f"{'no difference shown' if low <= 0 <= high else 'higher in rssm' if low > 0 else 'lower in rssm'}"\
+                  f" ({side})"
     if min(len(rssm), len(official)) < 2:  # one value has no spread: its interval is that value
         verdict = "not decided: a spread needs 2 or more seeds of each implementation"
-    result = {"env": args.env, "every": every, "last": args.last, "up_to_step": end,
-              "final_return": {impl: {str(k): v for k, v in seeds.items()} for impl, seeds in finals.items()},
+    result = {"env": args.env, "metric": args.metric, "every": every, "last": args.last, "up_to_step": end,
+              "final_return" if is_return else "final": {impl: {str(k): v for k, v in seeds.items()}
+                                                          for impl, seeds in finals.items()},
               "mean": {impl: float(np.mean(list(finals[impl].values()))) for impl in IMPLS},
               "difference": diff, "ci95": [low, high], "draws": 10_000, "verdict": verdict}
-    what = (f"{args.env}: final return = mean of each seed's last {args.last} score points up to agent step {end:,} "
-            f"(training episodes, sampled policy; a point every {every:,} steps)")
-    rows = [(impl, str(seed), f"{v:.1f}") for impl in IMPLS for seed, v in finals[impl].items()]
-    rows += [(impl, f"mean of {len(finals[impl])}", f"{result['mean'][impl]:.1f}") for impl in IMPLS]
-    summary = (f"mean(rssm) - mean(official) = {diff:+.1f}, 95% bootstrap interval [{low:+.1f}, {high:+.1f}] "
-               f"(seeds drawn with replacement within each implementation, 10,000 draws): {verdict}")
+    fmt = (lambda v, sign="": f"{v:{sign}.1f}") if is_return else (lambda v, sign="": f"{v:{sign}.4g}")
+    if is_return:
+        name, what = "final return", (f"{args.env}: final return = mean of each seed's last {args.last} score points "
+                                      f"up to agent step {end:,} (training episodes, sampled policy; a point every "
+                                      f"{every:,} steps)")
+    else:
+        name, what = "final", (f"{args.env}: {METRICS[args.metric][0]}, final = mean of each seed's last {args.last} "
+                               f"points up to agent step {end:,} (a point every {every:,} steps: the mean of the "
+                               f"values written in it)")
+    rows = [(impl, str(seed), fmt(v)) for impl in IMPLS for seed, v in finals[impl].items()]
+    rows += [(impl, f"mean of {len(finals[impl])}", fmt(result["mean"][impl])) for impl in IMPLS]
+    summary = (f"mean(rssm) - mean(official) = {fmt(diff, '+')}, 95% bootstrap interval [{fmt(low, '+')}, "
+               f"{fmt(high, '+')}] (seeds drawn with replacement within each implementation, 10,000 draws): {verdict}")
     print(what)
     print("\n".join(f"{impl:<10} {seed:<12} {value:>8}" for impl, seed, value in [("impl", "seed", "final"), *rows]))
     print(summary)
     out = (args.out_dir or args.root) / args.env
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "compare.md").write_text(f"{what}\n\n| impl | seed | final return |\n|---|---|---:|\n"
+    stem = "compare" if is_return else f"compare.{args.metric}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(f"{what}\n\n| impl | seed | {name} |\n|---|---|---:|\n"
                                     + "".join(f"| {impl} | {seed} | {value} |\n" for impl, seed, value in rows)
                                     + f"\n{summary}\n")
-    print(f"parity.py: wrote {out / 'compare.json'}, {out / 'compare.md'}")
+    print(f"parity.py: wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}")
     return 0
 
 
@@ -447,10 +473,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--root", type=Path, required=True, help="the run goes to ROOT/ENV/IMPL/seed_S")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
-    sub.add_parser("scores", parents=[common, runs], help="write each run's score points as CSV")
-    p = sub.add_parser("compare", parents=[common, runs], help="final returns, and the difference's interval")
+    metric = argparse.ArgumentParser(add_help=False)
+    metric.add_argument("--metric", default="return", choices=list(METRICS),
+                        help="what to read: the training episodes' return (default) or a world-model term both log")
+    sub.add_parser("scores", parents=[common, runs, metric], help="write each run's score points as CSV")
+    p = sub.add_parser("compare", parents=[common, runs, metric], help="final returns (or values of --metric), "
+                       "and the difference's interval")
     p.add_argument("--last", type=int, default=3, help="score points per seed's final return")
-    p = sub.add_parser("plot", parents=[common, runs], help="both implementations' score points in one figure")
+    p = sub.add_parser("plot", parents=[common, runs, metric], help="both implementations' score points in one figure")
     p.add_argument("--out", type=Path, required=True, help="OUT.png and OUT.svg")
     p = sub.add_parser("time", parents=[common, setup], help="the update's time of each implementation")
     p.add_argument("--impl", default="both", choices=[*IMPLS, "both"])

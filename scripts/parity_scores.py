@@ -11,6 +11,7 @@ wave end in one).
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,22 @@ import numpy as np
 from rssm.config import UserError
 
 DONE = "parity_done.json"  # written into an official run's logdir once upstream ended its run: it is finished
+# What both implementations log, by name: (what it is, upstream's metrics.jsonl key, rssm's metrics.jsonl key, the
+# rssm config key of the scale rssm's value carries). "return" is the training episodes' (upstream: scores.jsonl);
+# the others are means over the updates since the write before, of the world model's terms before their scales
+# (upstream logs them so; rssm logs its KL terms times their scales). Upstream's "rec" is the sum of its losses of
+# the observation keys, as rssm's loss/rec is.
+METRICS = {
+    "return": ("training-episode return (sampled policy)", "episode/score", "episode/return", None),
+    "rec": ("reconstruction loss (all keys)", "train/loss/<keys>", "loss/rec", None),
+    "reward": ("reward loss", "train/loss/rew", "loss/reward", None),
+    "cont": ("continue loss", "train/loss/con", "loss/cont", None),
+    "dyn": ("dynamics KL, clipped at free bits", "train/loss/dyn", "loss/kl_dyn", "kl_dyn_scale"),
+    "rep": ("representation KL, clipped at free bits", "train/loss/rep", "loss/kl_rep", "kl_rep_scale"),
+    "prior_entropy": ("prior entropy (nats)", "train/dyn_ent", "wm/prior_entropy", None),
+    "post_entropy": ("posterior entropy (nats)", "train/rep_ent", "wm/post_entropy", None),
+}
+_NOT_KEYS = {"con", "dyn", "rep", "rew", "policy", "value", "repval"}  # upstream's train/loss/* of no observation key
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -79,6 +96,37 @@ def official_episodes(run_dir: Path, repeat: int, envs: int) -> tuple[list[tuple
     return episodes, reached
 
 
+def official_metric(run_dir: Path, metric: str, repeat: int, envs: int) -> list[tuple[float, float]]:
+    """An official run's `metric` (not "return") as (agent step, value), one per write of its metrics.jsonl: the
+    step counter less the resets before it, as `official_episodes` counts them."""
+    key = METRICS[metric][1]
+    ends = [step for step, _ in since_restart([(r["step"], 0.0) for r in read_jsonl(run_dir / "scores.jsonl")
+                                               if "episode/score" in r])]
+    rows = []
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        if metric == "rec":
+            parts = [v for k, v in r.items() if k.startswith("train/loss/") and k.split("/")[-1] not in _NOT_KEYS]
+            value = sum(parts) if parts else None
+        else:
+            value = r.get(key)
+        if value is not None and "step" in r:
+            rows.append((r["step"], value))
+    return [(step / repeat - bisect.bisect_right(ends, step) - envs, value) for step, value in since_restart(rows)]
+
+
+def rssm_metric(run_dir: Path, metric: str) -> list[tuple[float, float]]:
+    """An rssm run's `metric` (not "return") as (env step, value), one per write of its metrics.jsonl, divided by
+    the scale it carries (the run's config.yaml)."""
+    import yaml
+
+    _, _, key, scale_key = METRICS[metric]
+    scale = 1.0
+    if scale_key is not None:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        scale = float(config["wm"][scale_key])
+    return [(r["step"], r[key] / scale) for r in read_jsonl(run_dir / "metrics.jsonl") if key in r and "step" in r]
+
+
 def rssm_episodes(run_dir: Path) -> tuple[list[tuple[float, float]], float]:
     """An rssm run's training-episode returns as (env step of the write, mean return of the episodes that ended
     since the write before), one per write of metrics.jsonl that holds any, and the env step it reached. (A resumed
@@ -92,7 +140,7 @@ def rssm_episodes(run_dir: Path) -> tuple[list[tuple[float, float]], float]:
 
 def score_points(episodes: list[tuple[float, float]], every: int, reached: float) -> list[tuple[int, float]]:
     """At each multiple of `every` up to `reached`: the mean return of the episodes that ended in (step - every,
-    step]. Steps without an episode have no point."""
+    step] (or of another metric's values written then). Steps without one have no point."""
     bins: dict[int, list[float]] = {}
     for step, value in episodes:
         bins.setdefault(max(1, math.ceil(step / every)), []).append(value)

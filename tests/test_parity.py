@@ -86,6 +86,28 @@ def test_rssm_metrics_give_the_writes_mean_returns(parity, tmp_path):
     assert parity.rssm_episodes(run)[1] == math.inf
 
 
+def test_world_model_terms_are_read_at_agent_steps_and_before_their_scales(parity, tmp_path):
+    # Upstream: the same episodes as above (2 envs, repeat 2); a metrics write at transition 16 follows the first two
+    # episodes' ends (11, 12): agent step 16 - 2 - 2 = 12. Its reconstruction is the sum of its observation keys'.
+    official = tmp_path / "official"
+    upstream_scores(official / "scores.jsonl", [(11, 1.0), (12, 2.0), (23, 3.0), (24, 4.0)], repeat=2)
+    write_jsonl(official / "metrics.jsonl", [
+        {"step": 2 * 10, "train/loss/dyn": 3.0, "train/loss/position": 1.0, "train/loss/velocity": 0.5,
+         "train/loss/rew": 2.0, "train/loss/policy": 9.0, "train/loss/value": 9.0, "train/dyn_ent": 40.0},
+        {"step": 2 * 16, "train/loss/dyn": 1.5, "train/loss/position": 0.25, "train/loss/velocity": 0.25},
+        {"step": 2 * 20, "fps/train": 1.0}])  # no term: no value
+    assert parity.official_metric(official, "dyn", repeat=2, envs=2) == [(8, 3.0), (12, 1.5)]
+    assert parity.official_metric(official, "rec", repeat=2, envs=2) == [(8, 1.5), (12, 0.5)]
+    assert parity.official_metric(official, "prior_entropy", repeat=2, envs=2) == [(8, 40.0)]
+    # rssm logs its KL terms times their scales (its config.yaml): read back before them, as upstream's are.
+    run = tmp_path / "rssm"
+    write_jsonl(run / "metrics.jsonl", [{"step": 16, "loss/kl_dyn": 0.5, "loss/kl_rep": 0.2, "loss/rec": 1.0},
+                                        {"step": 32, "episode/return": 10.0}])
+    (run / "config.yaml").write_text("wm:\n  kl_dyn_scale: 0.5\n  kl_rep_scale: 0.1\n")
+    assert parity.rssm_metric(run, "dyn") == [(16, 1.0)] and parity.rssm_metric(run, "rep") == [(16, 2.0)]
+    assert parity.rssm_metric(run, "rec") == [(16, 1.0)]
+
+
 def test_score_points_are_means_of_the_episodes_in_each_window(parity):
     episodes = [(3, 1.0), (10, 3.0), (11, 5.0), (19.5, 7.0), (41, 100.0)]
     # (0, 10]: 1, 3; (10, 20]: 5, 7; nothing in (20, 30] or (30, 40]; (40, 50] only once it is reached.
@@ -304,6 +326,22 @@ def test_compare_says_when_rssm_is_below_the_official_spread(parity, tmp_path, c
     assert result["every"] == every and result["up_to_step"] == 2 * every
     assert result["mean"] == {"official": 805.0, "rssm": pytest.approx(90.0)}
     assert result["ci95"][1] < 0 and result["verdict"].startswith("below") and "below" in out
+
+
+def test_compare_of_a_world_model_term_says_which_side_is_higher(parity, tmp_path, capsys):
+    root, env = tmp_path / "runs", "gym_CartPole-v1"
+    for impl, key, values in (("official", "train/dyn_ent", [40.0, 41.0]), ("rssm", "wm/prior_entropy", [36.0, 37.0])):
+        for seed, value in enumerate(values):
+            run = root / env / impl / f"seed_{seed}"
+            write_jsonl(run / "metrics.jsonl", [{"step": k * 1000, key: value} for k in (1, 2, 3)])
+            (run / ("model.pt" if impl == "rssm" else parity.DONE)).write_text("{}")
+    code, out, err = run_main(parity, ["compare", "--root", str(root), "--env", env, "--every", "1000",
+                                       "--metric", "prior_entropy"], capsys)
+    assert code == 0, err
+    result = json.loads((root / env / "compare.prior_entropy.json").read_text())
+    assert result["mean"] == {"official": 40.5, "rssm": 36.5} and result["verdict"].startswith("lower in rssm")
+    assert result["final"]["rssm"] == {"0": 36.0, "1": 37.0} and not (root / env / "compare.json").exists()
+    assert "prior entropy" in out and "| rssm | 1 | 37 |" in (root / env / "compare.prior_entropy.md").read_text()
 
 
 def test_compare_decides_nothing_from_one_seed_of_an_implementation(parity, tmp_path, capsys):

@@ -52,7 +52,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -62,20 +61,15 @@ from pathlib import Path
 import numpy as np
 from parity_scores import (
     DONE,
+    IMPLS,
     METRICS,
+    all_points,
     bootstrap_difference,
     final_returns,
-    official_episodes,
-    official_metric,
-    official_run_settings,
-    rssm_episodes,
-    rssm_metric,
-    score_points,
 )
 
 from rssm.config import UserError
 
-IMPLS = ("official", "rssm")
 # The matched settings: the one place both command lines are built from. repeat: agent steps per env step;
 # episode: agent steps per episode (0: the env's own limit); every: agent steps per score point.
 FAMILIES = {
@@ -254,52 +248,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Scores.
 
 
-def find_runs(root: Path, env: str) -> dict[str, dict[int, Path]]:
-    """The run directories ROOT/ENV/IMPL/seed_S of each implementation, by seed.
-
-    Raises:
-        UserError: none there.
-    """
-    runs = {}
-    for impl in IMPLS:
-        found = [(int(m.group(1)), p) for p in (root / env / impl).glob("seed_*")
-                 if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))]
-        runs[impl] = dict(sorted(found))
-    if not any(runs.values()):
-        raise UserError(f"no runs found: no {root / env}/{{official,rssm}}/seed_S directories")
-    return runs
-
-
-def all_points(root: Path, env: str, every: int | None,
-               metric: str = "return") -> tuple[dict[str, dict[int, list]], int]:
-    """Every run's score points of `metric` (METRICS), by implementation and seed (runs with none yet left out),
-    and `every`."""
-    s = settings(env)
-    every = every or s["every"]
-    if every <= 0:
-        raise UserError(f"--every must be a positive number of agent steps, got {every}")
-    points: dict[str, dict[int, list]] = {}
-    for impl, seeds in find_runs(root, env).items():
-        points[impl] = {}
-        for seed, run_dir in seeds.items():
-            if impl == "official":
-                repeat, envs = official_run_settings(run_dir, s["repeat"], s["envs"])
-                episodes, reached = official_episodes(run_dir, repeat, envs)
-                if metric != "return":
-                    episodes = official_metric(run_dir, metric, repeat, envs)
-            else:
-                episodes, reached = rssm_episodes(run_dir)
-                if metric != "return":
-                    episodes = rssm_metric(run_dir, metric)
-            if curve := score_points(episodes, every, reached):
-                points[impl][seed] = curve
-    if not any(points.values()):
-        raise UserError(f"the runs under {root / env} have no score point yet (a point every {every} agent steps)")
-    return points, every
+def points_of(args: argparse.Namespace) -> tuple[dict[str, dict[int, list]], int]:
+    """Every run's score points of `--metric` under ROOT/ENV (`all_points`), and the agent steps between points."""
+    s = settings(args.env)
+    every = args.every or s["every"]
+    return all_points(args.root, args.env, every, args.metric, s["repeat"], s["envs"]), every
 
 
 def write_scores(args: argparse.Namespace) -> dict[str, list[Path]]:
-    points, every = all_points(args.root, args.env, args.every, args.metric)
+    points, every = points_of(args)
     what = ("return of the training episodes (sampled policy) that ended" if args.metric == "return" else
             f"{METRICS[args.metric][0]} written")
     suffix = "" if args.metric == "return" else f".{args.metric}"
@@ -334,7 +291,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    points, every = all_points(args.root, args.env, args.every, args.metric)
+    points, every = points_of(args)
     missing = [impl for impl in IMPLS if not points[impl]]
     if missing:
         raise UserError(f"no {' or '.join(missing)} run under {args.root / args.env} has a score point yet: "

@@ -14,12 +14,14 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from rssm.config import UserError
 
+IMPLS = ("official", "rssm")
 DONE = "parity_done.json"  # written into an official run's logdir once upstream ended its run: it is finished
 # What both implementations log, by name: (what it is, upstream's metrics.jsonl key, rssm's metrics.jsonl key, the
 # rssm config key of the scale rssm's value carries). "return" is the training episodes' (upstream: scores.jsonl);
@@ -145,6 +147,52 @@ def score_points(episodes: list[tuple[float, float]], every: int, reached: float
     for step, value in episodes:
         bins.setdefault(max(1, math.ceil(step / every)), []).append(value)
     return [(k * every, float(np.mean(v))) for k, v in sorted(bins.items()) if k * every <= reached]
+
+
+def find_runs(root: Path, env: str) -> dict[str, dict[int, Path]]:
+    """The run directories ROOT/ENV/IMPL/seed_S of each implementation, by seed.
+
+    Raises:
+        UserError: none there.
+    """
+    runs = {}
+    for impl in IMPLS:
+        found = [(int(m.group(1)), p) for p in (root / env / impl).glob("seed_*")
+                 if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))]
+        runs[impl] = dict(sorted(found))
+    if not any(runs.values()):
+        raise UserError(f"no runs found: no {root / env}/{{official,rssm}}/seed_S directories")
+    return runs
+
+
+def all_points(root: Path, env: str, every: int, metric: str, repeat: int, envs: int) -> dict[str, dict[int, list]]:
+    """Every run's score points of `metric` (METRICS), a point every `every` agent steps, by implementation and
+    seed (runs with none yet left out). `repeat` and `envs`: the table's, for an official run whose config.yaml
+    does not say.
+
+    Raises:
+        UserError: no runs, no point yet, or `every` not positive.
+    """
+    if every <= 0:
+        raise UserError(f"--every must be a positive number of agent steps, got {every}")
+    points: dict[str, dict[int, list]] = {}
+    for impl, seeds in find_runs(root, env).items():
+        points[impl] = {}
+        for seed, run_dir in seeds.items():
+            if impl == "official":
+                run_repeat, run_envs = official_run_settings(run_dir, repeat, envs)
+                episodes, reached = official_episodes(run_dir, run_repeat, run_envs)
+                if metric != "return":
+                    episodes = official_metric(run_dir, metric, run_repeat, run_envs)
+            else:
+                episodes, reached = rssm_episodes(run_dir)
+                if metric != "return":
+                    episodes = rssm_metric(run_dir, metric)
+            if curve := score_points(episodes, every, reached):
+                points[impl][seed] = curve
+    if not any(points.values()):
+        raise UserError(f"the runs under {root / env} have no score point yet (a point every {every} agent steps)")
+    return points
 
 
 def bootstrap_difference(a: np.ndarray, b: np.ndarray, draws: int = 10_000,

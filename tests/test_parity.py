@@ -29,6 +29,11 @@ def parity():
     return module
 
 
+@pytest.fixture(scope="module")
+def scores(parity):
+    return sys.modules["parity_scores"]  # imported by parity.py: how runs' files are read
+
+
 def write_jsonl(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -39,39 +44,39 @@ def upstream_scores(path, ends, repeat):
     write_jsonl(path, [{"step": c * repeat, "episode/score": score} for c, score in ends])
 
 
-def test_upstream_steps_become_agent_steps_without_the_repeat_and_the_resets(parity, tmp_path):
+def test_upstream_steps_become_agent_steps_without_the_repeat_and_the_resets(scores, tmp_path):
     # 2 envs in lockstep, episodes of 5 agent steps, each begun by a reset transition that upstream counts:
     # the envs' transitions 1-2 are resets, 3-12 steps; env 0 ends at transition 11, env 1 at 12; then resets
     # 13-14, and the second episodes end at 23 and 24. Action repeat 2 doubles the written steps.
     run = tmp_path / "seed_0"
     upstream_scores(run / "scores.jsonl", [(11, 1.0), (12, 2.0), (23, 3.0), (24, 4.0)], repeat=2)
-    episodes, reached = parity.official_episodes(run, repeat=2, envs=2)
+    episodes, reached = scores.official_episodes(run, repeat=2, envs=2)
     # Env 0 ends after 4 + 5 agent steps (its own 5, env 1's 4); env 1's is counted at env 0's, one step of the
     # envs apart at most: 9 and 19, where rssm (counting after the whole step of the envs) says 10 and 20.
     assert episodes == [(9, 1.0), (9, 2.0), (19, 3.0), (19, 4.0)] and reached == 19
-    assert parity.score_points(episodes, every=10, reached=reached) == [(10, 1.5)]  # step 20 not yet reached
+    assert scores.score_points(episodes, every=10, reached=reached) == [(10, 1.5)]  # step 20 not yet reached
     write_jsonl(run / "metrics.jsonl", [{"step": 2 * 30, "fps/train": 1.0}])  # transition 30: past step 20
-    episodes, reached = parity.official_episodes(run, repeat=2, envs=2)
-    assert reached == 30 - 4 - 2 and parity.score_points(episodes, 10, reached) == [(10, 1.5), (20, 3.5)]
+    episodes, reached = scores.official_episodes(run, repeat=2, envs=2)
+    assert reached == 30 - 4 - 2 and scores.score_points(episodes, 10, reached) == [(10, 1.5), (20, 3.5)]
 
 
-def test_a_restarted_official_run_keeps_the_episodes_of_its_surviving_history(parity, tmp_path):
+def test_a_restarted_official_run_keeps_the_episodes_of_its_surviving_history(parity, scores, tmp_path):
     run = tmp_path / "seed_0"
     # Restarted from a checkpoint at transition 15: the episodes the first try logged at 23 and 24 are replayed.
     upstream_scores(run / "scores.jsonl", [(11, 1.0), (12, 2.0), (23, 3.0), (24, 4.0), (23, 5.0), (24, 6.0)], 1)
-    assert [score for _, score in parity.official_episodes(run, 1, 2)[0]] == [1.0, 2.0, 5.0, 6.0]
+    assert [score for _, score in scores.official_episodes(run, 1, 2)[0]] == [1.0, 2.0, 5.0, 6.0]
     (run / parity.DONE).write_text("{}")
-    assert parity.official_episodes(run, 1, 2)[1] == math.inf  # finished: every point is complete
+    assert scores.official_episodes(run, 1, 2)[1] == math.inf  # finished: every point is complete
 
 
-def test_the_official_runs_repeat_and_envs_come_from_its_config(parity, tmp_path):
+def test_the_official_runs_repeat_and_envs_come_from_its_config(scores, tmp_path):
     (tmp_path / "config.yaml").write_text("task: dmc_walker_walk\nenv:\n  dmc: {repeat: 2, size: [64, 64]}\n"
                                           "run:\n  envs: 16\n")
-    assert parity.official_run_settings(tmp_path, 1, 4) == (2, 16)
-    assert parity.official_run_settings(tmp_path / "none", 1, 4) == (1, 4)  # no config: the table's
+    assert scores.official_run_settings(tmp_path, 1, 4) == (2, 16)
+    assert scores.official_run_settings(tmp_path / "none", 1, 4) == (1, 4)  # no config: the table's
 
 
-def test_rssm_metrics_give_the_writes_mean_returns(parity, tmp_path):
+def test_rssm_metrics_give_the_writes_mean_returns(scores, tmp_path):
     run = tmp_path / "seed_0"
     write_jsonl(run / "metrics.jsonl", [
         {"step": 16, "time": 1.0, "loss/wm": 3.0},  # no episode ended
@@ -80,13 +85,13 @@ def test_rssm_metrics_give_the_writes_mean_returns(parity, tmp_path):
         {"step": 64, "time": 4.0, "episode/return": 20.0},
         {"step": 64, "time": 5.0, "eval/return_mean": 30.0},  # another write at the same step
     ])
-    episodes, reached = parity.rssm_episodes(run)
+    episodes, reached = scores.rssm_episodes(run)
     assert episodes == [(32, 10.0), (64, 20.0)] and reached == 64
     (run / "model.pt").write_bytes(b"")
-    assert parity.rssm_episodes(run)[1] == math.inf
+    assert scores.rssm_episodes(run)[1] == math.inf
 
 
-def test_world_model_terms_are_read_at_agent_steps_and_before_their_scales(parity, tmp_path):
+def test_world_model_terms_are_read_at_agent_steps_and_before_their_scales(scores, tmp_path):
     # Upstream: the same episodes as above (2 envs, repeat 2); a metrics write at transition 16 follows the first two
     # episodes' ends (11, 12): agent step 16 - 2 - 2 = 12. Its reconstruction is the sum of its observation keys'.
     official = tmp_path / "official"
@@ -96,35 +101,35 @@ def test_world_model_terms_are_read_at_agent_steps_and_before_their_scales(parit
          "train/loss/rew": 2.0, "train/loss/policy": 9.0, "train/loss/value": 9.0, "train/dyn_ent": 40.0},
         {"step": 2 * 16, "train/loss/dyn": 1.5, "train/loss/position": 0.25, "train/loss/velocity": 0.25},
         {"step": 2 * 20, "fps/train": 1.0}])  # no term: no value
-    assert parity.official_metric(official, "dyn", repeat=2, envs=2) == [(8, 3.0), (12, 1.5)]
-    assert parity.official_metric(official, "rec", repeat=2, envs=2) == [(8, 1.5), (12, 0.5)]
-    assert parity.official_metric(official, "prior_entropy", repeat=2, envs=2) == [(8, 40.0)]
+    assert scores.official_metric(official, "dyn", repeat=2, envs=2) == [(8, 3.0), (12, 1.5)]
+    assert scores.official_metric(official, "rec", repeat=2, envs=2) == [(8, 1.5), (12, 0.5)]
+    assert scores.official_metric(official, "prior_entropy", repeat=2, envs=2) == [(8, 40.0)]
     # rssm logs its KL terms times their scales (its config.yaml): read back before them, as upstream's are.
     run = tmp_path / "rssm"
     write_jsonl(run / "metrics.jsonl", [{"step": 16, "loss/kl_dyn": 0.5, "loss/kl_rep": 0.2, "loss/rec": 1.0},
                                         {"step": 32, "episode/return": 10.0}])
     (run / "config.yaml").write_text("wm:\n  kl_dyn_scale: 0.5\n  kl_rep_scale: 0.1\n")
-    assert parity.rssm_metric(run, "dyn") == [(16, 1.0)] and parity.rssm_metric(run, "rep") == [(16, 2.0)]
-    assert parity.rssm_metric(run, "rec") == [(16, 1.0)]
+    assert scores.rssm_metric(run, "dyn") == [(16, 1.0)] and scores.rssm_metric(run, "rep") == [(16, 2.0)]
+    assert scores.rssm_metric(run, "rec") == [(16, 1.0)]
 
 
-def test_score_points_are_means_of_the_episodes_in_each_window(parity):
+def test_score_points_are_means_of_the_episodes_in_each_window(scores):
     episodes = [(3, 1.0), (10, 3.0), (11, 5.0), (19.5, 7.0), (41, 100.0)]
     # (0, 10]: 1, 3; (10, 20]: 5, 7; nothing in (20, 30] or (30, 40]; (40, 50] only once it is reached.
-    assert parity.score_points(episodes, 10, reached=45) == [(10, 2.0), (20, 6.0)]
-    assert parity.score_points(episodes, 10, reached=50) == [(10, 2.0), (20, 6.0), (50, 100.0)]
-    assert parity.score_points(episodes, 20, reached=20) == [(20, 4.0)]
+    assert scores.score_points(episodes, 10, reached=45) == [(10, 2.0), (20, 6.0)]
+    assert scores.score_points(episodes, 10, reached=50) == [(10, 2.0), (20, 6.0), (50, 100.0)]
+    assert scores.score_points(episodes, 20, reached=20) == [(20, 4.0)]
 
 
-def test_the_bootstrap_interval_of_the_difference(parity):
+def test_the_bootstrap_interval_of_the_difference(scores):
     same = np.array([100.0, 200.0, 300.0])
-    diff, low, high = parity.bootstrap_difference(same, same.copy())
+    diff, low, high = scores.bootstrap_difference(same, same.copy())
     assert diff == 0 and low < 0 < high  # identical samples: the interval holds 0, on both sides
-    diff, low, high = parity.bootstrap_difference(same + 1000, same)
+    diff, low, high = scores.bootstrap_difference(same + 1000, same)
     assert diff == 1000 and 0 < low <= 1000 <= high  # clearly apart: 0 is outside
-    one = parity.bootstrap_difference(np.array([5.0]), np.array([3.0]))
+    one = scores.bootstrap_difference(np.array([5.0]), np.array([3.0]))
     assert one == (2.0, 2.0, 2.0)  # one seed each: no spread to draw from
-    assert parity.bootstrap_difference(same, same[::-1]) == parity.bootstrap_difference(same, same[::-1])
+    assert scores.bootstrap_difference(same, same[::-1]) == scores.bootstrap_difference(same, same[::-1])
 
 
 def parse_official(flags):
@@ -256,7 +261,7 @@ def test_a_run_tees_its_output_to_its_log_and_an_ended_official_run_is_finished(
     assert "is finished" in run_main(parity, argv, capsys)[1]
 
 
-def test_user_errors_are_one_line_and_exit_2(parity, tmp_path, capsys):
+def test_user_errors_are_one_line_and_exit_2(parity, scores, tmp_path, capsys):
     official = fake_checkout(tmp_path)
     base = ["run", "--seed", "0", "--root", str(tmp_path), "--dry-run"]
     cases = [([*base, "--impl", "rssm", "--env", "atari_pong"], "unknown env 'atari_pong'"),

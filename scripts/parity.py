@@ -252,7 +252,7 @@ def points_of(args: argparse.Namespace) -> tuple[dict[str, dict[int, list]], int
     """Every run's score points of `--metric` under ROOT/ENV (`all_points`), and the agent steps between points."""
     s = settings(args.env)
     every = args.every or s["every"]
-    return all_points(args.root, args.env, every, args.metric, s["repeat"], s["envs"]), every
+    return all_points(args.root, args.env, every, args.metric, s["repeat"], s["envs"], args.seeds), every
 
 
 def write_scores(args: argparse.Namespace) -> dict[str, list[Path]]:
@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = argparse.ArgumentParser(add_help=False)
     runs.add_argument("--root", type=Path, required=True, help="runs in ROOT/ENV/IMPL/seed_S")
     runs.add_argument("--out-dir", type=Path, default=None, help="write under this, not ROOT (a read-only ROOT)")
+    runs.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="only these seeds (default: every seed there; a run still going limits `compare` to "
+                           "the step it reached)")
     runs.add_argument("--every", type=int, default=None,
                       help="agent steps per score point (default: a wave of episodes of all envs for DMC, "
                            "10,000 for gym)")

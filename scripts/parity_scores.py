@@ -149,8 +149,8 @@ def score_points(episodes: list[tuple[float, float]], every: int, reached: float
     return [(k * every, float(np.mean(v))) for k, v in sorted(bins.items()) if k * every <= reached]
 
 
-def find_runs(root: Path, env: str) -> dict[str, dict[int, Path]]:
-    """The run directories ROOT/ENV/IMPL/seed_S of each implementation, by seed.
+def find_runs(root: Path, env: str, seeds: list[int] | None = None) -> dict[str, dict[int, Path]]:
+    """The run directories ROOT/ENV/IMPL/seed_S of each implementation, by seed (only `seeds`, if given).
 
     Raises:
         UserError: none there.
@@ -158,17 +158,19 @@ def find_runs(root: Path, env: str) -> dict[str, dict[int, Path]]:
     runs = {}
     for impl in IMPLS:
         found = [(int(m.group(1)), p) for p in (root / env / impl).glob("seed_*")
-                 if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))]
+                 if p.is_dir() and (m := re.fullmatch(r"seed_(\d+)", p.name))
+                 and (seeds is None or int(m.group(1)) in seeds)]
         runs[impl] = dict(sorted(found))
     if not any(runs.values()):
         raise UserError(f"no runs found: no {root / env}/{{official,rssm}}/seed_S directories")
     return runs
 
 
-def all_points(root: Path, env: str, every: int, metric: str, repeat: int, envs: int) -> dict[str, dict[int, list]]:
+def all_points(root: Path, env: str, every: int, metric: str, repeat: int, envs: int,
+               seeds: list[int] | None = None) -> dict[str, dict[int, list]]:
     """Every run's score points of `metric` (METRICS), a point every `every` agent steps, by implementation and
-    seed (runs with none yet left out). `repeat` and `envs`: the table's, for an official run whose config.yaml
-    does not say.
+    seed (runs with none yet left out; only `seeds`, if given). `repeat` and `envs`: the table's, for an official
+    run whose config.yaml does not say.
 
     Raises:
         UserError: no runs, no point yet, or `every` not positive.
@@ -176,9 +178,9 @@ def all_points(root: Path, env: str, every: int, metric: str, repeat: int, envs:
     if every <= 0:
         raise UserError(f"--every must be a positive number of agent steps, got {every}")
     points: dict[str, dict[int, list]] = {}
-    for impl, seeds in find_runs(root, env).items():
+    for impl, runs in find_runs(root, env, seeds).items():
         points[impl] = {}
-        for seed, run_dir in seeds.items():
+        for seed, run_dir in runs.items():
             if impl == "official":
                 run_repeat, run_envs = official_run_settings(run_dir, repeat, envs)
                 episodes, reached = official_episodes(run_dir, run_repeat, run_envs)

@@ -331,6 +331,11 @@ def test_compare_says_when_rssm_is_below_the_official_spread(parity, tmp_path, c
     assert result["every"] == every and result["up_to_step"] == 2 * every
     assert result["mean"] == {"official": 805.0, "rssm": pytest.approx(90.0)}
     assert result["ci95"][1] < 0 and result["verdict"].startswith("below") and "below" in out
+    # --seeds leaves the one still running out: the others are compared at their end
+    code, out, err = run_main(parity, ["compare", "--root", str(root), "--env", env, "--last", "2", "--seeds", "0",
+                                       "1"], capsys)
+    result = json.loads((root / env / "compare.json").read_text())
+    assert code == 0 and result["up_to_step"] == 5 * every and list(result["final_return"]["rssm"]) == ["0", "1"]
 
 
 def test_compare_of_a_world_model_term_says_which_side_is_higher(parity, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""Reads the training-episode returns of both implementations' runs back as agent steps, and compares them:
-the score points and the bootstrap interval that `scripts/parity.py` (`scores`, `compare`, `plot`) reports.
+"""Reads what both implementations' runs logged (their training episodes' returns, their world models' loss terms)
+back at agent steps, and compares them: the score points and the bootstrap interval that `scripts/parity.py`
+(`scores`, `compare`, `plot`) reports.
 
 Both implementations' scores are the returns of their training episodes, played by the sampled (exploring) policy,
 as upstream's published curves are. Upstream writes each episode's return at its step counter, which counts
@@ -124,9 +125,13 @@ def rssm_metric(run_dir: Path, metric: str) -> list[tuple[float, float]]:
     _, _, key, scale_key = METRICS[metric]
     scale = 1.0
     if scale_key is not None:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        scale = float(config["wm"][scale_key])
-    return [(r["step"], r[key] / scale) for r in read_jsonl(run_dir / "metrics.jsonl") if key in r and "step" in r]
+        try:
+            scale = float(yaml.safe_load((run_dir / "config.yaml").read_text())["wm"][scale_key])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            raise UserError(f"{run_dir / 'config.yaml'} does not give wm.{scale_key}, the scale its "
+                            f"{key} carries") from None
+    return [(r["step"], r[key] / scale) for r in read_jsonl(run_dir / "metrics.jsonl")
+            if r.get(key) is not None and "step" in r]
 
 
 def rssm_episodes(run_dir: Path) -> tuple[list[tuple[float, float]], float]:

@@ -111,6 +111,9 @@ def test_world_model_terms_are_read_at_agent_steps_and_before_their_scales(score
     (run / "config.yaml").write_text("wm:\n  kl_dyn_scale: 0.5\n  kl_rep_scale: 0.1\n")
     assert scores.rssm_metric(run, "dyn") == [(16, 1.0)] and scores.rssm_metric(run, "rep") == [(16, 2.0)]
     assert scores.rssm_metric(run, "rec") == [(16, 1.0)]
+    (run / "config.yaml").unlink()
+    with pytest.raises(scores.UserError, match="does not give wm.kl_dyn_scale"):
+        scores.rssm_metric(run, "dyn")
 
 
 def test_score_points_are_means_of_the_episodes_in_each_window(scores):

@@ -79,6 +79,12 @@ def official_run_settings(run_dir: Path, repeat: int, envs: int) -> tuple[int, i
         return repeat, envs
 
 
+def _official_scores(run_dir: Path) -> list[tuple[float, float]]:
+    """(step counter x repeat, return) of each episode in an official run's scores.jsonl, restarts undone."""
+    return since_restart([(r["step"], r["episode/score"]) for r in read_jsonl(run_dir / "scores.jsonl")
+                          if "episode/score" in r])
+
+
 def official_episodes(run_dir: Path, repeat: int, envs: int) -> tuple[list[tuple[float, float]], float]:
     """An official run's training episodes as (agent step at its end, return), and the agent step it reached.
 
@@ -87,8 +93,7 @@ def official_episodes(run_dir: Path, repeat: int, envs: int) -> tuple[list[tuple
     end are the counter less the resets before it (the episodes ended before it, and each env's current one).
     Exact up to one step of the envs (and `envs` more after each restart from a checkpoint).
     """
-    rows = [(r["step"], r["episode/score"]) for r in read_jsonl(run_dir / "scores.jsonl") if "episode/score" in r]
-    kept = since_restart(rows)
+    kept = _official_scores(run_dir)
     episodes = [(step / repeat - i - envs, score) for i, (step, score) in enumerate(kept)]
     metrics = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "step" in r]
     # The last metrics write (every 120 s) tells how far it went past its last episode.
@@ -103,8 +108,7 @@ def official_metric(run_dir: Path, metric: str, repeat: int, envs: int) -> list[
     """An official run's `metric` (not "return") as (agent step, value), one per write of its metrics.jsonl: the
     step counter less the resets before it, as `official_episodes` counts them."""
     key = METRICS[metric][1]
-    ends = [step for step, _ in since_restart([(r["step"], 0.0) for r in read_jsonl(run_dir / "scores.jsonl")
-                                               if "episode/score" in r])]
+    ends = [step for step, _ in _official_scores(run_dir)]
     rows = []
     for r in read_jsonl(run_dir / "metrics.jsonl"):
         if metric == "rec":
